@@ -1,0 +1,71 @@
+"""Triton python-backend model that runs the version folder's ``model.onnx`` with ONNX Runtime.
+
+The export pipeline copies this file to ``<model>/<version>/model.py`` for the embedded server,
+whose wheel ships only the python backend. Shapes, dtypes and batching live in the config; this
+file only loads and executes. Requests that Triton's dynamic batcher groups together are
+concatenated along the batch axis and run as one ONNX Runtime call.
+"""
+
+import json
+import os
+
+import numpy as np
+import onnxruntime as ort
+import triton_python_backend_utils as pb_utils
+
+
+class TritonPythonModel:
+    def initialize(self, args):
+        config = json.loads(args["model_config"])
+        version_dir = os.path.join(args["model_repository"], args["model_version"])
+        params = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads = int(params.get("intra_op_threads", "0"))
+        options.inter_op_num_threads = 1
+        self.session = ort.InferenceSession(
+            os.path.join(version_dir, "model.onnx"), options, providers=["CPUExecutionProvider"]
+        )
+        self.input_names = [t["name"] for t in config["input"]]
+        self.outputs = [
+            (t["name"], pb_utils.triton_string_to_numpy(t["data_type"])) for t in config["output"]
+        ]
+
+    def execute(self, requests):
+        feeds = [
+            {name: pb_utils.get_input_tensor_by_name(request, name).as_numpy() for name in self.input_names}
+            for request in requests
+        ]
+        try:
+            results = self._run_batched(feeds)
+        except Exception:  # one bad request must not fail the others: retry one by one
+            results = [self._run_one(feed) for feed in feeds]
+        return [self._response(result) for result in results]
+
+    def _run_batched(self, feeds):
+        if len(feeds) == 1:
+            return [self._run(feeds[0])]
+        sizes = [len(feed[self.input_names[0]]) for feed in feeds]
+        merged = {name: np.concatenate([feed[name] for feed in feeds]) for name in self.input_names}
+        outputs = self._run(merged)
+        splits = np.cumsum(sizes)[:-1]
+        per_output = [np.split(array, splits) for array in outputs]
+        return [[parts[i] for parts in per_output] for i in range(len(feeds))]
+
+    def _run_one(self, feed):
+        try:
+            return self._run(feed)
+        except Exception as error:
+            return pb_utils.TritonError(f"inference failed: {error}", pb_utils.TritonError.INVALID_ARG)
+
+    def _run(self, feed):
+        return self.session.run([name for name, _ in self.outputs], feed)
+
+    def _response(self, result):
+        if isinstance(result, pb_utils.TritonError):
+            return pb_utils.InferenceResponse(output_tensors=[], error=result)
+        tensors = [
+            pb_utils.Tensor(name, np.ascontiguousarray(array, dtype=dtype))
+            for (name, dtype), array in zip(self.outputs, result, strict=True)
+        ]
+        return pb_utils.InferenceResponse(output_tensors=tensors)

@@ -1,0 +1,98 @@
+"""``medstack``: run the embedded stack and build the model repository.
+
+    medstack up | down | status | logs [COMPONENT]
+    medstack export [NAME...] [--tensorrt] [--if-missing]
+"""
+
+from __future__ import annotations
+
+import logging
+import subprocess
+from typing import Annotated
+
+import typer
+
+from medstack.settings import settings
+from medstack.stack import COMPONENTS, RunFolder, Stack, StackError
+
+app = typer.Typer(help="MedStack: medical-imaging foundation models served by Triton.", no_args_is_help=True)
+
+
+@app.command()
+def up() -> None:
+    """Start Triton, Redis (or use MEDSTACK_REDIS_URL), a Celery worker and the gateway."""
+    try:
+        state = Stack(settings).up(echo=typer.echo)
+    except StackError as error:
+        typer.echo(f"error: {error}", err=True)
+        raise typer.Exit(1) from error
+    typer.echo(f"MedStack is up: gateway {state['gateway_url']}  (stop with `medstack down`)")
+
+
+@app.command()
+def down() -> None:
+    """Stop what `medstack up` started (never a Redis it did not start)."""
+    Stack(settings).down(echo=typer.echo)
+
+
+@app.command()
+def status() -> None:
+    """Health of each component."""
+    report = Stack(settings).status()
+    for name, line in report.items():
+        typer.echo(f"{name:8s} {line}")
+    if any("DOWN" in line for line in report.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def logs(
+    component: Annotated[str, typer.Argument(help=f"one of {', '.join(COMPONENTS)}")] = "gateway",
+    lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
+    follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
+) -> None:
+    """Show a component's log."""
+    if component not in COMPONENTS:
+        raise typer.BadParameter(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+    path = RunFolder(settings.run_dir).log_file(component)
+    if not path.exists():
+        typer.echo(f"no log yet at {path}", err=True)
+        raise typer.Exit(1)
+    subprocess.run(["tail", f"-n{lines}", *(["-f"] if follow else []), str(path)])
+
+
+@app.command("export")
+def export_models(
+    names: Annotated[list[str] | None, typer.Argument(help="models to export (default: all)")] = None,
+    tensorrt: Annotated[bool, typer.Option("--tensorrt", help="also build TensorRT plans (GPU hosts)")] = False,
+    if_missing: Annotated[bool, typer.Option("--if-missing", help="skip models that have a version")] = False,
+) -> None:
+    """Export models to ONNX, check parity, write the Triton model repository."""
+    from export.manifest import versions
+    from export.onnx_export import ExportError
+    from export.pipeline import export_model
+    from export.registry import get_spec, model_names
+
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    failed = False
+    for name in names or model_names():
+        if if_missing and versions(settings.model_repository / name):
+            typer.echo(f"{name}: present, skipped")
+            continue
+        try:
+            result = export_model(get_spec(name), settings.model_repository, build_tensorrt=tensorrt)
+        except (ExportError, KeyError) as error:
+            typer.echo(f"{name}: FAILED: {error}", err=True)
+            failed = True
+            continue
+        parity = result.manifest["parity"]
+        typer.echo(
+            f"{name}: version {result.version}  sha256 {result.manifest['sha256'][:12]}  "
+            f"parity max-abs {parity['max_abs']:.2e} max-rel {parity['max_rel']:.2e}"
+        )
+    if failed:
+        raise typer.Exit(1)
+
+
+if __name__ == "__main__":
+    app()

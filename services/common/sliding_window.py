@@ -1,0 +1,110 @@
+"""Sliding-window inference over a 3D volume with any "batch of patches → logits" predictor.
+
+The predictor is the only thing that knows where the network runs: a Triton client, an
+in-process ONNX Runtime session or a PyTorch module all fit, so the stitching is written once.
+
+    inferer = SlidingWindow(roi_size=(64, 128, 128), overlap=0.5, batch_size=2)
+    logits = inferer(volume, predict)      # (D, H, W) -> (C, D, H, W)
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import numpy as np
+
+# (N, 1, d, h, w) float32 -> (N, C, d, h, w)
+Predictor = Callable[[np.ndarray], np.ndarray]
+# called with the fraction of windows done
+Progress = Callable[[float], None]
+
+
+def window_starts(size: int, roi: int, overlap: float) -> list[int]:
+    """Start indices along one axis; the last window touches the border."""
+    if roi >= size:
+        return [0]
+    stride = max(1, int(roi * (1 - overlap)))
+    starts = list(range(0, size - roi, stride))
+    return starts + [size - roi]
+
+
+def gaussian_importance(roi_size: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
+    """Separable Gaussian weight map (σ = roi·sigma_scale per axis), normalised to max 1.
+
+    Centre voxels of a window are trusted more than its borders, where context is missing.
+    """
+    axes = []
+    for n in roi_size:
+        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+        axes.append(np.exp(-0.5 * (x / (n * sigma_scale)) ** 2))
+    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
+    weight = (weight / weight.max()).astype(np.float32)
+    # no zero weights: every voxel must be covered with a positive total weight
+    return np.maximum(weight, 1e-3)
+
+
+@dataclass(frozen=True)
+class SlidingWindow:
+    roi_size: tuple[int, int, int]
+    overlap: float = 0.5
+    batch_size: int = 2
+    gaussian: bool = True
+    pad_value: float = 0.0
+
+    def __post_init__(self) -> None:
+        if len(self.roi_size) != 3 or min(self.roi_size) < 1:
+            raise ValueError(f"roi_size must be three positive ints, got {self.roi_size}")
+        if not 0 <= self.overlap < 1:
+            raise ValueError(f"overlap must be in [0, 1), got {self.overlap}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+    def windows(self, shape: tuple[int, int, int]) -> list[tuple[slice, slice, slice]]:
+        per_axis = [window_starts(n, r, self.overlap) for n, r in zip(shape, self.roi_size, strict=True)]
+        return [
+            tuple(slice(s, s + r) for s, r in zip(start, self.roi_size, strict=True))  # type: ignore[misc]
+            for start in itertools.product(*per_axis)
+        ]
+
+    def __call__(self, volume: np.ndarray, predict: Predictor, progress: Progress | None = None) -> np.ndarray:
+        """Blend window logits of a (D, H, W) volume into (C, D, H, W) float32 logits."""
+        if volume.ndim != 3:
+            raise ValueError(f"volume must be 3D (D, H, W), got shape {volume.shape}")
+        original = volume.shape
+        volume = self._pad(volume)
+        windows = self.windows(volume.shape)
+        weight = gaussian_importance(self.roi_size) if self.gaussian else np.ones(self.roi_size, np.float32)
+
+        logits: np.ndarray | None = None  # allocated once the class count is known
+        total_weight = np.zeros(volume.shape, dtype=np.float32)
+        done = 0
+        for batch in _chunks(windows, self.batch_size):
+            patches = np.stack([volume[w] for w in batch])[:, None].astype(np.float32, copy=False)
+            out = predict(patches)
+            if out.shape[0] != len(batch) or out.shape[2:] != self.roi_size:
+                raise ValueError(f"predictor returned {out.shape} for patches {patches.shape}")
+            if logits is None:
+                logits = np.zeros((out.shape[1], *volume.shape), dtype=np.float32)
+            for w, patch_logits in zip(batch, out, strict=True):
+                logits[(slice(None), *w)] += patch_logits * weight
+                total_weight[w] += weight
+            done += len(batch)
+            if progress is not None:
+                progress(done / len(windows))
+        assert logits is not None  # windows is never empty
+        logits /= total_weight
+        return logits[(slice(None), *(slice(0, n) for n in original))]
+
+    def _pad(self, volume: np.ndarray) -> np.ndarray:
+        """Pad at the far end of each axis shorter than the roi (cropped off again afterwards)."""
+        pad = [(0, max(0, r - n)) for n, r in zip(volume.shape, self.roi_size, strict=True)]
+        if not any(after for _, after in pad):
+            return volume
+        return np.pad(volume, pad, mode="constant", constant_values=self.pad_value)
+
+
+def _chunks(items: list[tuple[slice, slice, slice]], size: int) -> Iterator[list[tuple[slice, slice, slice]]]:
+    for i in range(0, len(items), size):
+        yield items[i : i + size]

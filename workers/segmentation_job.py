@@ -1,0 +1,136 @@
+"""A whole-volume segmentation job as a plain function: read → prepare → sliding window → write.
+
+The Celery task (workers/tasks.py) only wires this to the broker and the job record; tests call it
+directly with an in-process predictor. Preprocessing comes from the model's manifest, so the
+worker applies exactly what the model was trained with.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from services.common.sliding_window import Predictor, SlidingWindow
+from services.common.volume import (
+    Interpolator,
+    Volume,
+    read_volume,
+    reorient,
+    resample,
+    resample_like,
+    write_volume,
+)
+
+MASK_NAME = "mask.nii.gz"
+SUMMARY_NAME = "summary.json"
+
+# (stage, fraction of the whole job) -> None
+ProgressFn = Callable[[str, float], None]
+
+
+@dataclass(frozen=True)
+class ModelCard:
+    """What the worker needs from a model's manifest."""
+
+    name: str
+    version: str
+    sha256: str
+    classes: tuple[str, ...]
+    patch_size: tuple[int, int, int]
+    orientation: str | None
+    spacing_mm: tuple[float, float, float] | None
+    window: tuple[float, float] | None  # HU clip range, mapped linearly to [-1, 1]
+
+    @classmethod
+    def from_manifest(cls, manifest: dict[str, Any]) -> ModelCard:
+        pre = manifest["preprocessing"]
+        orientation = pre.get("orientation")
+        spacing = pre.get("spacing_mm")
+        window = pre.get("window_hu")
+        return cls(
+            name=manifest["model"],
+            version=str(manifest["version"]),
+            sha256=manifest["sha256"],
+            classes=tuple(pre["classes"]),
+            patch_size=tuple(pre["patch_size"]),  # type: ignore[arg-type]
+            orientation=None if orientation in (None, "any") else orientation,
+            spacing_mm=tuple(spacing) if spacing else None,  # type: ignore[arg-type]
+            window=tuple(window) if window else None,  # type: ignore[arg-type]
+        )
+
+
+def prepare(volume: Volume, card: ModelCard) -> Volume:
+    """Bring a volume onto the model's grid and intensity scale (geometry carried along)."""
+    if card.orientation:
+        volume = reorient(volume, card.orientation)
+    if card.spacing_mm:
+        volume = resample(volume, card.spacing_mm, Interpolator.LINEAR, default_value=float(volume.array.min()))
+    array = volume.array.astype(np.float32)
+    if card.window:
+        low, high = card.window
+        array = (np.clip(array, low, high) - low) / (high - low) * 2.0 - 1.0
+    return volume.with_array(array)
+
+
+def summarise(mask: Volume, card: ModelCard) -> list[dict[str, Any]]:
+    voxel_ml = float(np.prod(mask.spacing)) / 1000.0
+    counts = np.bincount(mask.array.ravel(), minlength=len(card.classes))
+    return [
+        {"label": i, "name": name, "voxels": int(counts[i]), "volume_ml": round(float(counts[i]) * voxel_ml, 3)}
+        for i, name in enumerate(card.classes)
+        if i > 0 or name not in ("background",)
+    ]
+
+
+def run_segmentation(
+    input_path: Path, out_dir: Path, card: ModelCard, predict: Predictor,
+    progress: ProgressFn = lambda stage, fraction: None, overlap: float = 0.25, batch_size: int = 2,
+) -> dict[str, Any]:
+    """Segment one volume; writes ``mask.nii.gz`` (input geometry) and ``summary.json``."""
+    timings: dict[str, float] = {}
+
+    def timed(stage: str, start: float) -> float:
+        now = time.perf_counter()
+        timings[stage] = round(now - start, 3)
+        return now
+
+    t = time.perf_counter()
+    progress("loading", 0.0)
+    original = read_volume(input_path)
+    t = timed("load", t)
+    progress("preprocessing", 0.05)
+    model_grid = prepare(original, card)
+    t = timed("preprocess", t)
+
+    inferer = SlidingWindow(roi_size=card.patch_size, overlap=overlap, batch_size=batch_size)
+    logits = inferer(model_grid.array, predict, progress=lambda f: progress("inference", 0.1 + 0.8 * f))
+    t = timed("inference", t)
+
+    progress("postprocessing", 0.9)
+    labels = np.argmax(logits, axis=0).astype(np.uint8)
+    del logits
+    mask = resample_like(model_grid.with_array(labels), original, Interpolator.NEAREST)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    # write-then-rename: a rerun after a crash never leaves a half-written mask behind
+    tmp = out_dir / f".tmp-{MASK_NAME}"
+    write_volume(mask, tmp)
+    tmp.replace(out_dir / MASK_NAME)
+    timed("postprocess", t)
+
+    summary = {
+        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
+        "input": {"shape_zyx": list(original.shape), "spacing_mm": list(original.spacing),
+                  "orientation": original.orientation_code()},
+        "structures": summarise(mask, card),
+        "timings_s": timings,
+        "artifacts": [MASK_NAME, SUMMARY_NAME],
+    }
+    (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
+    progress("done", 1.0)
+    return summary

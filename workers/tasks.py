@@ -1,0 +1,94 @@
+"""Celery tasks. Thin: they fetch the job record, call the job function, record the outcome.
+
+Tasks take a job id and can run twice (redelivery after a worker crash): a finished job is not
+redone, and outputs are written under the job's own artifact folder by replace-on-write.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery import Task
+
+from export.manifest import read_manifest
+from medstack.artifacts import ArtifactStore
+from medstack.db import Job, JobState, session_factory, utcnow
+from medstack.settings import settings
+from services.common.volume import VolumeError
+from workers.celery_app import celery_app
+from workers.segmentation_job import ModelCard, run_segmentation
+from workers.triton_predictor import TritonPredictor
+
+log = logging.getLogger(__name__)
+PROGRESS_EVERY_S = 1.0
+
+
+class JobCancelled(Exception):
+    pass
+
+
+class _Recorder:
+    """Writes stage/progress to the job row and the Celery state, at most once a second."""
+
+    def __init__(self, task: Task, job_id: str) -> None:
+        self.task, self.job_id, self.last = task, job_id, 0.0
+        self.sessions = session_factory()
+
+    def __call__(self, stage: str, fraction: float) -> None:
+        now = time.monotonic()
+        if now - self.last < PROGRESS_EVERY_S and fraction not in (0.0, 1.0):
+            return
+        self.last = now
+        with self.sessions.begin() as db:
+            job = db.get(Job, self.job_id)
+            if job is None or job.state == JobState.CANCELLED:
+                raise JobCancelled(self.job_id)
+            job.stage, job.progress = stage, round(fraction, 3)
+        self.task.update_state(state="PROGRESS", meta={"stage": stage, "progress": fraction})
+
+
+def _finish(job_id: str, state: str, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
+    with session_factory().begin() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            return
+        job.state, job.result, job.error, job.finished_at = state, result, error, utcnow()
+        if state == JobState.SUCCEEDED:
+            job.stage, job.progress = "done", 1.0
+
+
+@celery_app.task(bind=True, name="workers.tasks.segment_volume")
+def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
+    sessions = session_factory()
+    with sessions.begin() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            log.warning("job %s: no such job, dropped", job_id)
+            return None
+        if job.state in JobState.FINAL:
+            return job.result  # redelivered after it finished: nothing to redo
+        job.state, job.stage, job.attempts = JobState.RUNNING, "starting", job.attempts + 1
+        job.started_at = job.started_at or utcnow()
+        model, input_name = job.model, job.params["input"]
+
+    store = ArtifactStore()
+    predictor = TritonPredictor(model, settings.triton_grpc_url)
+    try:
+        version = predictor.served_version()
+        card = ModelCard.from_manifest(read_manifest(settings.model_repository / model / version))
+        summary = run_segmentation(
+            store.path(job_id, input_name), store.job_dir(job_id), card, predictor, progress=_Recorder(self, job_id)
+        )
+    except JobCancelled:
+        log.info("job %s: cancelled", job_id)
+        return None
+    except VolumeError as error:
+        _finish(job_id, JobState.FAILED, error={"type": "invalid-volume", "detail": str(error)})
+        return None
+    finally:
+        predictor.close()
+    _finish(job_id, JobState.SUCCEEDED, result=summary)
+    log.info("job %s: succeeded with %s v%s", job_id, card.name, card.version)
+    return summary
