@@ -8,10 +8,17 @@ concatenated along the batch axis and run as one ONNX Runtime call.
 
 import json
 import os
+import sys
 
-import numpy as np
-import onnxruntime as ort
-import triton_python_backend_utils as pb_utils
+# The stub embeds the system libpython and ignores PYTHONPATH when it builds sys.path; the
+# launcher points PYTHONPATH at the Triton environment (numpy < 2, onnxruntime), so add it here.
+for _path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
+    if _path and _path not in sys.path:
+        sys.path.insert(0, _path)
+
+import numpy as np  # noqa: E402
+import onnxruntime as ort  # noqa: E402
+import triton_python_backend_utils as pb_utils  # noqa: E402
 
 
 class TritonPythonModel:

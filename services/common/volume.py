@@ -24,6 +24,7 @@ import difflib
 import gzip
 import struct
 import zlib
+from collections.abc import Iterable
 from dataclasses import dataclass, replace
 from enum import StrEnum
 from pathlib import Path
@@ -93,8 +94,8 @@ class Volume:
     def __post_init__(self) -> None:
         self.array = np.asarray(self.array)
         _check_array(self.array)
-        self.spacing = _floats(self.spacing, 3, "spacing")
-        self.origin = _floats(self.origin, 3, "origin")
+        self.spacing = _vec3(self.spacing, "spacing")
+        self.origin = _vec3(self.origin, "origin")
         self.direction = _floats(self.direction, 9, "direction")
         if min(self.spacing) <= 0:
             raise VolumeError(f"spacing must be positive, got {self.spacing}")
@@ -165,8 +166,13 @@ class Volume:
         )
 
 
-def _floats(values: object, n: int, name: str) -> tuple[float, ...]:
-    out = tuple(float(v) for v in values)  # type: ignore[attr-defined]
+def _vec3(values: Iterable[float], name: str) -> tuple[float, float, float]:
+    x, y, z = _floats(values, 3, name)
+    return (x, y, z)
+
+
+def _floats(values: Iterable[float], n: int, name: str) -> tuple[float, ...]:
+    out = tuple(float(v) for v in values)
     if len(out) != n:
         raise VolumeError(f"{name} needs {n} values, got {len(out)}: {out}")
     return out
@@ -229,14 +235,14 @@ def reorient(volume: Volume, code: str = "LPS") -> Volume:
     """Permute and flip the voxel axes so that they point as `code` says ("LPS", "RAS", ...).
 
     Voxels are not interpolated: the result holds the same values in another order, and the world
-    position of every voxel is unchanged.
+    position of every voxel is unchanged. Returns `volume` itself when it already points that way.
     """
     code = code.upper()
     if len(code) != 3 or sorted(_axis_of(c) for c in code) != [0, 1, 2]:
         raise ValueError(f"orientation {code!r} needs one letter from each of L/R, P/A, I/S, e.g. 'LPS'")
     if volume.orientation_code() == code:
         return volume
-    return Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), code))
+    return _same_dtype(Volume.from_sitk(sitk.DICOMOrient(volume.to_sitk(), code)), volume)
 
 
 def _axis_of(letter: str) -> int:
@@ -257,14 +263,12 @@ def resample(
     The new size covers the same physical extent: round(size * old_spacing / new_spacing) per axis.
     Use `nearest` for label maps. The pixel type is kept.
     """
-    new_spacing = _floats(spacing, 3, "spacing")
+    new_spacing = _vec3(spacing, "spacing")
     if min(new_spacing) <= 0:
         raise ValueError(f"spacing must be positive, got {new_spacing}")
     sizes = zip(volume.shape[::-1], volume.spacing, new_spacing, strict=True)
     new_size = [max(1, round(n * old / new)) for n, old, new in sizes]
-    return _resample_to(
-        volume, new_size, new_spacing, volume.origin, volume.direction, interpolator, default_value
-    )
+    return _resample_to(volume, new_size, new_spacing, volume.origin, volume.direction, interpolator, default_value)
 
 
 def resample_like(
@@ -307,9 +311,13 @@ def _resample_to(
         float(default_value),
         image.GetPixelID(),
     )
-    result = Volume.from_sitk(out)
-    if volume.array.dtype == np.bool_:
-        result.array = result.array.astype(np.bool_)
+    return _same_dtype(Volume.from_sitk(out), volume)
+
+
+def _same_dtype(result: Volume, source: Volume) -> Volume:
+    """Undo `to_sitk`'s widening of bool and float16."""
+    if result.array.dtype != source.array.dtype:
+        result.array = result.array.astype(source.array.dtype)
     return result
 
 
@@ -379,8 +387,7 @@ def _nifti_layout(header: bytes) -> tuple[int, int, np.dtype | None]:
 
 def _non_finite_message(count: int) -> str:
     return (
-        f"{count} voxels are NaN or infinite: replace them (e.g. with the background value) "
-        "before sending the volume"
+        f"{count} voxels are NaN or infinite: replace them (e.g. with the background value) before sending the volume"
     )
 
 

@@ -60,9 +60,7 @@ def test_round_trip_preserves_voxels_and_geometry_exactly(tmp_path, suffix, dtyp
 
 @pytest.mark.parametrize("suffix, atol", [(".nii.gz", 1e-5), (".nrrd", 1e-12)])
 def test_round_trip_oblique_geometry(tmp_path, suffix, atol):
-    vol = Volume(
-        _volume().array, spacing=(0.7, 0.7, 1.3), origin=(1.1, -2.2, 3.3), direction=_oblique_direction()
-    )
+    vol = Volume(_volume().array, spacing=(0.7, 0.7, 1.3), origin=(1.1, -2.2, 3.3), direction=_oblique_direction())
     back = read_volume(write_volume(vol, tmp_path / f"v{suffix}"))
     np.testing.assert_array_equal(back.array, vol.array)
     assert back.same_grid(vol, atol=atol)
@@ -166,6 +164,14 @@ def test_resample_linear_keeps_constant_and_fills_outside():
 def test_resample_rejects_unknown_interpolator():
     with pytest.raises(ValueError, match="Did you mean 'nearest'"):
         resample(_labels(), (1, 1, 1), "neareest")
+
+
+@pytest.mark.parametrize("dtype", ["bool", "float16", "uint8", "int32", "float64"])
+def test_dtype_survives_reorient_and_resample(dtype):
+    vol = _labels()
+    vol = vol.with_array(vol.array.astype(dtype))
+    assert reorient(vol, "RAS").array.dtype == dtype
+    assert resample(vol, (1.0, 1.0, 1.0), "nearest").array.dtype == dtype
 
 
 def test_with_array_checks_shape():
