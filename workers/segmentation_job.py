@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from services.common.preview import write_preview
 from services.common.sliding_window import Predictor, SlidingWindow
 from services.common.volume import (
     Interpolator,
@@ -29,6 +30,7 @@ from services.common.volume import (
 
 MASK_NAME = "mask.nii.gz"
 SUMMARY_NAME = "summary.json"
+PREVIEW_NAME = "preview.png"
 
 # (stage, fraction of the whole job) -> None
 ProgressFn = Callable[[str, float], None]
@@ -121,6 +123,7 @@ def run_segmentation(
     tmp = out_dir / f".tmp-{MASK_NAME}"
     write_volume(mask, tmp)
     tmp.replace(out_dir / MASK_NAME)
+    write_preview(original, mask, dict(enumerate(card.classes)), out_dir / PREVIEW_NAME)
     timed("postprocess", t)
 
     summary = {
@@ -129,7 +132,7 @@ def run_segmentation(
                   "orientation": original.orientation_code()},
         "structures": summarise(mask, card),
         "timings_s": timings,
-        "artifacts": [MASK_NAME, SUMMARY_NAME],
+        "artifacts": [MASK_NAME, SUMMARY_NAME, PREVIEW_NAME],
     }
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     progress("done", 1.0)

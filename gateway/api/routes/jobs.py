@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from fastapi import APIRouter
 from fastapi.responses import FileResponse
 
@@ -10,6 +12,8 @@ from gateway.problems import Problem
 from gateway.schemas import JobPublic
 from medstack.artifacts import ArtifactStore
 from medstack.db import Job
+
+MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".gz": "application/gzip"}
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
 
@@ -35,5 +39,5 @@ def get_artifact(job_id: str, name: str, db: DbSession, store: Store) -> FileRes
     _get(db, job_id)
     if name.startswith("input") or name not in store.list(job_id):
         raise Problem(404, "Artifact not found", f"job {job_id} has no artifact {name!r}", kind="artifact-not-found")
-    media = "application/json" if name.endswith(".json") else "application/octet-stream"
+    media = MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
     return FileResponse(store.path(job_id, name), media_type=media, filename=name)
