@@ -48,6 +48,7 @@ class ModelCard:
     orientation: str | None
     spacing_mm: tuple[float, float, float] | None
     window: tuple[float, float] | None  # HU clip range, mapped linearly to [-1, 1]
+    pad_value: float  # what the network sees beyond the volume's border (air)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelCard:
@@ -64,20 +65,29 @@ class ModelCard:
             orientation=None if orientation in (None, "any") else orientation,
             spacing_mm=tuple(spacing) if spacing else None,  # type: ignore[arg-type]
             window=tuple(window) if window else None,  # type: ignore[arg-type]
+            pad_value=float(pre.get("pad_value", -1.0 if window else -1000.0)),
         )
 
 
 def prepare(volume: Volume, card: ModelCard) -> Volume:
-    """Bring a volume onto the model's grid and intensity scale (geometry carried along)."""
+    """Bring a volume onto the model's grid and intensity scale (geometry carried along).
+
+    The HU window is applied before resampling so that out-of-field values (e.g. -2048) cannot
+    bleed into the interpolated border; outside the input is the window's low end (air).
+    """
     if card.orientation:
         volume = reorient(volume, card.orientation)
-    if card.spacing_mm:
-        volume = resample(volume, card.spacing_mm, Interpolator.LINEAR, default_value=float(volume.array.min()))
     array = volume.array.astype(np.float32)
     if card.window:
+        array = np.clip(array, *card.window)
+    volume = volume.with_array(array)
+    if card.spacing_mm:
+        outside = card.window[0] if card.window else float(array.min())
+        volume = resample(volume, card.spacing_mm, Interpolator.LINEAR, default_value=outside)
+    if card.window:
         low, high = card.window
-        array = (np.clip(array, low, high) - low) / (high - low) * 2.0 - 1.0
-    return volume.with_array(array)
+        volume = volume.with_array(((volume.array - low) / (high - low) * 2.0 - 1.0).astype(np.float32))
+    return volume
 
 
 def summarise(mask: Volume, card: ModelCard) -> list[dict[str, Any]]:
@@ -110,7 +120,7 @@ def run_segmentation(
     model_grid = prepare(original, card)
     t = timed("preprocess", t)
 
-    inferer = SlidingWindow(roi_size=card.patch_size, overlap=overlap, batch_size=batch_size)
+    inferer = SlidingWindow(roi_size=card.patch_size, overlap=overlap, batch_size=batch_size, pad_value=card.pad_value)
     logits = inferer(model_grid.array, predict, progress=lambda f: progress("inference", 0.1 + 0.8 * f))
     t = timed("inference", t)
 
