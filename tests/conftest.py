@@ -128,6 +128,7 @@ def stack(triton: TritonEndpoint, redis_url: str, run_dir: Path) -> Iterator[Sta
     gateway = _spawn(gateway_command(s), log, env)
     url = f"http://127.0.0.1:{s.gateway_port}"
     _wait(lambda: http_ready(url + "/livez"), "gateway", 60, gateway, log)
-    yield Stack(s, redis_url, url, env, worker_pid)
+    running = Stack(s, redis_url, url, env, worker_pid)
+    yield running
     stop_process_group(gateway.pid)
-    stop_process_group(worker_pid)
+    stop_process_group(running.worker_pid)  # tests may replace the worker

@@ -25,3 +25,13 @@ def lung_labels(structures: dict[int, str]) -> list[int]:
 
 
 
+
+
+def dicom_zip(volume: Volume, folder: Path, drop_slice: int | None = None) -> Path:
+    """A zip of a CT series built from ``volume``; ``drop_slice`` leaves a gap in it."""
+    from services.common.dicom_series import write_ct_series, zip_files
+
+    paths = write_ct_series(volume, folder / "series")
+    if drop_slice is not None:
+        paths.pop(drop_slice)
+    return zip_files(paths, folder / "series.zip")

@@ -15,7 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from scipy import ndimage
 
+from services.common.dicom_seg import write_segmentation
+from services.common.dicom_series import DicomSeries, read_dicom_zip
 from services.common.preview import write_preview
 from services.common.sliding_window import Predictor, SlidingWindow
 from services.common.volume import (
@@ -31,6 +34,7 @@ from services.common.volume import (
 MASK_NAME = "mask.nii.gz"
 SUMMARY_NAME = "summary.json"
 PREVIEW_NAME = "preview.png"
+SEG_NAME = "seg.dcm"
 
 # (stage, fraction of the whole job) -> None
 ProgressFn = Callable[[str, float], None]
@@ -90,6 +94,32 @@ def prepare(volume: Volume, card: ModelCard) -> Volume:
     return volume
 
 
+def load_input(path: Path, series_uid: str | None = None) -> tuple[Volume, DicomSeries | None]:
+    """A NIfTI/NRRD/MHA file, or a zip holding a DICOM series (then the series is kept for SEG)."""
+    if path.suffix == ".zip":
+        series = read_dicom_zip(path, series_uid)
+        return series.volume, series
+    return read_volume(path), None
+
+
+def _format_of(path: Path) -> str:
+    return "nifti" if ".nii" in path.name else path.suffix.lstrip(".")
+
+
+def keep_largest_components(labels: np.ndarray) -> np.ndarray:
+    """Per class, keep only the largest 26-connected component (drops stray islands)."""
+    out = np.zeros_like(labels)
+    structure = np.ones((3, 3, 3), bool)
+    for value in np.unique(labels):
+        if value == 0:
+            continue
+        components, count = ndimage.label(labels == value, structure=structure)
+        if count:
+            sizes = np.bincount(components.ravel())[1:]
+            out[components == 1 + int(np.argmax(sizes))] = value
+    return out
+
+
 def summarise(mask: Volume, card: ModelCard) -> list[dict[str, Any]]:
     voxel_ml = float(np.prod(mask.spacing)) / 1000.0
     counts = np.bincount(mask.array.ravel(), minlength=len(card.classes))
@@ -103,8 +133,10 @@ def summarise(mask: Volume, card: ModelCard) -> list[dict[str, Any]]:
 def run_segmentation(
     input_path: Path, out_dir: Path, card: ModelCard, predict: Predictor,
     progress: ProgressFn = lambda stage, fraction: None, overlap: float = 0.25, batch_size: int = 2,
+    largest_component: bool = False, series_uid: str | None = None,
 ) -> dict[str, Any]:
-    """Segment one volume; writes ``mask.nii.gz`` (input geometry) and ``summary.json``."""
+    """Segment one volume; writes ``mask.nii.gz`` (input geometry), ``summary.json``, ``preview.png``
+    and, for DICOM input, ``seg.dcm`` referencing the source series."""
     timings: dict[str, float] = {}
 
     def timed(stage: str, start: float) -> float:
@@ -114,7 +146,7 @@ def run_segmentation(
 
     t = time.perf_counter()
     progress("loading", 0.0)
-    original = read_volume(input_path)
+    original, series = load_input(input_path, series_uid)
     t = timed("load", t)
     progress("preprocessing", 0.05)
     model_grid = prepare(original, card)
@@ -127,6 +159,8 @@ def run_segmentation(
     progress("postprocessing", 0.9)
     labels = np.argmax(logits, axis=0).astype(np.uint8)
     del logits
+    if largest_component:
+        labels = keep_largest_components(labels)
     mask = resample_like(model_grid.with_array(labels), original, Interpolator.NEAREST)
     out_dir.mkdir(parents=True, exist_ok=True)
     # write-then-rename: a rerun after a crash never leaves a half-written mask behind
@@ -134,15 +168,21 @@ def run_segmentation(
     write_volume(mask, tmp)
     tmp.replace(out_dir / MASK_NAME)
     write_preview(original, mask, dict(enumerate(card.classes)), out_dir / PREVIEW_NAME)
+    model = {"name": card.name, "version": card.version, "sha256": card.sha256}
+    artifacts = [MASK_NAME, SUMMARY_NAME, PREVIEW_NAME]
+    if series is not None:
+        write_segmentation(mask.array, series, dict(enumerate(card.classes)), model, out_dir / SEG_NAME)
+        artifacts.append(SEG_NAME)
     timed("postprocess", t)
 
     summary = {
-        "model": {"name": card.name, "version": card.version, "sha256": card.sha256},
-        "input": {"shape_zyx": list(original.shape), "spacing_mm": list(original.spacing),
-                  "orientation": original.orientation_code()},
+        "model": model,
+        "input": {"format": "dicom" if series else _format_of(input_path), "shape_zyx": list(original.shape),
+                  "spacing_mm": list(original.spacing), "orientation": original.orientation_code(),
+                  "series_uid": series.series_uid if series else None},
         "structures": summarise(mask, card),
         "timings_s": timings,
-        "artifacts": [MASK_NAME, SUMMARY_NAME, PREVIEW_NAME],
+        "artifacts": artifacts,
     }
     (out_dir / SUMMARY_NAME).write_text(json.dumps(summary, indent=2))
     progress("done", 1.0)

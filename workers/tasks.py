@@ -11,6 +11,8 @@ import time
 from typing import Any
 
 from celery import Task
+from celery.signals import worker_ready
+from tritonclient.utils import InferenceServerException
 
 from export.manifest import read_manifest
 from medstack.artifacts import ArtifactStore
@@ -18,11 +20,13 @@ from medstack.db import Job, JobState, session_factory, utcnow
 from medstack.settings import settings
 from services.common.volume import VolumeError
 from workers.celery_app import celery_app
+from workers.recovery import Heartbeat, start_orphan_scanner, wait_until_orphaned
 from workers.segmentation_job import ModelCard, run_segmentation
-from workers.triton_predictor import TritonPredictor
+from workers.triton_predictor import ModelNotServed, TritonPredictor
 
 log = logging.getLogger(__name__)
 PROGRESS_EVERY_S = 1.0
+MAX_TRITON_RETRIES = 5
 
 
 class JobCancelled(Exception):
@@ -59,6 +63,13 @@ def _finish(job_id: str, state: str, result: dict[str, Any] | None = None, error
             job.stage, job.progress = "done", 1.0
 
 
+def _requeue(job_id: str, stage: str) -> None:
+    with session_factory().begin() as db:
+        job = db.get(Job, job_id)
+        if job is not None:
+            job.state, job.stage = JobState.QUEUED, stage
+
+
 @celery_app.task(bind=True, name="workers.tasks.segment_volume")
 def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
     sessions = session_factory()
@@ -69,26 +80,51 @@ def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
             return None
         if job.state in JobState.FINAL:
             return job.result  # redelivered after it finished: nothing to redo
+        already_running = job.state == JobState.RUNNING
+    if already_running and not wait_until_orphaned(job_id):
+        log.info("job %s: running on another worker; duplicate delivery dropped", job_id)
+        return None
+    with sessions.begin() as db:
+        job = db.get(Job, job_id)
         job.state, job.stage, job.attempts = JobState.RUNNING, "starting", job.attempts + 1
         job.started_at = job.started_at or utcnow()
-        model, input_name = job.model, job.params["input"]
+        model, params = job.model, dict(job.params)
 
     store = ArtifactStore()
     predictor = TritonPredictor(model, settings.triton_grpc_url)
     try:
-        version = predictor.served_version()
-        card = ModelCard.from_manifest(read_manifest(settings.model_repository / model / version))
-        summary = run_segmentation(
-            store.path(job_id, input_name), store.job_dir(job_id), card, predictor, progress=_Recorder(self, job_id)
-        )
+        with Heartbeat(job_id):
+            version = predictor.served_version()
+            card = ModelCard.from_manifest(read_manifest(settings.model_repository / model / version))
+            summary = run_segmentation(
+                store.path(job_id, params["input"]), store.job_dir(job_id), card, predictor,
+                progress=_Recorder(self, job_id), largest_component=bool(params.get("largest_component")),
+                series_uid=params.get("series_uid"),
+            )
     except JobCancelled:
         log.info("job %s: cancelled", job_id)
         return None
     except VolumeError as error:
         _finish(job_id, JobState.FAILED, error={"type": "invalid-volume", "detail": str(error)})
         return None
+    except (InferenceServerException, ModelNotServed) as error:
+        # Triton restarting or the model reloading: wait and try again, then give up clearly
+        if self.request.retries < MAX_TRITON_RETRIES:
+            _requeue(job_id, "waiting for Triton")
+            raise self.retry(countdown=min(60, 5 * 2**self.request.retries)) from error
+        _finish(job_id, JobState.FAILED, error={"type": "model-unavailable", "detail": str(error)})
+        return None
+    except Exception as error:
+        log.exception("job %s: unexpected failure", job_id)
+        _finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
+        return None
     finally:
         predictor.close()
     _finish(job_id, JobState.SUCCEEDED, result=summary)
     log.info("job %s: succeeded with %s v%s", job_id, card.name, card.version)
     return summary
+
+
+@worker_ready.connect
+def _scan_for_orphans(**_: object) -> None:
+    start_orphan_scanner(lambda job_id: segment_volume.apply_async(args=[job_id], task_id=f"{job_id}-requeued"))

@@ -11,6 +11,10 @@ import tritonclient.grpc as grpcclient
 from export.manifest import MANIFEST
 
 
+class ModelNotServed(RuntimeError):
+    """Triton answers but does not (yet) serve the model: transient while models load."""
+
+
 @dataclass
 class TritonPredictor:
     model: str
@@ -28,7 +32,7 @@ class TritonPredictor:
         index = self._client.get_model_repository_index(as_json=True).get("models", [])
         ready = [int(m["version"]) for m in index if m["name"] == self.model and m.get("state") == "READY"]
         if not ready:
-            raise RuntimeError(f"model {self.model} is not loaded in Triton at {self.url}")
+            raise ModelNotServed(f"model {self.model} is not loaded in Triton at {self.url}")
         return str(max(ready))
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
@@ -39,7 +43,7 @@ class TritonPredictor:
         logits = result.as_numpy(self.output_name)
         if logits is None or logits.size == 0:
             # the python-backend stub answers empty tensors when its numpy is too new
-            raise RuntimeError(f"Triton returned an empty {self.output_name!r} from {self.model}")
+            raise ModelNotServed(f"Triton returned an empty {self.output_name!r} from {self.model}")
         return logits
 
     def close(self) -> None:
