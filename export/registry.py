@@ -39,8 +39,8 @@ def _reference_hutissue() -> ExportSpec:
         outputs=(TensorSpec("logits", "float32", (len(TISSUE_CLASSES), -1, -1, -1)),),
         training={"command": "none (thresholds in services/reference/hu_tissue.py)", "data": "none"},
         preprocessing=lambda: {
-            "orientation": "any", "spacing_mm": None, "intensity": "raw HU", "classes": list(TISSUE_CLASSES),
-            "patch_size": [64, 128, 128],
+            "orientation": None, "spacing": None, "clip_hu": None, "pad_value": -1000.0,
+            "patch_size": [64, 128, 128], "sliding_window": {"overlap": 0.25}, "classes": list(TISSUE_CLASSES),
         },
         parity_atol=1e-3,
         parity_rtol=1e-5,

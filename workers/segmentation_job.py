@@ -53,13 +53,14 @@ class ModelCard:
     spacing_mm: tuple[float, float, float] | None
     window: tuple[float, float] | None  # HU clip range, mapped linearly to [-1, 1]
     pad_value: float  # what the network sees beyond the volume's border (air)
+    overlap: float  # sliding-window overlap the model was validated with
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelCard:
+        """Read the ``preprocessing`` block export/ writes: orientation, spacing (x, y, z mm),
+        clip_hu, pad_value, patch_size, classes, sliding_window.overlap; null means "leave as is"."""
         pre = manifest["preprocessing"]
-        orientation = pre.get("orientation")
-        spacing = pre.get("spacing_mm")
-        window = pre.get("window_hu")
+        orientation, spacing, window = pre.get("orientation"), pre.get("spacing"), pre.get("clip_hu")
         return cls(
             name=manifest["model"],
             version=str(manifest["version"]),
@@ -70,6 +71,7 @@ class ModelCard:
             spacing_mm=tuple(spacing) if spacing else None,  # type: ignore[arg-type]
             window=tuple(window) if window else None,  # type: ignore[arg-type]
             pad_value=float(pre.get("pad_value", -1.0 if window else -1000.0)),
+            overlap=float(pre.get("sliding_window", {}).get("overlap", 0.25)),
         )
 
 
@@ -132,7 +134,7 @@ def summarise(mask: Volume, card: ModelCard) -> list[dict[str, Any]]:
 
 def run_segmentation(
     input_path: Path, out_dir: Path, card: ModelCard, predict: Predictor,
-    progress: ProgressFn = lambda stage, fraction: None, overlap: float = 0.25, batch_size: int = 2,
+    progress: ProgressFn = lambda stage, fraction: None, overlap: float | None = None, batch_size: int = 2,
     largest_component: bool = False, series_uid: str | None = None,
 ) -> dict[str, Any]:
     """Segment one volume; writes ``mask.nii.gz`` (input geometry), ``summary.json``, ``preview.png``
@@ -152,7 +154,8 @@ def run_segmentation(
     model_grid = prepare(original, card)
     t = timed("preprocess", t)
 
-    inferer = SlidingWindow(roi_size=card.patch_size, overlap=overlap, batch_size=batch_size, pad_value=card.pad_value)
+    inferer = SlidingWindow(roi_size=card.patch_size, overlap=card.overlap if overlap is None else overlap,
+                            batch_size=batch_size, pad_value=card.pad_value)
     logits = inferer(model_grid.array, predict, progress=lambda f: progress("inference", 0.1 + 0.8 * f))
     t = timed("inference", t)
 

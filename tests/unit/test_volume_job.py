@@ -36,7 +36,7 @@ def test_raw_hu_model_sees_the_input_unchanged() -> None:
 
 
 def test_windowed_model_gets_lps_its_spacing_and_minus_one_to_one() -> None:
-    grid = prepare(_ct(), _card(orientation="LPS", spacing_mm=[2.0, 2.0, 2.0], window_hu=[-1000, 1000]))
+    grid = prepare(_ct(), _card(orientation="LPS", spacing=[2.0, 2.0, 2.0], clip_hu=[-1000, 1000]))
     assert grid.orientation_code() == "LPS"
     assert grid.spacing == (2.0, 2.0, 2.0)
     assert grid.array.min() >= -1.0 and grid.array.max() <= 1.0
@@ -49,7 +49,7 @@ def test_job_with_a_threshold_predictor_overlays_the_input(tmp_path: Path) -> No
     def threshold(patches: np.ndarray) -> np.ndarray:  # class 1 where the normalised value > 0 (HU > 0)
         return np.concatenate([np.zeros_like(patches), patches], axis=1)
 
-    card = _card(orientation="LPS", spacing_mm=[1.6, 1.8, 2.5], window_hu=[-1000, 1000])
+    card = _card(orientation="LPS", spacing=[1.6, 1.8, 2.5], clip_hu=[-1000, 1000])
     summary = run_segmentation(path, tmp_path / "out", card, threshold)
     mask = read_volume(tmp_path / "out" / "mask.nii.gz")
     assert mask.same_grid(ct)
