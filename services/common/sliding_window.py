@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -79,20 +80,30 @@ class SlidingWindow:
 
         logits: np.ndarray | None = None  # allocated once the class count is known
         total_weight = np.zeros(volume.shape, dtype=np.float32)
-        done = 0
-        for batch in _chunks(windows, self.batch_size):
+        batches = list(_chunks(windows, self.batch_size))
+
+        def run(batch: list[tuple[slice, slice, slice]]) -> np.ndarray:
             patches = np.stack([volume[w] for w in batch])[:, None].astype(np.float32, copy=False)
             out = predict(patches)
             if out.shape[0] != len(batch) or out.shape[2:] != self.roi_size:
                 raise ValueError(f"predictor returned {out.shape} for patches {patches.shape}")
-            if logits is None:
-                logits = np.zeros((out.shape[1], *volume.shape), dtype=np.float32)
-            for w, patch_logits in zip(batch, out, strict=True):
-                logits[(slice(None), *w)] += patch_logits * weight
-                total_weight[w] += weight
-            done += len(batch)
-            if progress is not None:
-                progress(done / len(windows))
+            return out
+
+        # one batch in flight while the previous one is stitched: the predictor (a server, or a
+        # runtime that releases the GIL) works while numpy adds up weights
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            pending = pool.submit(run, batches[0])
+            for i, batch in enumerate(batches):
+                out = pending.result()
+                if i + 1 < len(batches):
+                    pending = pool.submit(run, batches[i + 1])
+                if logits is None:
+                    logits = np.zeros((out.shape[1], *volume.shape), dtype=np.float32)
+                for w, patch_logits in zip(batch, out, strict=True):
+                    logits[(slice(None), *w)] += patch_logits * weight
+                    total_weight[w] += weight
+                if progress is not None:
+                    progress(sum(len(b) for b in batches[: i + 1]) / len(windows))
         assert logits is not None  # windows is never empty
         logits /= total_weight
         return logits[(slice(None), *(slice(0, n) for n in original))]
