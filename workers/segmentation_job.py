@@ -104,6 +104,15 @@ def load_input(path: Path, series_uid: str | None = None) -> tuple[Volume, Dicom
     return read_volume(path), None
 
 
+def argmax_classes(logits: np.ndarray) -> np.ndarray:
+    """Argmax over the class axis as uint8, slab by slab (a whole-volume int64 argmax of an
+    800-slice CT would need 1.7 GB more)."""
+    labels = np.empty(logits.shape[1:], dtype=np.uint8)
+    for z in range(0, logits.shape[1], 16):
+        labels[z : z + 16] = np.argmax(logits[:, z : z + 16], axis=0)
+    return labels
+
+
 def _format_of(path: Path) -> str:
     return "nifti" if ".nii" in path.name else path.suffix.lstrip(".")
 
@@ -160,7 +169,7 @@ def run_segmentation(
     t = timed("inference", t)
 
     progress("postprocessing", 0.9)
-    labels = np.argmax(logits, axis=0).astype(np.uint8)
+    labels = argmax_classes(logits)
     del logits
     if largest_component:
         labels = keep_largest_components(labels)

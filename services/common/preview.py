@@ -22,7 +22,19 @@ _PALETTE = np.array(
 
 def _grey(slab: np.ndarray) -> np.ndarray:
     low, high = WINDOW_HU
-    return (np.clip((slab - low) / (high - low), 0, 1) * 255).astype(np.float32)
+    return (np.clip((slab.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.float32)
+
+
+def _centre(labels: np.ndarray) -> tuple[int, int, int]:
+    """Centre of the labelled voxels (the volume's centre when there are none), without a
+    coordinate list as long as the volume."""
+    shape = labels.shape
+    counts = [np.count_nonzero(labels, axis=axes) for axes in ((1, 2), (0, 2), (0, 1))]
+    centre = []
+    for n, c in zip(shape, counts, strict=True):
+        total = c.sum()
+        centre.append(int(np.dot(np.arange(n), c) / total) if total else n // 2)
+    return centre[0], centre[1], centre[2]
 
 
 def _panel(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], alpha: float) -> Image.Image:
@@ -41,10 +53,9 @@ def _panel(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float],
 def write_preview(image: Volume, mask: Volume, names: dict[int, str], path: Path, alpha: float = 0.45) -> Path:
     """Three orthogonal slices of ``image`` with ``mask`` on top, in radiological LPS display order."""
     image, mask = reorient(image, "LPS"), reorient(mask, "LPS")
-    ct, lab = image.array.astype(np.float32), mask.array
+    ct, lab = image.array, mask.array
     sx, sy, sz = image.spacing
-    found = np.argwhere(lab > 0)
-    z, y, x = (found.mean(axis=0).astype(int) if len(found) else np.array(lab.shape) // 2)
+    z, y, x = _centre(lab)
     # flip z so the head is up in coronal and sagittal views
     panels = [
         _panel(ct[z], lab[z], (sy, sx), alpha),

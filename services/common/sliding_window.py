@@ -31,19 +31,19 @@ def window_starts(size: int, roi: int, overlap: float) -> list[int]:
     return starts + [size - roi]
 
 
+def axis_weights(n: int, sigma_scale: float = 0.125) -> np.ndarray:
+    """1D Gaussian (σ = n·sigma_scale), max 1, floored at 0.1 so every voxel gets positive weight."""
+    x = np.arange(n, dtype=np.float64) - (n - 1) / 2
+    return np.maximum(np.exp(-0.5 * (x / (n * sigma_scale)) ** 2), 0.1).astype(np.float32)
+
+
 def gaussian_importance(roi_size: tuple[int, int, int], sigma_scale: float = 0.125) -> np.ndarray:
-    """Separable Gaussian weight map (σ = roi·sigma_scale per axis), normalised to max 1.
+    """Separable Gaussian weight map, the outer product of ``axis_weights`` (so ≥ 1e-3).
 
     Centre voxels of a window are trusted more than its borders, where context is missing.
     """
-    axes = []
-    for n in roi_size:
-        x = np.arange(n, dtype=np.float64) - (n - 1) / 2
-        axes.append(np.exp(-0.5 * (x / (n * sigma_scale)) ** 2))
-    weight = axes[0][:, None, None] * axes[1][None, :, None] * axes[2][None, None, :]
-    weight = (weight / weight.max()).astype(np.float32)
-    # no zero weights: every voxel must be covered with a positive total weight
-    return np.maximum(weight, 1e-3)
+    wz, wy, wx = (axis_weights(n, sigma_scale) for n in roi_size)
+    return wz[:, None, None] * wy[None, :, None] * wx[None, None, :]
 
 
 @dataclass(frozen=True)
@@ -76,10 +76,10 @@ class SlidingWindow:
         original = volume.shape
         volume = self._pad(volume)
         windows = self.windows(volume.shape)
-        weight = gaussian_importance(self.roi_size) if self.gaussian else np.ones(self.roi_size, np.float32)
+        axis_w = [axis_weights(r) if self.gaussian else np.ones(r, np.float32) for r in self.roi_size]
+        weight = axis_w[0][:, None, None] * axis_w[1][None, :, None] * axis_w[2][None, None, :]
 
         logits: np.ndarray | None = None  # allocated once the class count is known
-        total_weight = np.zeros(volume.shape, dtype=np.float32)
         batches = list(_chunks(windows, self.batch_size))
 
         def run(batch: list[tuple[slice, slice, slice]]) -> np.ndarray:
@@ -101,12 +101,27 @@ class SlidingWindow:
                     logits = np.zeros((out.shape[1], *volume.shape), dtype=np.float32)
                 for w, patch_logits in zip(batch, out, strict=True):
                     logits[(slice(None), *w)] += patch_logits * weight
-                    total_weight[w] += weight
                 if progress is not None:
                     progress(sum(len(b) for b in batches[: i + 1]) / len(windows))
         assert logits is not None  # windows is never empty
-        logits /= total_weight
+        self._normalise(logits, axis_w)
         return logits[(slice(None), *(slice(0, n) for n in original))]
+
+    def _normalise(self, logits: np.ndarray, axis_w: list[np.ndarray]) -> None:
+        """Divide by the summed window weights, in place.
+
+        Windows are the Cartesian product of per-axis starts and the weight map is separable, so
+        the total weight is the outer product of three 1D sums: no volume-sized weight buffer.
+        """
+        totals = []
+        for size, roi, w in zip(logits.shape[1:], self.roi_size, axis_w, strict=True):
+            total = np.zeros(size, np.float32)
+            for start in window_starts(size, roi, self.overlap):
+                total[start : start + roi] += w
+            totals.append(total)
+        plane = totals[1][:, None] * totals[2][None, :]
+        for z, tz in enumerate(totals[0]):
+            logits[:, z] /= tz * plane
 
     def _pad(self, volume: np.ndarray) -> np.ndarray:
         """Pad at the far end of each axis shorter than the roi (cropped off again afterwards)."""

@@ -49,7 +49,7 @@ def test_progress_reaches_one_and_batches_are_bounded() -> None:
 
 def test_gaussian_weights_peak_in_the_centre() -> None:
     w = gaussian_importance((8, 16, 16))
-    assert w.max() == pytest.approx(1.0) and w.min() > 0
+    assert w.max() <= 1.0 and w.min() >= 1e-3 - 1e-9
     assert w[4, 8, 8] > w[0, 0, 0]
 
 
