@@ -24,6 +24,7 @@ from medstack.settings import REPO_ROOT, Settings
 from medstack.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
 COMPONENTS = ("triton", "redis", "worker", "gateway")
+SUPERVISOR = "supervisor"
 REDIS_MISSING = (
     "no Redis answers at {url} and redis-server is not installed. Install it "
     "(Debian/Ubuntu: `sudo apt-get install redis-server`; macOS: `brew install redis`) "
@@ -165,6 +166,17 @@ class Stack:
 
     # ---- up -------------------------------------------------------------------------------
     def up(self, echo: Callable[[str], None] = lambda _: None) -> dict[str, str]:
+        """Start what is not running, then a supervisor that restarts components that die."""
+        state = self.ensure_running(echo)
+        if not self.run.pid(SUPERVISOR):
+            log = self.run.log_file(SUPERVISOR)
+            env = component_env(self.settings, state["redis_url"])
+            proc = _spawn([sys.executable, "-m", "medstack.supervisor"], log, env)
+            self.run.pid_file(SUPERVISOR).write_text(str(proc.pid))
+            echo(f"{SUPERVISOR}: up (pid {proc.pid}, restarts components that die; log {log})")
+        return state
+
+    def ensure_running(self, echo: Callable[[str], None] = lambda _: None) -> dict[str, str]:
         self.run.prepare()
         self.settings.artifact_dir.mkdir(parents=True, exist_ok=True)
         state = self.run.load_state()
@@ -202,13 +214,15 @@ class Stack:
             return configured
         if configured:
             echo(f"redis: {configured} does not answer; starting a private redis-server")
-        if self.run.pid("redis") and state.get("redis_url") and redis_answers(state["redis_url"]):
-            echo(f"redis: already running at {state['redis_url']}")
-            return state["redis_url"]
+        previous = state.get("redis_url") if state.get("redis_private") else None
+        if self.run.pid("redis") and previous and redis_answers(previous):
+            echo(f"redis: already running at {previous}")
+            return previous
         binary = shutil.which("redis-server")
         if binary is None:
             raise StackError(REDIS_MISSING.format(url=configured or "(none configured)"))
-        port = free_port()
+        # a restarted private Redis keeps its port, so worker and gateway find it again
+        port = int(previous.rsplit(":", 1)[1].split("/")[0]) if previous else free_port()
         data = self.settings.run_dir / "redis"
         data.mkdir(parents=True, exist_ok=True)
         # AOF: jobs accepted before a Redis restart are still queued after it
@@ -220,6 +234,7 @@ class Stack:
         url = f"redis://127.0.0.1:{port}/0"
         _wait(lambda: redis_answers(url), "redis", 20, proc, log)
         echo(f"redis: private redis-server at {url} (pid {proc.pid})")
+        state["redis_private"] = "1"
         return url
 
     def _start_triton(self, echo: Callable[[str], None]) -> None:
@@ -245,7 +260,7 @@ class Stack:
 
     # ---- down / status ----------------------------------------------------------------------
     def down(self, echo: Callable[[str], None] = lambda _: None) -> None:
-        for name in reversed(COMPONENTS):
+        for name in (SUPERVISOR, *reversed(COMPONENTS)):  # the supervisor first: it would restart the rest
             pid = self.run.pid(name)
             pid_file = self.run.pid_file(name)
             if pid is not None:
@@ -269,4 +284,6 @@ class Stack:
             pid = self.run.pid(name)
             owner = f"pid {pid}" if pid else ("external" if name == "redis" and redis_url else "not started")
             report[name] = f"{'healthy' if checks[name]() else 'DOWN'} ({owner})"
+        pid = self.run.pid(SUPERVISOR)
+        report[SUPERVISOR] = f"watching (pid {pid})" if pid else "not running: nothing restarts a dead component"
         return report

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
+import time
 from pathlib import Path
 
 import psutil
@@ -28,17 +30,31 @@ def test_up_status_down_leaves_no_process(model_repository: Path, tmp_path: Path
         MEDSTACK_TRITON_METRICS_PORT=str(free_port()), MEDSTACK_GATEWAY_PORT=str(free_port()),
     )
     up = _medstack(["up"], env)
-    pids = [int(p.read_text()) for p in (tmp_path / "run" / "pids").glob("*.pid")]
+    pid_dir = tmp_path / "run" / "pids"
+    pids = [int(p.read_text()) for p in pid_dir.glob("*.pid")]
     try:
         assert up.returncode == 0, up.stdout + up.stderr
         assert "private redis-server" in up.stdout
-        assert len(pids) == 4
+        assert len(pids) == 5  # four components and the supervisor
         status = _medstack(["status"], env)
         assert status.returncode == 0, status.stdout
-        assert status.stdout.count("healthy") == 4
+        assert status.stdout.count("healthy") == 4 and "watching" in status.stdout
         # idempotent: a second `up` starts nothing new
         again = _medstack(["up"], env)
         assert again.returncode == 0 and again.stdout.count("already running") == 4, again.stdout
+
+        # the supervisor restarts a component that dies
+        worker = int((pid_dir / "worker.pid").read_text())
+        os.killpg(worker, signal.SIGKILL)
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            now = (pid_dir / "worker.pid").read_text()
+            if int(now) != worker and _medstack(["status"], env).returncode == 0:
+                break
+            time.sleep(2)
+        else:
+            raise AssertionError("the worker was not restarted")
+        pids.append(int((pid_dir / "worker.pid").read_text()))
     finally:
         down = _medstack(["down"], env)
     assert down.returncode == 0
