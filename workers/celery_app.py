@@ -15,7 +15,10 @@ from medstack.settings import settings
 HARD_LIMIT_S = 3600
 SOFT_LIMIT_S = HARD_LIMIT_S - 60
 
-celery_app = Celery("medstack", broker=settings.redis_url, backend=settings.redis_url, include=["workers.tasks"])
+celery_app = Celery(
+    "medstack", broker=settings.redis_url, backend=settings.redis_url,
+    include=["workers.tasks", "workers.valuation_tasks"],
+)
 celery_app.conf.update(
     task_acks_late=True,
     task_reject_on_worker_lost=True,
@@ -26,7 +29,10 @@ celery_app.conf.update(
     result_backend_transport_options={"visibility_timeout": HARD_LIMIT_S + 600},
     task_queues=[Queue("volumes"), Queue("batch")],
     task_default_queue="volumes",
-    task_routes={"workers.tasks.segment_volume": {"queue": "volumes"}},
+    task_routes={
+        "workers.tasks.segment_volume": {"queue": "volumes"},
+        "workers.valuation_tasks.score_dataset": {"queue": "batch"},
+    },
     task_serializer="json",
     accept_content=["json"],
     result_expires=7 * 24 * 3600,

@@ -80,13 +80,13 @@ def wait_until_orphaned(job_id: str, client: redis.Redis | None = None) -> bool:
     return seen is None
 
 
-def requeue_orphans(enqueue: Callable[[str], object], client: redis.Redis | None = None) -> list[str]:
-    """Queue again every RUNNING job whose heartbeat has expired; returns their ids."""
+def requeue_orphans(enqueue: Callable[[str, str], object], client: redis.Redis | None = None) -> list[str]:
+    """Queue again every RUNNING job whose heartbeat has expired; ``enqueue(job_id, kind)``."""
     client = client or _client()
     with session_factory()() as db:
-        running = db.scalars(select(Job.id).where(Job.state == JobState.RUNNING)).all()
+        running = db.execute(select(Job.id, Job.kind).where(Job.state == JobState.RUNNING)).all()
     requeued = []
-    for job_id in running:
+    for job_id, kind in running:
         if client.exists(_key(job_id)):
             continue
         # one worker wins the right to requeue this job for the next few minutes
@@ -97,13 +97,13 @@ def requeue_orphans(enqueue: Callable[[str], object], client: redis.Redis | None
             if job is None or job.state != JobState.RUNNING:
                 continue
             job.state, job.stage = JobState.QUEUED, "requeued after worker loss"
-        enqueue(job_id)
+        enqueue(job_id, kind)
         requeued.append(job_id)
         log.warning("job %s: worker lost, queued again", job_id)
     return requeued
 
 
-def start_orphan_scanner(enqueue: Callable[[str], object]) -> threading.Thread:
+def start_orphan_scanner(enqueue: Callable[[str, str], object]) -> threading.Thread:
     def loop() -> None:
         while True:
             try:

@@ -125,6 +125,21 @@ def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
     return summary
 
 
+# the task that runs each kind of job; the orphan scanner requeues by kind
+TASK_BY_KIND = {
+    "segmentation": "workers.tasks.segment_volume",
+    "valuation": "workers.valuation_tasks.score_dataset",
+}
+
+
+def _requeue_by_kind(job_id: str, kind: str) -> None:
+    name = TASK_BY_KIND.get(kind)
+    if name is None:
+        log.error("job %s: no task for kind %r; left for the broker's redelivery", job_id, kind)
+        return
+    celery_app.send_task(name, args=[job_id], task_id=f"{job_id}-requeued")
+
+
 @worker_ready.connect
 def _scan_for_orphans(**_: object) -> None:
-    start_orphan_scanner(lambda job_id: segment_volume.apply_async(args=[job_id], task_id=f"{job_id}-requeued"))
+    start_orphan_scanner(_requeue_by_kind)
