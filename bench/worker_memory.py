@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench.volume_job import _write_section
+from bench.report import write_section
 from export.manifest import latest_manifest
 from medstack.settings import REPO_ROOT, settings
 from medstack.stack import free_port
@@ -80,7 +80,7 @@ def main() -> None:
         "embedded Triton (shared memory). Input read from NIfTI; mask, summary and preview written.", "",
         "| case | peak RSS (MB) | job seconds |", "|---|---|---|", *rows, "",
     ])
-    _write_section(REPO_ROOT / "docs" / "benchmarks.md", report)
+    write_section(report)
     print(report)
 
 

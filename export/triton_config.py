@@ -31,7 +31,8 @@ CONFIG_FILES = {
     Flavour.TENSORRT: "configs/tensorrt.pbtxt",
 }
 
-TRT_ENGINE_CACHE = "/models/.trt_cache"
+# outside the (read-only) model repository: a folder there would be taken for a model
+TRT_ENGINE_CACHE = "/trt_cache"
 
 
 def _tensor(t: TensorSpec) -> str:
