@@ -38,8 +38,23 @@ models: envs data  ## export every model that has no version yet into model_repo
 lint:
 	$(VENV)/bin/ruff check .
 
-bench: envs data models
+bench: envs data models $(VENV)/.extras-installed
 	$(PY) -m bench.run
+
+# locust, matplotlib, monai: `make load`, `make perf`, `make bench` (pyproject extras load and bench)
+$(VENV)/.extras-installed: $(VENV)/.installed
+	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt -e '.[test,load,bench]'
+	touch $@
+
+.PHONY: load perf
+LOAD_USERS ?= 20
+LOAD_TIME ?= 120
+
+load: envs data models $(VENV)/.extras-installed  ## mixed locust profile, headless and bounded, against its own embedded stack
+	$(PY) -m loadtest.run --users $(LOAD_USERS) --run-time $(LOAD_TIME)
+
+perf: envs models $(VENV)/.extras-installed  ## perf_analyzer (tritonclient 2.41.0 wheel) against the embedded Triton, each model
+	$(PY) -m bench.perf_analyzer
 
 clean-run:  ## stop the stack and forget its run folder (keeps data and models)
 	-$(VENV)/bin/medstack down

@@ -5,9 +5,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import Annotated
 
-from fastapi import Depends
+from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from gateway.auth import CurrentKey, Principal
+from gateway.triton_client import TritonClient
 from medstack.artifacts import ArtifactStore
 from medstack.db import session_factory
 
@@ -21,5 +23,18 @@ def get_store() -> ArtifactStore:
     return ArtifactStore()
 
 
+def get_triton(request: Request) -> TritonClient:
+    return request.app.state.triton  # type: ignore[no-any-return]
+
+
 DbSession = Annotated[Session, Depends(get_db)]
 Store = Annotated[ArtifactStore, Depends(get_store)]
+Triton = Annotated[TritonClient, Depends(get_triton)]
+IdempotencyKey = Annotated[
+    str | None,
+    Header(alias="Idempotency-Key", max_length=100,
+           description="names this request: repeating it returns the same job instead of a new one",
+           examples=["ris-order-88412"]),
+]
+
+__all__ = ["CurrentKey", "DbSession", "IdempotencyKey", "Principal", "Store", "Triton"]

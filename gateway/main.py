@@ -1,27 +1,69 @@
-"""The MedStack gateway: ``uvicorn gateway.main:app``."""
+"""The MedStack gateway: ``uvicorn gateway.main:app``.
+
+Start-up (lifespan): structured logs, then ``prestart`` (database up and migrated, bootstrap key,
+Triton waited for), then the Triton gRPC client, the Redis rate limiter and the audit writer.
+"""
 
 from __future__ import annotations
 
-import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
-from gateway import problems
-from gateway.api.routes import health, jobs, models, segmentation
+from gateway import openapi, prestart, problems
+from gateway.api.main import api_router
+from gateway.api.routes.health import job_counts
+from gateway.audit import AuditWriter
+from gateway.config import config
+from gateway.middleware import RequestContextMiddleware
+from gateway.observability import JobStateCollector, configure_logging, registry
+from gateway.ratelimit import RateLimiter
+from gateway.triton_client import TritonClient
+from medstack.settings import settings
 
-logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+DESCRIPTION = """\
+Medical-imaging foundation models served by NVIDIA Triton.
+
+**Auth**: every route except `/livez` and `/readyz` needs an API key, sent as
+`Authorization: Bearer <key>` or `X-API-Key: <key>`; keys have scopes per capability
+(`medstack keys create --name N --scopes segmentation,jobs`). 401: no or unknown key;
+403: the key lacks the scope; 429: over the key's rate (see `Retry-After`).
+
+**Errors** are `application/problem+json` (RFC 7807) with a stable `type` per kind.
+**Jobs**: long work answers `202` with a job; poll `GET /v1/jobs/{id}`; send `Idempotency-Key`
+to make a submission safe to repeat. Every request gets an `X-Request-ID`.
+"""
 
 
 def create_app() -> FastAPI:
-    app = FastAPI(
-        title="MedStack",
-        version="0.1.0",
-        description="Medical-imaging foundation models served by NVIDIA Triton.",
-    )
+    audit = AuditWriter() if config.audit else None
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging(config.log_format, config.log_level)
+        triton = TritonClient(settings.triton_grpc_url, config.triton_call_timeout_s, config.triton_retries,
+                              config.triton_retry_backoff_s)
+        await prestart.run(config, triton)
+        limiter = RateLimiter(settings.redis_url)
+        app.state.triton, app.state.rate_limiter = triton, limiter
+        if audit is not None:
+            audit.start()
+        try:
+            yield
+        finally:
+            if audit is not None:
+                await audit.stop()
+            await limiter.close()
+            await triton.close()
+
+    app = FastAPI(title="MedStack", version="0.2.0", description=DESCRIPTION, lifespan=lifespan)
     problems.install(app)
-    for module in (health, models, segmentation, jobs):
-        app.include_router(module.router)
+    openapi.install(app)
+    app.include_router(api_router)
+    app.add_middleware(RequestContextMiddleware, audit=audit)
     return app
 
 
+registry.register(JobStateCollector(job_counts))
 app = create_app()

@@ -12,10 +12,14 @@ from typing import Annotated
 
 import typer
 
+from medstack.keys_cli import keys_app
 from medstack.settings import settings
 from medstack.stack import COMPONENTS, RunFolder, Stack, StackError
+from medstack.valuation_cli import valuation_app
 
 app = typer.Typer(help="MedStack: medical-imaging foundation models served by Triton.", no_args_is_help=True)
+app.add_typer(valuation_app, name="valuation")
+app.add_typer(keys_app, name="keys")
 
 
 @app.command()

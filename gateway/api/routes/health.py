@@ -1,46 +1,64 @@
-"""Liveness and readiness."""
+"""Liveness, readiness and Prometheus metrics.
+
+``/livez`` and ``/readyz`` answer without a key: they are probes (``medstack status``, compose and
+Kubernetes health checks) and say no more than which dependency is down. ``/metrics`` needs a key
+with the ``metrics`` scope (Prometheus sends it as a bearer token).
+"""
 
 from __future__ import annotations
 
+import asyncio
 from typing import Any
 
-import redis
-from fastapi import APIRouter
-from sqlalchemy import text
+from fastapi import APIRouter, Response
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from sqlalchemy import func, select, text
+from starlette.concurrency import run_in_threadpool
 
+from gateway import broker
+from gateway.auth import require
 from gateway.catalog import manifests
-from gateway.problems import Problem
-from medstack.db import session_factory
-from medstack.settings import settings
-from medstack.triton import http_ready
+from gateway.config import config
+from gateway.deps import Triton
+from gateway.observability import registry
+from gateway.problems import Problem, problem_responses
+from gateway.schemas import Liveness, Readiness
+from medstack.db import Job, session_factory
+from medstack.keys import Scope
 
 router = APIRouter(tags=["health"])
 
 
-@router.get("/livez", summary="The gateway process answers")
-def livez() -> dict[str, str]:
-    return {"status": "ok"}
+@router.get("/livez", summary="The gateway process answers (no key needed)")
+def livez() -> Liveness:
+    return Liveness(status="ok")
 
 
-@router.get("/readyz", summary="Triton, broker, database and models are all usable")
-def readyz() -> dict[str, Any]:
-    checks = {
-        "triton": http_ready(f"http://{settings.triton_http_url}/v2/health/ready"),
-        "broker": _redis_ok(),
-        "database": _db_ok(),
-        "models": bool(manifests()),
-    }
+@router.get(
+    "/readyz", summary="Triton, broker, database and models are all usable (no key needed)",
+    responses=problem_responses(503, d503="Something the gateway needs is down; `checks` says what"),
+)
+async def readyz(triton: Triton) -> Readiness:
+    triton_ok, broker_ok, db_ok = await asyncio.gather(triton.ready(timeout_s=1.0), broker.reachable(),
+                                                       run_in_threadpool(_db_ok))
+    checks = {"triton": triton_ok, "broker": broker_ok, "database": db_ok, "models": bool(manifests())}
     if not all(checks.values()):
         failing = ", ".join(k for k, ok in checks.items() if not ok)
-        raise Problem(503, "Not ready", f"not ready: {failing}", headers={"Retry-After": "5"}, checks=checks)
-    return {"status": "ready", "checks": checks}
+        raise Problem(503, "Not ready", f"not ready: {failing}", kind="not-ready",
+                      headers={"Retry-After": str(config.retry_after_s)}, checks=checks)
+    return Readiness(status="ready", checks=checks)
 
 
-def _redis_ok() -> bool:
-    try:
-        return bool(redis.Redis.from_url(settings.redis_url, socket_connect_timeout=1).ping())
-    except redis.RedisError:
-        return False
+@router.get(
+    "/metrics", summary="Prometheus metrics (scope: metrics)", dependencies=[require(Scope.METRICS)],
+    response_class=Response,
+    responses={200: {"content": {CONTENT_TYPE_LATEST: {"schema": {"type": "string"}, "example": (
+        '# TYPE medstack_http_requests_total counter\n'
+        'medstack_http_requests_total{method="GET",route="/v1/jobs/{job_id}",status="200"} 42.0\n')}}},
+        **problem_responses(401, 403, 429)},
+)
+def metrics() -> Response:
+    return Response(generate_latest(registry), media_type=CONTENT_TYPE_LATEST)
 
 
 def _db_ok() -> bool:
@@ -50,3 +68,8 @@ def _db_ok() -> bool:
         return True
     except Exception:  # any driver error means not ready
         return False
+
+
+def job_counts() -> dict[str, Any]:
+    with session_factory()() as db:
+        return dict(db.execute(select(Job.state, func.count()).group_by(Job.state)).tuples().all())

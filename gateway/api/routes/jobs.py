@@ -1,43 +1,150 @@
-"""Generic job resource: state, progress, results and artifacts of any capability's job."""
+"""Generic job resource: state, progress, results, artifacts and cancellation of any capability's job.
+
+A key sees the jobs it submitted; an ``admin`` key sees all. Another key's job answers 404, the
+same as a job that does not exist, so ids cannot be probed.
+"""
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
+from typing import Annotated, Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Depends, Query, Request
+from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
+from sqlalchemy import func, select
+from starlette.concurrency import run_in_threadpool
 
-from gateway.deps import DbSession, Store
-from gateway.problems import Problem
-from gateway.schemas import JobPublic
-from medstack.artifacts import ArtifactStore
-from medstack.db import Job
+from gateway import broker
+from gateway.api.responses import job_public
+from gateway.audit import audit_info
+from gateway.auth import Principal, require
+from gateway.deps import CurrentKey, DbSession, Store
+from gateway.problems import Problem, problem_responses
+from gateway.schemas import ArtifactPublic, ArtifactsPublic, JobPublic, JobsPublic
+from medstack.db import Job, JobState, utcnow
+from medstack.keys import Scope
 
-MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".gz": "application/gzip"}
+log = logging.getLogger(__name__)
 
-router = APIRouter(prefix="/v1/jobs", tags=["jobs"])
-
-
-def job_public(job: Job, store: ArtifactStore) -> JobPublic:
-    return JobPublic.from_job(job, store.list(job.id))
+MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".gz": "application/gzip", ".dcm": "application/dicom",
+               ".csv": "text/csv", ".nii": "application/octet-stream", ".zip": "application/zip"}
 
 
-def _get(db: DbSession, job_id: str) -> Job:
+
+def _audit_job(request: Request) -> None:
+    # who read, cancelled or downloaded which job's results is part of the audit trail
+    job_id = request.path_params.get("job_id")
+    if job_id:
+        audit_info(request).job_id = str(job_id)[:36]
+
+
+router = APIRouter(
+    prefix="/v1/jobs", tags=["jobs"], dependencies=[require(Scope.JOBS), Depends(_audit_job)],
+    responses=problem_responses(401, 403, 429),
+)
+
+JobId = Annotated[str, PathParam(max_length=64, description="the job's id",
+                                 examples=["0f8e4c1a-5b6d-4e2f-9a7b-3c1d2e4f5a6b"])]
+
+
+def _visible(db: DbSession, job_id: str, principal: Principal) -> Job:
     job = db.get(Job, job_id)
-    if job is None:
+    if job is None or not (principal.is_admin or job.api_key_id == principal.id):
         raise Problem(404, "Job not found", f"no job with id {job_id}", kind="job-not-found")
     return job
 
 
-@router.get("/{job_id}", summary="State, progress and result links of a job")
-def get_job(job_id: str, db: DbSession, store: Store) -> JobPublic:
-    return job_public(_get(db, job_id), store)
+def _media_type(name: str) -> str:
+    return MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
 
 
-@router.get("/{job_id}/artifacts/{name}", summary="Download one result file of a job")
-def get_artifact(job_id: str, name: str, db: DbSession, store: Store) -> FileResponse:
-    _get(db, job_id)
+@router.get("", summary="Jobs of this key (all jobs for an admin key), newest first")
+def list_jobs(
+    db: DbSession, store: Store, principal: CurrentKey,
+    state: Annotated[Literal["queued", "running", "succeeded", "failed", "cancelled"] | None, Query()] = None,
+    kind: Annotated[str | None, Query(max_length=32, examples=["segmentation"])] = None,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
+) -> JobsPublic:
+    query = select(Job)
+    if not principal.is_admin:
+        query = query.where(Job.api_key_id == principal.id)
+    if state is not None:
+        query = query.where(Job.state == state)
+    if kind is not None:
+        query = query.where(Job.kind == kind)
+    count = db.scalar(select(func.count()).select_from(query.subquery())) or 0
+    jobs = db.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    return JobsPublic(data=[job_public(j, store) for j in jobs], count=count)
+
+
+@router.get("/{job_id}", summary="State, progress and result links of a job", responses=problem_responses(404))
+def get_job(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> JobPublic:
+    return job_public(_visible(db, job_id, principal), store)
+
+
+@router.delete(
+    "/{job_id}", summary="Cancel a job",
+    description="A queued job never starts; a running one stops at its next progress step. Cancelling a "
+                "cancelled job answers the job again; a job that already succeeded or failed answers 409.",
+    responses=problem_responses(404, 409),
+)
+async def cancel_job(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> JobPublic:
+    job = await run_in_threadpool(_cancel, db, job_id, principal)
+    if await broker.reachable(timeout_s=0.5):  # else Celery would retry for seconds; the row suffices
+        await run_in_threadpool(_revoke, job.id)
+    return job_public(job, store)
+
+
+def _cancel(db: DbSession, job_id: str, principal: Principal) -> Job:
+    job = _visible(db, job_id, principal)
+    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
+        raise Problem(409, "Job already finished", f"job {job_id} already {job.state}; nothing to cancel",
+                      kind="job-finished", state=job.state)
+    if job.state != JobState.CANCELLED:
+        job.state, job.stage, job.finished_at = JobState.CANCELLED, "cancelled", utcnow()
+        db.commit()
+    return job
+
+
+def _revoke(job_id: str) -> None:
+    # the worker also checks the row at every progress step; revoking keeps a queued task from starting
+    from workers.celery_app import celery_app
+
+    try:
+        celery_app.control.revoke(job_id)
+    except Exception as error:  # the row already says cancelled; the worker honours it
+        log.warning("job %s: revoke not sent (%s)", job_id, type(error).__name__)
+
+
+@router.get("/{job_id}/artifacts", summary="Result files of a job", responses=problem_responses(404))
+def list_artifacts(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> ArtifactsPublic:
+    _visible(db, job_id, principal)
+    names = [n for n in store.list(job_id) if not n.startswith("input")]
+    return ArtifactsPublic(data=[
+        ArtifactPublic(name=n, size_bytes=store.path(job_id, n).stat().st_size, media_type=_media_type(n),
+                       href=f"/v1/jobs/{job_id}/artifacts/{n}")
+        for n in names
+    ])
+
+
+@router.get(
+    "/{job_id}/artifacts/{name}", summary="Download one result file of a job",
+    response_class=FileResponse,
+    responses={200: {"description": "The file", "content": {
+        "application/gzip": {"schema": {"type": "string", "format": "binary"}},
+        "application/json": {"schema": {"type": "object"}, "example": {"model": {"name": "reference_hutissue"}}},
+        "image/png": {"schema": {"type": "string", "format": "binary"}},
+    }}, **problem_responses(404)},
+)
+def get_artifact(
+    job_id: JobId, db: DbSession, store: Store, principal: CurrentKey,
+    name: Annotated[str, PathParam(max_length=128, examples=["mask.nii.gz"])],
+) -> FileResponse:
+    _visible(db, job_id, principal)
+    # inputs are the client's own data: not served back
     if name.startswith("input") or name not in store.list(job_id):
         raise Problem(404, "Artifact not found", f"job {job_id} has no artifact {name!r}", kind="artifact-not-found")
-    media = MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
-    return FileResponse(store.path(job_id, name), media_type=media, filename=name)
+    return FileResponse(store.path(job_id, name), media_type=_media_type(name), filename=name)

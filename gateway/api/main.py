@@ -1,0 +1,22 @@
+"""Every router of the API, in one place."""
+
+from __future__ import annotations
+
+from fastapi import APIRouter
+
+from gateway.api.routes import (
+    admin,
+    dialogue,
+    health,
+    jobs,
+    localization,
+    medlsam,
+    models,
+    reports,
+    segmentation,
+    valuation,
+)
+
+api_router = APIRouter()
+for module in (health, models, segmentation, localization, medlsam, reports, dialogue, valuation, jobs, admin):
+    api_router.include_router(module.router)

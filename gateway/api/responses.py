@@ -1,0 +1,22 @@
+"""How a job is answered: the public resource, and 202 (new) or 200 (idempotent replay)."""
+
+from __future__ import annotations
+
+from fastapi.responses import JSONResponse
+
+from gateway.schemas import JobPublic
+from gateway.submission import Submitted
+from medstack.artifacts import ArtifactStore
+from medstack.db import Job
+
+
+def job_public(job: Job, store: ArtifactStore) -> JobPublic:
+    return JobPublic.from_job(job, store.list(job.id))
+
+
+def job_answer(submitted: Submitted, store: ArtifactStore) -> JSONResponse:
+    body = job_public(submitted.job, store).model_dump(mode="json")
+    headers = {"Location": body["links"]["self"]}
+    if submitted.replayed:
+        headers["Idempotent-Replayed"] = "true"
+    return JSONResponse(body, status_code=200 if submitted.replayed else 202, headers=headers)
