@@ -59,3 +59,15 @@ def test_job_with_a_threshold_predictor_overlays_the_input(tmp_path: Path) -> No
     assert summary["model"] == {"name": "test_seg", "version": "3", "sha256": "ab" * 32}
     assert [s["name"] for s in summary["structures"]] == ["bright"]
     assert (tmp_path / "out" / "preview.png").stat().st_size > 0
+
+
+def test_largest_component_drops_islands_per_class() -> None:
+    from workers.segmentation_job import keep_largest_components
+
+    labels = np.zeros((10, 20, 20), np.uint8)
+    labels[2:6, 2:8, 2:8] = 1  # main liver
+    labels[8, 18, 18] = 1  # a stray voxel of the same class
+    labels[2:4, 12:16, 12:16] = 2
+    kept = keep_largest_components(labels)
+    assert kept[8, 18, 18] == 0
+    assert (kept == 1).sum() == 4 * 6 * 6 and (kept == 2).sum() == 2 * 4 * 4

@@ -34,6 +34,7 @@ class SegmentationOptions(BaseModel):
     priority: int = Field(5, ge=0, le=9)
     transaction_id: str | None = Field(None, max_length=100)
     series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$")
+    largest_component: bool = False
 
 
 _FORM_SCHEMA = {
@@ -50,6 +51,8 @@ _FORM_SCHEMA = {
                            "description": "same role as the Idempotency-Key header"},
         "series_uid": {"type": "string", "maxLength": 64, "pattern": "^[0-9][0-9.]*$",
                        "description": "for a zip holding several series: the SeriesInstanceUID to segment"},
+        "largest_component": {"type": "boolean", "default": False,
+                               "description": "keep only the largest connected component of each structure"},
     },
     "additionalProperties": False,
 }
@@ -98,6 +101,7 @@ async def create_job(
     priority: Annotated[int, Query(ge=0, le=9, description="raw body: 0 (background) … 9 (urgent)")] = 5,
     transaction_id: Annotated[str | None, Query(max_length=100, description="raw body: idempotency key")] = None,
     series_uid: Annotated[str | None, Query(max_length=64, pattern=r"^[0-9][0-9.]*$")] = None,
+    largest_component: Annotated[bool, Query(description="raw body: largest component per structure")] = False,
 ) -> Any:
     available = segmentation_models()
     if not available:
@@ -106,7 +110,7 @@ async def create_job(
     check_content_length(request, max_bytes)
     kind = media_type(request)
     options: dict[str, Any] = {"model": model, "priority": priority, "transaction_id": transaction_id,
-                               "series_uid": series_uid}
+                               "series_uid": series_uid, "largest_component": largest_component}
     form = None
     if kind == "multipart/form-data":
         form = await read_multipart(request, max_bytes)
@@ -128,7 +132,7 @@ async def create_job(
                           f"choose from {', '.join(available)}", kind="unknown-model")
         spec = JobRequest(
             kind="segmentation", model=chosen, priority=opts.priority,
-            params={"series_uid": opts.series_uid} if opts.series_uid else {},
+            params={"series_uid": opts.series_uid, "largest_component": opts.largest_component},
             idempotency_key=check_idempotency_key(idempotency_key, opts.transaction_id),
             task=SEGMENTATION.task or "", queue=SEGMENTATION.queue,
         )
