@@ -65,6 +65,16 @@ def logs(
     subprocess.run(["tail", f"-n{lines}", *(["-f"] if follow else []), str(path)])
 
 
+@app.command(
+    context_settings={"allow_extra_args": True, "ignore_unknown_options": True}, add_help_option=False,
+)
+def train(ctx: typer.Context) -> None:
+    """Train the segmentation family: `medstack train vf-pretrain|segmentation --out DIR [...]` (`-h` for options)."""
+    from services.segmentation.train import main
+
+    raise typer.Exit(main(ctx.args))
+
+
 @app.command("export")
 def export_models(
     names: Annotated[list[str] | None, typer.Argument(help="models to export (default: all)")] = None,

@@ -304,7 +304,7 @@ PAPER_CONFIG = PCTNetConfig()
 
 #: The configuration we train on 2 CPU cores and serve (see docs/segmentation.md).
 CPU_CONFIG = PCTNetConfig(
-    input_size=(48, 128, 128),
+    input_size=(32, 96, 96),
     feature_channels=(8, 16, 32, 64, 128),
     dropout=(0.0, 0.0, 0.0, 0.1, 0.1),
     resolution_mode=1,
@@ -320,7 +320,7 @@ class PCTNet(nn.Module):
 
     Shape contract: ``(N, in_channels, D, H, W) → (N, out_channels, D, H, W)`` with
     ``(D, H, W) == input_size``; e.g. with :data:`CPU_CONFIG` and 12 classes
-    ``(2, 1, 48, 128, 128) → (2, 12, 48, 128, 128)``.
+    ``(2, 1, 32, 96, 96) → (2, 12, 32, 96, 96)``.
 
     ``input_size`` must be divisible by the total down-sampling: ``stem scale × 4`` per axis, where the
     stem scale is ``[4, 4, 4]``, ``[2, 4, 4]`` or ``[1, 4, 4]`` for ``resolution_mode`` 0, 1, 2.
