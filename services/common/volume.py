@@ -20,7 +20,6 @@ NRRD and MetaImage keep it as text at full precision.
 
 from __future__ import annotations
 
-import difflib
 import gzip
 import struct
 import zlib
@@ -31,6 +30,8 @@ from pathlib import Path
 
 import numpy as np
 import SimpleITK as sitk
+
+from services.common.options import look_up
 
 __all__ = [
     "SUFFIXES",
@@ -61,13 +62,7 @@ class Interpolator(StrEnum):
 
     @classmethod
     def parse(cls, value: str | Interpolator) -> Interpolator:
-        try:
-            return cls(value)
-        except ValueError:
-            names = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"interpolator {value!r} is not one of {names}.{hint}") from None
+        return look_up(cls, value, "interpolator")
 
     def to_sitk(self) -> int:
         return {

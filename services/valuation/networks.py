@@ -13,11 +13,12 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from enum import StrEnum
 
 import torch
 from torch import nn
+
+from services.common.options import look_up
 
 __all__ = ["ModelFamily", "ResNet18W", "SmallCNN", "build_model", "top_level_groups"]
 
@@ -28,13 +29,7 @@ class ModelFamily(StrEnum):
 
     @classmethod
     def parse(cls, value: str | ModelFamily) -> ModelFamily:
-        try:
-            return cls(value)
-        except ValueError:
-            names = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"model_family {value!r} is not one of {names}.{hint}") from None
+        return look_up(cls, value, "model_family")
 
 
 def _check(in_channels: int, num_classes: int, width: int) -> None:

@@ -16,12 +16,12 @@ Example::
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass
 from enum import StrEnum
 
 import numpy as np
 
+from services.common.options import look_up
 from services.valuation.values import GroupDims
 
 __all__ = [
@@ -43,13 +43,7 @@ class Method(StrEnum):
 
     @classmethod
     def parse(cls, value: str | Method) -> Method:
-        try:
-            return cls(value)
-        except ValueError:
-            names = [m.value for m in cls]
-            close = difflib.get_close_matches(str(value), names, n=1)
-            hint = f" Did you mean {close[0]!r}?" if close else ""
-            raise ValueError(f"method {value!r} is not one of {names}.{hint}") from None
+        return look_up(cls, value, "method")
 
     @property
     def spec(self) -> MethodSpec:
