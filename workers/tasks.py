@@ -7,7 +7,6 @@ redone, and outputs are written under the job's own artifact folder by replace-o
 from __future__ import annotations
 
 import logging
-import time
 from typing import Any
 
 from celery import Task
@@ -20,47 +19,13 @@ from medstack.db import Job, JobState, session_factory, utcnow
 from medstack.settings import settings
 from services.common.volume import VolumeError
 from workers.celery_app import celery_app
+from workers.job_record import JobCancelled, ProgressRecorder, finish
 from workers.recovery import Heartbeat, start_orphan_scanner, wait_until_orphaned
 from workers.segmentation_job import ModelCard, run_segmentation
 from workers.triton_predictor import ModelNotServed, TritonPredictor
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_S = 1.0
 MAX_TRITON_RETRIES = 5
-
-
-class JobCancelled(Exception):
-    pass
-
-
-class _Recorder:
-    """Writes stage/progress to the job row and the Celery state, at most once a second."""
-
-    def __init__(self, task: Task, job_id: str) -> None:
-        self.task, self.job_id, self.last = task, job_id, 0.0
-        self.sessions = session_factory()
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_S and fraction not in (0.0, 1.0):
-            return
-        self.last = now
-        with self.sessions.begin() as db:
-            job = db.get(Job, self.job_id)
-            if job is None or job.state == JobState.CANCELLED:
-                raise JobCancelled(self.job_id)
-            job.stage, job.progress = stage, round(fraction, 3)
-        self.task.update_state(state="PROGRESS", meta={"stage": stage, "progress": fraction})
-
-
-def _finish(job_id: str, state: str, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
-    with session_factory().begin() as db:
-        job = db.get(Job, job_id)
-        if job is None or job.state == JobState.CANCELLED:
-            return  # a cancel that landed after the last progress check stands
-        job.state, job.result, job.error, job.finished_at = state, result, error, utcnow()
-        if state == JobState.SUCCEEDED:
-            job.stage, job.progress = "done", 1.0
 
 
 def _requeue(job_id: str, stage: str) -> None:
@@ -99,29 +64,29 @@ def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
             card = ModelCard.from_manifest(read_manifest(settings.model_repository / model / version))
             summary = run_segmentation(
                 store.path(job_id, params["input"]), store.job_dir(job_id), card, predictor,
-                progress=_Recorder(self, job_id), largest_component=bool(params.get("largest_component")),
+                progress=ProgressRecorder(self, job_id), largest_component=bool(params.get("largest_component")),
                 series_uid=params.get("series_uid"),
             )
     except JobCancelled:
         log.info("job %s: cancelled", job_id)
         return None
     except VolumeError as error:
-        _finish(job_id, JobState.FAILED, error={"type": "invalid-volume", "detail": str(error)})
+        finish(job_id, JobState.FAILED, error={"type": "invalid-volume", "detail": str(error)})
         return None
     except (InferenceServerException, ModelNotServed) as error:
         # Triton restarting or the model reloading: wait and try again, then give up clearly
         if self.request.retries < MAX_TRITON_RETRIES:
             _requeue(job_id, "waiting for Triton")
             raise self.retry(countdown=min(60, 5 * 2**self.request.retries)) from error
-        _finish(job_id, JobState.FAILED, error={"type": "model-unavailable", "detail": str(error)})
+        finish(job_id, JobState.FAILED, error={"type": "model-unavailable", "detail": str(error)})
         return None
     except Exception as error:
         log.exception("job %s: unexpected failure", job_id)
-        _finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
+        finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
         return None
     finally:
         predictor.close()
-    _finish(job_id, JobState.SUCCEEDED, result=summary)
+    finish(job_id, JobState.SUCCEEDED, result=summary)
     log.info("job %s: succeeded with %s v%s", job_id, card.name, card.version)
     return summary
 

@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
-import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -31,36 +30,11 @@ from celery.exceptions import SoftTimeLimitExceeded
 from medstack.artifacts import ArtifactStore
 from medstack.db import Job, JobState, session_factory, utcnow
 from workers.celery_app import celery_app
+from workers.job_record import JobCancelled, ProgressRecorder, finish
 from workers.recovery import Heartbeat
 
 log = logging.getLogger(__name__)
-PROGRESS_EVERY_S = 1.0
 LOCK = Path("locks") / "valuation.lock"  # in a sub-folder: never listed as a result file
-
-
-class JobCancelled(Exception):
-    pass
-
-
-class _Progress:
-    """Stage and progress into the Job row and the Celery state, at most once a second; raises
-    `JobCancelled` when the row says cancelled (checked at each write)."""
-
-    def __init__(self, task: Task, job_id: str) -> None:
-        self.task, self.job_id, self.last = task, job_id, 0.0
-        self.sessions = session_factory()
-
-    def __call__(self, stage: str, fraction: float) -> None:
-        now = time.monotonic()
-        if now - self.last < PROGRESS_EVERY_S and fraction < 1.0:
-            return
-        self.last = now
-        with self.sessions.begin() as db:
-            job = db.get(Job, self.job_id)
-            if job is None or job.state == JobState.CANCELLED:
-                raise JobCancelled(self.job_id)
-            job.stage, job.progress = stage[:32], round(min(fraction, 0.999), 4)
-        self.task.update_state(state="PROGRESS", meta={"stage": stage, "progress": fraction})
 
 
 @contextlib.contextmanager
@@ -77,16 +51,6 @@ def _exclusive(path: Path) -> Iterator[bool]:
             yield True
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)
-
-
-def _finish(job_id: str, state: str, result: dict[str, Any] | None = None, error: dict[str, Any] | None = None) -> None:
-    with session_factory().begin() as db:
-        job = db.get(Job, job_id)
-        if job is None:
-            return
-        job.state, job.result, job.error, job.finished_at = state, result, error, utcnow()
-        if state == JobState.SUCCEEDED:
-            job.stage, job.progress = "done", 1.0
 
 
 def job_summary(report: dict[str, Any]) -> dict[str, Any]:
@@ -140,29 +104,30 @@ def run_job(task: Task, job_id: str) -> dict[str, Any] | None:
             with Heartbeat(job_id):
                 params = ValuationParams.parse(raw)
                 dataset = load_job_dataset(params, folder)
-                report = run_valuation(dataset, folder, params, progress=_Progress(task, job_id), keep_work=False)
+                progress = ProgressRecorder(task, job_id)
+                report = run_valuation(dataset, folder, params, progress=progress, keep_work=False)
         except JobCancelled:
             log.info("job %s: cancelled", job_id)
             return None
         except ParamsError as error:
-            _finish(job_id, JobState.FAILED, error={"type": "invalid-params", "detail": str(error)})
+            finish(job_id, JobState.FAILED, error={"type": "invalid-params", "detail": str(error)})
             return None
         except DatasetFormatError as error:
-            _finish(job_id, JobState.FAILED, error={"type": "invalid-dataset", "detail": str(error)})
+            finish(job_id, JobState.FAILED, error={"type": "invalid-dataset", "detail": str(error)})
             return None
         except FileNotFoundError as error:
-            _finish(job_id, JobState.FAILED, error={"type": "missing-input", "detail": str(error)})
+            finish(job_id, JobState.FAILED, error={"type": "missing-input", "detail": str(error)})
             return None
         except SoftTimeLimitExceeded:
             detail = ("the job ran past the worker's time limit; its finished epochs are checkpointed in the job "
                       "folder. Submit it again with fewer epochs or seeds, or a smaller dataset.")
-            _finish(job_id, JobState.FAILED, error={"type": "time-limit", "detail": detail})
+            finish(job_id, JobState.FAILED, error={"type": "time-limit", "detail": detail})
             return None
         except Exception as error:
             log.exception("job %s: unexpected failure", job_id)
-            _finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
+            finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
             return None
         summary = job_summary(report)
-        _finish(job_id, JobState.SUCCEEDED, result=summary)
+        finish(job_id, JobState.SUCCEEDED, result=summary)
         log.info("job %s: valuation succeeded in %.0f s", job_id, report["wall_seconds"])
         return summary
