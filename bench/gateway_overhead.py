@@ -34,7 +34,8 @@ import httpx
 import numpy as np
 import tritonclient.grpc as grpcclient
 
-from medstack.settings import REPO_ROOT, Settings, settings
+from bench.report import write_section
+from medstack.settings import Settings, settings
 from medstack.stack import _spawn, _wait, component_env, free_port, gateway_command, redis_answers
 from medstack.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
@@ -164,18 +165,6 @@ The gateway adds about {npy - direct:.1f} ms at the median to a {direct:.1f} ms 
 tensors; JSON costs more because {int(np.prod(SHAPE)) * 6:,} numbers are printed and parsed as text, so
 use `.npy` (or the direct gRPC path in `clients/grpc/triton_direct.py`) for anything but small probes.
 """
-
-
-def write_section(text: str, path: Path = REPO_ROOT / "docs" / "benchmarks.md") -> None:
-    """Replace this benchmark's section in ``path`` (or append it), leaving the others as they are."""
-    current = path.read_text() if path.exists() else "# Benchmarks\n"
-    lines = current.splitlines(keepends=True)
-    start = next((i for i, line in enumerate(lines) if line.rstrip() == SECTION), None)
-    if start is None:
-        path.write_text(current.rstrip("\n") + "\n\n" + text)
-        return
-    end = next((i for i in range(start + 1, len(lines)) if lines[i].startswith("## ")), len(lines))
-    path.write_text("".join(lines[:start]) + text + ("\n" if end < len(lines) else "") + "".join(lines[end:]))
 
 
 def main(argv: list[str] | None = None) -> int:
