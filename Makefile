@@ -20,7 +20,7 @@ envs: $(VENV)/.installed $(TRITON_VENV)/.installed
 $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt torch==2.13.0
-	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt -e '.[test]'
+	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt -e '.[test,load,bench]'
 	touch $@
 
 # The Triton runtime's own environment: the python-backend stub needs numpy < 2
@@ -38,22 +38,17 @@ models: envs data  ## export every model that has no version yet into model_repo
 lint:
 	$(VENV)/bin/ruff check .
 
-bench: envs data models $(VENV)/.extras-installed
+bench: envs data models
 	$(PY) -m bench.run
-
-# locust, matplotlib, monai: `make load`, `make perf`, `make bench` (pyproject extras load and bench)
-$(VENV)/.extras-installed: $(VENV)/.installed
-	$(PY) -m pip install $(PIP_FLAGS) -c requirements/lock.txt -e '.[test,load,bench]'
-	touch $@
 
 .PHONY: load perf
 LOAD_USERS ?= 20
 LOAD_TIME ?= 120
 
-load: envs data models $(VENV)/.extras-installed  ## mixed locust profile, headless and bounded, against its own embedded stack
+load: envs data models  ## mixed locust profile, headless and bounded, against its own embedded stack
 	$(PY) -m loadtest.run --users $(LOAD_USERS) --run-time $(LOAD_TIME)
 
-perf: envs models $(VENV)/.extras-installed  ## perf_analyzer (tritonclient 2.41.0 wheel) against the embedded Triton, each model
+perf: envs models  ## perf_analyzer (tritonclient 2.41.0 wheel) against the embedded Triton, each model
 	$(PY) -m bench.perf_analyzer
 
 clean-run:  ## stop the stack and forget its run folder (keeps data and models)
