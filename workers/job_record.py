@@ -5,7 +5,9 @@ Shared by every Celery task so that cancellation and final states behave the sam
 
 from __future__ import annotations
 
+import logging
 import time
+from dataclasses import dataclass
 from typing import Any
 
 from celery import Task
@@ -13,6 +15,7 @@ from celery import Task
 from medstack.db import Job, JobState, session_factory, utcnow
 
 PROGRESS_EVERY_S = 1.0
+log = logging.getLogger(__name__)
 
 
 class JobCancelled(Exception):
@@ -48,3 +51,34 @@ def finish(job_id: str, state: str, result: dict[str, Any] | None = None, error:
         job.state, job.result, job.error, job.finished_at = state, result, error, utcnow()
         if state == JobState.SUCCEEDED:
             job.stage, job.progress = "done", 1.0
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A job this execution now runs: the row says RUNNING and counts the attempt."""
+
+    model: str
+    params: dict[str, Any]
+    resumed: bool  # the row already said running: an earlier execution died
+
+
+def claim(job_id: str) -> Claim | None:
+    """Mark the job running for this execution; ``None`` when there is nothing to do (no such
+    job, or it already finished — a redelivery after success)."""
+    with session_factory().begin() as db:
+        job = db.get(Job, job_id)
+        if job is None:
+            log.warning("job %s: no such job, dropped", job_id)
+            return None
+        if job.state in JobState.FINAL:
+            return None
+        resumed = job.state == JobState.RUNNING
+        job.state, job.stage, job.attempts = JobState.RUNNING, "starting", job.attempts + 1
+        job.started_at = job.started_at or utcnow()
+        return Claim(job.model, dict(job.params or {}), resumed)
+
+
+def is_running(job_id: str) -> bool:
+    with session_factory()() as db:
+        job = db.get(Job, job_id)
+        return job is not None and job.state == JobState.RUNNING

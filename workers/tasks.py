@@ -15,11 +15,11 @@ from tritonclient.utils import InferenceServerException
 
 from export.manifest import read_manifest
 from medstack.artifacts import ArtifactStore
-from medstack.db import Job, JobState, session_factory, utcnow
+from medstack.db import Job, JobState, session_factory
 from medstack.settings import settings
 from services.common.volume import VolumeError
 from workers.celery_app import celery_app
-from workers.job_record import JobCancelled, ProgressRecorder, finish
+from workers.job_record import JobCancelled, ProgressRecorder, claim, finish, is_running
 from workers.recovery import Heartbeat, start_orphan_scanner, wait_until_orphaned
 from workers.segmentation_job import ModelCard, run_segmentation
 from workers.triton_predictor import ModelNotServed, TritonPredictor
@@ -38,23 +38,14 @@ def _requeue(job_id: str, stage: str) -> None:
 @celery_app.task(bind=True, name="workers.tasks.segment_volume")
 def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
     log.info("job %s: received (request id %s)", job_id, getattr(self.request, "request_id", None))
-    sessions = session_factory()
-    with sessions.begin() as db:
-        job = db.get(Job, job_id)
-        if job is None:
-            log.warning("job %s: no such job, dropped", job_id)
-            return None
-        if job.state in JobState.FINAL:
-            return job.result  # redelivered after it finished: nothing to redo
-        already_running = job.state == JobState.RUNNING
-    if already_running and not wait_until_orphaned(job_id):
+    # a copy redelivered while another execution still beats for the job drops out
+    if is_running(job_id) and not wait_until_orphaned(job_id):
         log.info("job %s: running on another worker; duplicate delivery dropped", job_id)
         return None
-    with sessions.begin() as db:
-        job = db.get(Job, job_id)
-        job.state, job.stage, job.attempts = JobState.RUNNING, "starting", job.attempts + 1
-        job.started_at = job.started_at or utcnow()
-        model, params = job.model, dict(job.params)
+    claimed = claim(job_id)
+    if claimed is None:
+        return None
+    model, params = claimed.model, claimed.params
 
     store = ArtifactStore()
     predictor = TritonPredictor(model, settings.triton_grpc_url)

@@ -28,9 +28,9 @@ from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
 from medstack.artifacts import ArtifactStore
-from medstack.db import Job, JobState, session_factory, utcnow
+from medstack.db import JobState
 from workers.celery_app import celery_app
-from workers.job_record import JobCancelled, ProgressRecorder, finish
+from workers.job_record import JobCancelled, ProgressRecorder, claim, finish
 from workers.recovery import Heartbeat
 
 log = logging.getLogger(__name__)
@@ -88,18 +88,12 @@ def run_job(task: Task, job_id: str) -> dict[str, Any] | None:
         if not mine:
             log.warning("job %s: another worker holds it, this delivery is dropped", job_id)
             return None
-        with session_factory().begin() as db:
-            job = db.get(Job, job_id)
-            if job is None:
-                log.warning("job %s: no such job, dropped", job_id)
-                return None
-            if job.state in JobState.FINAL:
-                return job.result  # redelivered after it finished: nothing to redo
-            if job.state == JobState.RUNNING:
-                log.warning("job %s: its previous execution died; resuming from the checkpoints", job_id)
-            job.state, job.stage, job.attempts = JobState.RUNNING, "starting", job.attempts + 1
-            job.started_at = job.started_at or utcnow()
-            raw = dict(job.params or {})
+        claimed = claim(job_id)
+        if claimed is None:
+            return None
+        if claimed.resumed:
+            log.warning("job %s: its previous execution died; resuming from the checkpoints", job_id)
+        raw = claimed.params
         try:
             with Heartbeat(job_id):
                 params = ValuationParams.parse(raw)
