@@ -17,6 +17,7 @@ TRITON_DTYPES = {
     "int32": "TYPE_INT32",
     "uint8": "TYPE_UINT8",
     "bool": "TYPE_BOOL",
+    "bytes": "TYPE_STRING",  # UTF-8 text in and out of python-backend models
 }
 
 
@@ -79,3 +80,29 @@ class ExportSpec:
             raise ValueError(f"model name {self.name!r} must be <family>_<part>, lower_snake")
         if self.batching.max_batch_size < 1:
             raise ValueError("batching.max_batch_size must be >= 1 (batch dimension first)")
+
+
+@dataclass(frozen=True)
+class PythonModelSpec:
+    """A python-backend model with no network of its own: a decode loop or pipeline that calls
+    other served models through BLS (``pb_utils.InferenceRequest``), named in ``composes``.
+
+    ``model_file`` is copied to ``<version>/model.py``; ``files`` returns extra files (tokenizer,
+    knowledge base) copied next to it. ``max_batch_size`` 0 means shapes include no batch axis.
+    """
+
+    name: str
+    description: str
+    model_file: Path
+    inputs: tuple[TensorSpec, ...]
+    outputs: tuple[TensorSpec, ...]
+    composes: tuple[str, ...] = ()
+    files: Callable[[], dict[str, Path]] = dict
+    parameters: dict[str, str] = field(default_factory=dict)
+    max_batch_size: int = 0
+    decoupled: bool = False  # streams several responses per request (token streaming)
+    cpu_instances: int = 1
+    training: dict[str, str] = field(default_factory=dict)
+    preprocessing: Callable[[], dict[str, Any]] = dict
+    validation_metrics: Callable[[], dict[str, Any]] = dict
+    num_versions_served: int = 1

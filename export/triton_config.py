@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from export.spec import ExportSpec, TensorSpec
+from export.spec import ExportSpec, PythonModelSpec, TensorSpec
 
 
 class Flavour(StrEnum):
@@ -93,4 +93,23 @@ def render_config(spec: ExportSpec, flavour: Flavour) -> str:
         parts.append(_parameters({"intra_op_threads": str(spec.intra_op_threads)}))
     elif flavour is Flavour.CPU and spec.intra_op_threads:
         parts.append(_parameters({"intra_op_thread_count": str(spec.intra_op_threads)}))
+    return "\n".join(parts) + "\n"
+
+
+def render_python_config(spec: PythonModelSpec) -> str:
+    """Config of a python-backend model. The same text serves every flavour: the python backend
+    runs on the CPU on GPU hosts too, and the models it calls carry their own GPU configs."""
+    parts = [
+        f'name: "{spec.name}"',
+        'backend: "python"',
+        f"max_batch_size: {spec.max_batch_size}",
+        f"version_policy: {{ latest: {{ num_versions: {spec.num_versions_served} }} }}",
+        _tensors("input", spec.inputs),
+        _tensors("output", spec.outputs),
+        f"instance_group [ {{ count: {spec.cpu_instances} kind: KIND_CPU }} ]",
+    ]
+    if spec.decoupled:
+        parts.append("model_transaction_policy { decoupled: true }")
+    if spec.parameters:
+        parts.append(_parameters(spec.parameters))
     return "\n".join(parts) + "\n"

@@ -38,8 +38,8 @@ LOCALIZATION = Capability("localization", "localization_medlam", "workers.locali
 TEMPLATES = Capability("localization templates", "localization_medlam",
                        "workers.localization_tasks.embed_template", "volumes")
 MEDLSAM = Capability("medlsam", "segmentation_medlsam", "workers.localization_tasks.medlsam_segment", "volumes")
-REPORT = Capability("report", "report_kiut")
-DIALOGUE = Capability("dialogue", "dialogue_insmed")
+REPORT = Capability("report", "report_generate")
+DIALOGUE = Capability("dialogue", "dialogue_generate")
 VALUATION = Capability("valuation", None, "workers.valuation_tasks.score_dataset", "batch")
 
 

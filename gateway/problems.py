@@ -35,7 +35,7 @@ class ProblemDetails(BaseModel):
     type: str = Field(examples=[PROBLEM_BASE + "model-missing"])
     title: str = Field(examples=["Model missing"])
     status: int = Field(examples=[503])
-    detail: str = Field(examples=["model report_kiut is not built (run `medstack export report_kiut`)"])
+    detail: str = Field(examples=["model report_generate is not built (run `medstack export report_generate`)"])
     instance: str | None = Field(None, examples=["/v1/reports"])
 
 
@@ -75,7 +75,8 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
     415: ("unsupported-format", "Unsupported upload", "not a NIfTI, NRRD, MetaImage or DICOM zip (by content)"),
     422: ("validation-error", "Invalid request", "priority: Input should be less than or equal to 9"),
     429: ("rate-limited", "Too many requests", "rate limit of 20 requests/s for this key; retry after 1 s"),
-    503: ("model-missing", "Model missing", "model report_kiut is not built (run `medstack export report_kiut`)"),
+    503: ("model-missing", "Model missing",
+          "model report_generate is not built (run `medstack export report_generate`)"),
     504: ("upstream-timeout", "Triton timed out", "Triton did not answer within 30 s"),
 }
 _DESCRIPTIONS = {

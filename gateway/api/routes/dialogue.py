@@ -1,6 +1,6 @@
 """Consultation dialogue (InsMed): sessions and messages.
 
-Needs the model ``dialogue_insmed``; until it is built every route answers 503 naming it.
+Needs the model ``dialogue_generate``; until it is built every route answers 503 naming it.
 """
 
 from __future__ import annotations
@@ -46,7 +46,7 @@ class MessagePublic(BaseModel):
         "role": "assistant", "created_at": "2026-11-29T18:00:03Z",
         "content": "A headache with a stiff neck can be serious. Do you have a fever or sensitivity to light?",
         "red_flags": ["possible meningitis: seek urgent care"],
-        "model": {"name": "dialogue_insmed", "version": "1", "sha256": SHA},
+        "model": {"name": "dialogue_generate", "version": "1", "sha256": SHA},
     }]})
 
     role: Literal["user", "assistant"]
@@ -66,19 +66,19 @@ class SessionPublic(BaseModel):
     messages: list[MessagePublic]
 
 
-@router.post("/sessions", status_code=status.HTTP_201_CREATED, summary="Start a consultation (needs dialogue_insmed)",
+@router.post("/sessions", status_code=status.HTTP_201_CREATED, summary="Start a consultation (needs dialogue_generate)",
              responses=problem_responses(422))
 async def create_session(body: SessionCreate) -> SessionPublic:
     raise not_wired(DIALOGUE)
 
 
-@router.get("/sessions/{session_id}", summary="A consultation and its history (needs dialogue_insmed)",
+@router.get("/sessions/{session_id}", summary="A consultation and its history (needs dialogue_generate)",
             responses=problem_responses(404))
 async def get_session(session_id: SessionId) -> SessionPublic:
     raise not_wired(DIALOGUE)
 
 
-@router.post("/sessions/{session_id}/messages", summary="Send a message, get the reply (needs dialogue_insmed)",
+@router.post("/sessions/{session_id}/messages", summary="Send a message, get the reply (needs dialogue_generate)",
              responses=problem_responses(404, 422))
 async def post_message(session_id: SessionId, body: MessageCreate) -> MessagePublic:
     raise not_wired(DIALOGUE)

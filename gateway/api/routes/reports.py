@@ -1,6 +1,6 @@
 """Radiology report generation (KiUT): a chest X-ray in, a report out, synchronously.
 
-Needs the model ``report_kiut``; until it is built the route answers 503 naming it.
+Needs the model ``report_generate``; until it is built the route answers 503 naming it.
 """
 
 from __future__ import annotations
@@ -40,7 +40,7 @@ class ReportPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "text": "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
         "findings": [{"name": "cardiomegaly", "probability": 0.12}, {"name": "effusion", "probability": 0.04}],
-        "model": {"name": "report_kiut", "version": "1", "sha256": SHA},
+        "model": {"name": "report_generate", "version": "1", "sha256": SHA},
         "fhir": {"resourceType": "DiagnosticReport", "status": "preliminary"},
     }]})
 
@@ -51,7 +51,7 @@ class ReportPublic(BaseModel):
 
 
 @router.post(
-    "", summary="Write a report for a chest X-ray (PNG, JPEG or DICOM; needs report_kiut)",
+    "", summary="Write a report for a chest X-ray (PNG, JPEG or DICOM; needs report_generate)",
     dependencies=[require_available(REPORT)],
     openapi_extra=form_body(ReportCreate, "the X-ray: PNG, JPEG or a DICOM file",
                             {"file": "(chest_pa.png)", "indication": "cough and fever for 3 days", "view": "PA"}),

