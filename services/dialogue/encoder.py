@@ -32,7 +32,7 @@ def _loaded() -> tuple[nn.Module, object]:
     from transformers import AutoModel
 
     d = model_dir()
-    model = AutoModel.from_pretrained(d).eval()
+    model = AutoModel.from_pretrained(d, attn_implementation="eager").eval()
     tok = Tokenizer.from_file(str(d / "tokenizer.json"))
     tok.enable_truncation(MAX_TOKENS)
     tok.no_padding()

@@ -261,3 +261,14 @@ def greedy(model: SmolLM, prompt_ids: list[int], end_id: int, max_new_tokens: in
         out.append(nxt)
         ids = torch.tensor([[nxt]])
     return out
+
+
+def load_adapter(path: Path) -> SmolLM:
+    """The base model with the LoRA adapter at ``path`` (unmerged)."""
+    saved = torch.load(path)
+    model = base_model()
+    return load_lora(model, {k: v.float() for k, v in saved["lora"].items()}, saved["meta"]).eval()
+
+
+def merged_generator(path: Path) -> SmolLM:
+    return merge_lora(load_adapter(path))
