@@ -1,0 +1,144 @@
+"""Rendered images paired with real reports.
+
+* Reports are split by report id (70/10/20, ``reports.split_of``).
+* Training images come from a bank rendered per finding combination with training seeds
+  (``TRAIN_SEEDS``); each epoch pairs every training report with a random bank image whose inserted
+  findings equal the report's findings.
+* Validation and test reports each get their own image, rendered with seeds from a disjoint range
+  (``EVAL_SEEDS``) from the CT chosen by a hash of the report id.
+
+Images are cached as uint8 under ``.cache/report/`` (a re-run of the same version reuses them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from collections import Counter, defaultdict
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from services.report import drr
+from services.report.findings import FINDINGS, to_names
+from services.report.reports import PAD, Report, Vocabulary, load_reports, split_reports
+
+log = logging.getLogger(__name__)
+
+GENERATOR_VERSION = "1"  # bump when drr.py changes what it draws
+TRAIN_SEEDS = 0  # training bank seeds: 0 … 999,999
+EVAL_SEEDS = 1_000_000  # validation/test seeds: 1,000,000 …
+
+
+def _h(text: str) -> int:
+    return int(hashlib.sha256(text.encode()).hexdigest()[:8], 16)
+
+
+def combo_of(labels: np.ndarray) -> tuple[str, ...]:
+    return tuple(n for n in to_names(labels) if n != "normal")
+
+
+def bank_size(count: int) -> int:
+    """Images per finding combination in the training bank: more for common combinations, 6…60."""
+    return int(np.clip(round(3 * np.sqrt(count)), 6, 60))
+
+
+def cache_dir() -> Path:
+    return drr.phantom_cache_dir().parent
+
+
+def render_one(combo: tuple[str, ...], case: str, seed: int) -> np.ndarray:
+    image = drr.render(drr.load_phantom(case), combo, seed=seed)
+    return np.round(image * 255).astype(np.uint8)
+
+
+def train_bank(reports: list[Report]) -> tuple[np.ndarray, list[tuple[str, ...]]]:
+    """(B, 128, 128) uint8 images and the findings inserted into each."""
+    path = cache_dir() / f"bank_train_v{GENERATOR_VERSION}.npz"
+    counts = Counter(combo_of(r.labels) for r in reports)
+    plan = [(combo, i) for combo in sorted(counts) for i in range(bank_size(counts[combo]))]
+    key = hashlib.sha256(repr(plan).encode()).hexdigest()[:16]
+    if path.exists():
+        d = np.load(path, allow_pickle=False)
+        if str(d["key"]) == key:
+            return d["images"], [tuple(c.split("|")) if c else () for c in d["combos"]]
+    images = []
+    for j, (combo, i) in enumerate(plan):
+        case = drr.CT_CASES[(i + _h("|".join(combo))) % len(drr.CT_CASES)]
+        images.append(render_one(combo, case, TRAIN_SEEDS + j))
+        if j % 200 == 0:
+            log.info("training bank: %d / %d images", j, len(plan))
+    combos = [c for c, _ in plan]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=np.stack(images), combos=np.array(["|".join(c) for c in combos]), key=key)
+    return np.stack(images), combos
+
+
+def eval_images(reports: list[Report], split: str) -> np.ndarray:
+    """One image per report, (N, 128, 128) uint8, in the order of ``reports``."""
+    path = cache_dir() / f"{split}_v{GENERATOR_VERSION}.npz"
+    key = hashlib.sha256("|".join(r.uid for r in reports).encode()).hexdigest()[:16]
+    if path.exists():
+        d = np.load(path, allow_pickle=False)
+        if str(d["key"]) == key:
+            return d["images"]
+    images = np.stack([render_one(combo_of(r.labels), drr.CT_CASES[_h(r.uid) % len(drr.CT_CASES)],
+                                  EVAL_SEEDS + _h(f"{split}:{r.uid}") % 1_000_000) for r in reports])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, images=images, key=key)
+    return images
+
+
+@dataclass
+class Corpus:
+    splits: dict[str, list[Report]]
+    vocab: Vocabulary
+
+    @classmethod
+    def load(cls, vocab: Vocabulary | None = None) -> Corpus:
+        splits = split_reports(load_reports())
+        return cls(splits, vocab or Vocabulary.build(r.text for r in splits["train"]))
+
+    def tokens(self, split: str, max_len: int = 62) -> np.ndarray:
+        """(N, max_len) token ids, BOS … EOS, padded."""
+        rows = [self.vocab.encode(r.text)[:max_len] for r in self.splits[split]]
+        out = np.full((len(rows), max_len), PAD, dtype=np.int64)
+        for i, row in enumerate(rows):
+            out[i, : len(row)] = row
+        return out
+
+    def labels(self, split: str) -> np.ndarray:
+        return np.stack([r.labels for r in self.splits[split]])
+
+
+class TrainPairs:
+    """Each epoch: every training report with a random bank image of the same findings."""
+
+    def __init__(self, corpus: Corpus, bank: np.ndarray, bank_combos: list[tuple[str, ...]]) -> None:
+        self.tokens = corpus.tokens("train")
+        self.labels = corpus.labels("train")
+        self.bank = bank
+        by_combo: dict[tuple[str, ...], list[int]] = defaultdict(list)
+        for i, combo in enumerate(bank_combos):
+            by_combo[combo].append(i)
+        self.choices = [by_combo[combo_of(lab)] for lab in self.labels]
+        missing = sum(1 for c in self.choices if not c)
+        if missing:
+            raise ValueError(f"{missing} training reports have no bank image of their findings")
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def epoch(self, rng: np.random.Generator, batch_size: int):  # noqa: ANN201
+        order = rng.permutation(len(self))
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            pick = np.array([self.choices[i][rng.integers(len(self.choices[i]))] for i in idx])
+            images = self.bank[pick].astype(np.float32)[:, None] / 255.0
+            if rng.random() < 0.5:  # small intensity jitter: gamma
+                images = images ** rng.uniform(0.8, 1.25)
+            yield idx, images, self.tokens[idx], self.labels[idx]
+
+
+__all__ = ["FINDINGS", "Corpus", "TrainPairs", "train_bank", "eval_images", "combo_of"]

@@ -1,0 +1,149 @@
+"""Score KiUT and its ablations on the held-out test split (rendered images, real reports).
+
+    python -m services.report.evaluate                  # greedy for all variants, beam 3 for KiUT
+    python -m services.report.evaluate --variants kiut --beam 0
+
+Writes ``services/report/checkpoints/kiut/evaluation.json`` and prints a Markdown table for docs/report.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from services.report import data, search, serving
+from services.report.findings import FINDINGS, clinical_efficacy
+from services.report.metrics import caption_scores
+from services.report.model import KiUT, knowledge_inputs
+from services.report.train import _auroc, checkpoint_dir, load
+
+log = logging.getLogger(__name__)
+
+PUBLISHED = {"BLEU-1": 0.525, "BLEU-2": 0.360, "BLEU-3": 0.251, "BLEU-4": 0.185, "METEOR": 0.242, "ROUGE-L": 0.409}
+LABELS = {"kiut": "KiUT (ours, CPU size)", "no_u": "KiUT without U-connection", "plain": "Transformer, no knowledge",
+          "retrieval": "Retrieval only (top-1 knowledge-base report)"}
+
+
+@torch.no_grad()
+def encode(model: KiUT, images: np.ndarray, batch: int = 64) -> dict[str, torch.Tensor]:
+    parts: list[dict[str, torch.Tensor]] = []
+    for s in range(0, len(images), batch):
+        x = torch.from_numpy(images[s:s + batch].astype(np.float32)[:, None] / 255.0)
+        parts.append(model.encode(x))
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def step_fn(model: KiUT, enc: dict[str, torch.Tensor]):  # noqa: ANN201
+    memory = knowledge_inputs(enc)
+
+    @torch.no_grad()
+    def step(tokens: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        idx = torch.from_numpy(rows)
+        logits = model.decode(torch.from_numpy(tokens), **{k: v[idx] for k, v in memory.items()})
+        return torch.log_softmax(logits[:, -1], dim=-1).numpy()
+
+    return step
+
+
+def generate(model: KiUT, images: np.ndarray, beam_size: int = 1, batch: int = 64,
+             max_tokens: int = serving.MAX_TOKENS) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per image and the finding probabilities (N, F)."""
+    enc = encode(model, images)
+    step = step_fn(model, enc)
+    if beam_size == 1:
+        ids: list[list[int]] = []
+        for s in range(0, len(images), batch):
+            rows = np.arange(s, min(s + batch, len(images)))
+            sub = lambda tokens, r, rows=rows: step(tokens, rows[r])  # noqa: E731
+            ids.extend(search.greedy(sub, len(rows), max_tokens))
+    else:
+        ids = [search.beam(step, i, beam_size, max_tokens) for i in range(len(images))]
+    return ids, enc["finding_probs"].numpy()
+
+
+def score(texts: list[str], references: list[str], probs: np.ndarray | None, labels: np.ndarray) -> dict:
+    out = {k: round(v, 4) for k, v in caption_scores(texts, references).items()}
+    out.update({k: round(v, 4) for k, v in clinical_efficacy(texts, references).items()})
+    if probs is not None:
+        aucs = [_auroc(probs[:, i], labels[:, i]) for i in range(len(FINDINGS))]
+        out["finding_auroc_mean"] = round(float(np.mean([a for a in aucs if a is not None])), 4)
+        out["finding_auroc"] = {n: (round(a, 3) if a is not None else None)
+                                for n, a in zip(FINDINGS, aucs, strict=True)}
+    out["mean_words"] = round(float(np.mean([len(t.split()) for t in texts])), 1)
+    return out
+
+
+def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None) -> dict:
+    torch.set_num_threads(1)
+    corpus = data.Corpus.load()
+    reports = corpus.splits["test"][:limit]
+    images = data.eval_images(corpus.splits["test"], "test")[: len(reports)]
+    references = [r.text for r in reports]
+    labels = np.stack([r.labels for r in reports])
+    results: dict = {"data": f"test split: {len(reports)} Open-i reports, one DRR each (generator "
+                             f"v{data.GENERATOR_VERSION}, seeds {data.EVAL_SEEDS}+), never seen in training",
+                     "published_kiut_iu_xray": PUBLISHED, "examples": {}}
+    for variant in variants:
+        if not (checkpoint_dir(variant) / "model.pt").exists():
+            log.warning("no checkpoint for %s; skipped", variant)
+            continue
+        model, vocab, _ = load(variant)
+        started = time.perf_counter()
+        ids, probs = generate(model, images)
+        texts = [vocab.decode(i) for i in ids]
+        results[variant] = score(texts, references, probs, labels) | {
+            "decoding": "greedy", "seconds": round(time.perf_counter() - started, 1)}
+        results["examples"][variant] = [{"reference": references[i], "generated": texts[i]} for i in range(3)]
+        log.info("%s greedy: %s", variant, {k: v for k, v in results[variant].items() if k != "finding_auroc"})
+        if variant == "kiut":
+            top = torch.topk(torch.nn.functional.normalize(torch.from_numpy(probs), dim=1) @ model.kb_keys.T, 1).indices
+            retrieved = [vocab.decode(model.kb_tokens[int(i)].tolist()) for i in top[:, 0]]
+            results["retrieval"] = score(retrieved, references, None, labels) | {"decoding": "top-1 retrieved report"}
+            if beam_size > 1:
+                started = time.perf_counter()
+                ids, _ = generate(model, images, beam_size=beam_size)
+                texts = [vocab.decode(i) for i in ids]
+                results["kiut_beam"] = score(texts, references, probs, labels) | {
+                    "decoding": f"beam {beam_size}", "seconds": round(time.perf_counter() - started, 1)}
+                log.info("kiut beam: %s", {k: v for k, v in results["kiut_beam"].items() if k != "finding_auroc"})
+    return results
+
+
+def table(results: dict) -> str:
+    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "ce_precision", "ce_recall", "ce_f1",
+            "finding_auroc_mean"]
+    lines = ["| model | decoding | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
+    for key, label in (("kiut_beam", "KiUT (ours, CPU size)"), ("kiut", LABELS["kiut"]), ("no_u", LABELS["no_u"]),
+                       ("plain", LABELS["plain"]), ("retrieval", LABELS["retrieval"])):
+        if key in results:
+            r = results[key]
+            lines.append(f"| {label} | {r['decoding']} | " + " | ".join(
+                f"{r[c]:.3f}" if isinstance(r.get(c), float) else "–" for c in cols) + " |")
+    p = results["published_kiut_iu_xray"]
+    lines.append("| KiUT, published (real IU-Xray images) | beam | " + " | ".join(
+        f"{p[c]:.3f}" if c in p else "–" for c in cols) + " |")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--variants", nargs="+", default=["kiut", "no_u", "plain"])
+    parser.add_argument("--beam", type=int, default=3, help="beam size for KiUT's second pass (0/1: skip)")
+    parser.add_argument("--limit", type=int, default=None, help="first N test reports only (smoke runs)")
+    parser.add_argument("--out", type=Path, default=serving.checkpoint_dir() / "evaluation.json")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    results = evaluate(args.variants, args.beam, args.limit)
+    args.out.write_text(json.dumps(results, indent=1))
+    print(table(results))  # noqa: T201
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
