@@ -81,12 +81,12 @@ class TritonPythonModel:
                 "condition": found["condition"], "instruction": instruction}
         return prompt, meta
 
-    def generate(self, prompt, max_new_tokens):
-        """Greedy decoding; yields the text each new token adds (UTF-8 safe: decode the whole tail)."""
+    def generate(self, prompt, max_new_tokens, out):
+        """Greedy decoding into ``out`` (token ids); yields the text each new token adds (UTF-8 safe)."""
         ids = np.array([self.gen_tok.encode(prompt).ids], dtype=np.int64)
         past_k = np.zeros((1, self.layers, 3, 0, 64), np.float32)
         past_v = np.zeros_like(past_k)
-        out, shown = [], ""
+        shown = ""
         for _ in range(max_new_tokens):
             logits, past_k, past_v = self._infer(
                 GENERATOR, {"input_ids": ids, "past_key": past_k, "past_value": past_v},
@@ -114,11 +114,10 @@ class TritonPythonModel:
                 max_new = max(1, min(int(body.get("max_new_tokens", MAX_NEW_TOKENS)), 256))
                 prompt, meta = self.plan(history, bool(body.get("instructions", True)))
                 sender.send(self._response("", meta))
-                n = 0
-                for piece in self.generate(prompt, max_new):
-                    n += 1
+                counted = []
+                for piece in self.generate(prompt, max_new, counted):
                     sender.send(self._response(piece, None))
-                sender.send(self._response("", {"done": True, "tokens": n}),
+                sender.send(self._response("", {"done": True, "tokens": len(counted)}),
                             flags=pb_utils.TRITONSERVER_RESPONSE_COMPLETE_FINAL)
             except Exception as error:  # noqa: BLE001 - one bad request must not stop the model
                 sender.send(pb_utils.InferenceResponse(

@@ -184,8 +184,8 @@ def _triton_problem(error: InferenceServerException) -> Problem:
     if "UNAVAILABLE" in status_text or "DEADLINE" in status_text or "CANCELLED" in status_text:
         return Problem(503, "Triton unavailable", f"{MODEL} did not answer: {error.message()}",
                        kind="triton-unavailable", headers={"Retry-After": "5"})
-    return Problem(502, "Generation failed", f"{MODEL}: {(error.message() or str(error)).splitlines()[0]}",
-                   kind="inference-failed")
+    return Problem(503, "Generation failed", f"{MODEL}: {(error.message() or str(error)).splitlines()[0]}",
+                   kind="generation-failed")
 
 
 async def _answer(triton: Triton, session: dict[str, Any], flags: list[str]) -> AsyncIterator[tuple[str, dict]]:
@@ -247,7 +247,7 @@ async def get_session(session_id: SessionId, who: CurrentKey) -> SessionPublic:
 
 
 @router.post("/sessions/{session_id}/messages", summary="Send a message, get the reply (whole or streamed)",
-             responses={**problem_responses(404, 409, 422, 502, 504),
+             response_model=MessagePublic, responses={**problem_responses(404, 409, 422),
                         200: {"content": {"text/event-stream": {"schema": {"type": "string"}}},
                               "description": "the assistant message, or with stream=true Server-Sent Events"}})
 async def post_message(session_id: SessionId, body: MessageCreate, who: CurrentKey, triton: Triton,
