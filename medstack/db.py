@@ -25,6 +25,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     Integer,
+    LargeBinary,
     String,
     create_engine,
     event,
@@ -119,6 +120,8 @@ class Template(Base):
     input_sha256: Mapped[str] = mapped_column(String(64))
     params: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the embedding (npz: per structure RDR vectors and feature cubes); deferred: lists never load it
+    features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
 
 class AuditRecord(Base):

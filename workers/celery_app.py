@@ -17,7 +17,7 @@ SOFT_LIMIT_S = HARD_LIMIT_S - 60
 
 celery_app = Celery(
     "medstack", broker=settings.redis_url, backend=settings.redis_url,
-    include=["workers.tasks", "workers.valuation_tasks"],
+    include=["workers.tasks", "workers.localization_tasks", "workers.valuation_tasks"],
 )
 celery_app.conf.update(
     task_acks_late=True,

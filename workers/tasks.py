@@ -11,81 +11,47 @@ from typing import Any
 
 from celery import Task
 from celery.signals import worker_ready
-from tritonclient.utils import InferenceServerException
 
 from export.manifest import read_manifest
 from medstack.artifacts import ArtifactStore
-from medstack.db import Job, JobState, session_factory
 from medstack.settings import settings
-from services.common.volume import VolumeError
 from workers.celery_app import celery_app
-from workers.job_record import JobCancelled, ProgressRecorder, claim, finish, is_running
-from workers.recovery import Heartbeat, start_orphan_scanner, wait_until_orphaned
+from workers.job_record import Claim, ProgressRecorder
+from workers.job_runner import run_triton_job
+from workers.recovery import start_orphan_scanner
 from workers.segmentation_job import ModelCard, run_segmentation
-from workers.triton_predictor import ModelNotServed, TritonPredictor
+from workers.triton_predictor import TritonPredictor
 
 log = logging.getLogger(__name__)
-MAX_TRITON_RETRIES = 5
-
-
-def _requeue(job_id: str, stage: str) -> None:
-    with session_factory().begin() as db:
-        job = db.get(Job, job_id)
-        if job is not None:
-            job.state, job.stage = JobState.QUEUED, stage
 
 
 @celery_app.task(bind=True, name="workers.tasks.segment_volume")
 def segment_volume(self: Task, job_id: str) -> dict[str, Any] | None:
-    log.info("job %s: received (request id %s)", job_id, getattr(self.request, "request_id", None))
-    # a copy redelivered while another execution still beats for the job drops out
-    if is_running(job_id) and not wait_until_orphaned(job_id):
-        log.info("job %s: running on another worker; duplicate delivery dropped", job_id)
-        return None
-    claimed = claim(job_id)
-    if claimed is None:
-        return None
-    model, params = claimed.model, claimed.params
+    return run_triton_job(self, job_id, _segment)
 
+
+def _segment(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
     store = ArtifactStore()
-    predictor = TritonPredictor(model, settings.triton_grpc_url)
+    predictor = TritonPredictor(claimed.model, settings.triton_grpc_url)
     try:
-        with Heartbeat(job_id):
-            version = predictor.served_version()
-            card = ModelCard.from_manifest(read_manifest(settings.model_repository / model / version))
-            summary = run_segmentation(
-                store.path(job_id, params["input"]), store.job_dir(job_id), card, predictor,
-                progress=ProgressRecorder(self, job_id), largest_component=bool(params.get("largest_component")),
-                series_uid=params.get("series_uid"),
-            )
-    except JobCancelled:
-        log.info("job %s: cancelled", job_id)
-        return None
-    except VolumeError as error:
-        finish(job_id, JobState.FAILED, error={"type": "invalid-volume", "detail": str(error)})
-        return None
-    except (InferenceServerException, ModelNotServed) as error:
-        # Triton restarting or the model reloading: wait and try again, then give up clearly
-        if self.request.retries < MAX_TRITON_RETRIES:
-            _requeue(job_id, "waiting for Triton")
-            raise self.retry(countdown=min(60, 5 * 2**self.request.retries)) from error
-        finish(job_id, JobState.FAILED, error={"type": "model-unavailable", "detail": str(error)})
-        return None
-    except Exception as error:
-        log.exception("job %s: unexpected failure", job_id)
-        finish(job_id, JobState.FAILED, error={"type": "internal-error", "detail": type(error).__name__})
-        return None
+        version = predictor.served_version()
+        card = ModelCard.from_manifest(read_manifest(settings.model_repository / claimed.model / version))
+        params = claimed.params
+        return run_segmentation(
+            store.path(job_id, params["input"]), store.job_dir(job_id), card, predictor, progress=progress,
+            largest_component=bool(params.get("largest_component")), series_uid=params.get("series_uid"),
+        )
     finally:
         predictor.close()
-    finish(job_id, JobState.SUCCEEDED, result=summary)
-    log.info("job %s: succeeded with %s v%s", job_id, card.name, card.version)
-    return summary
 
 
 # the task that runs each kind of job; the orphan scanner requeues by kind
 TASK_BY_KIND = {
     "segmentation": "workers.tasks.segment_volume",
     "valuation": "workers.valuation_tasks.score_dataset",
+    "localization_template": "workers.localization_tasks.embed_template",
+    "localization": "workers.localization_tasks.localize",
+    "medlsam": "workers.localization_tasks.medlsam_segment",
 }
 
 

@@ -25,6 +25,15 @@ class ModelNotServed(RuntimeError):
     """Triton answers but does not (yet) serve the model: transient while models load."""
 
 
+def served_version(client: grpcclient.InferenceServerClient, model: str, url: str) -> str:
+    """The version of ``model`` Triton serves now (the highest READY one)."""
+    index = client.get_model_repository_index(as_json=True).get("models", [])
+    ready = [int(m["version"]) for m in index if m["name"] == model and m.get("state") == "READY"]
+    if not ready:
+        raise ModelNotServed(f"model {model} is not loaded in Triton at {url}")
+    return str(max(ready))
+
+
 @dataclass
 class _Region:
     """One registered system shared-memory region."""
@@ -52,12 +61,7 @@ class TritonPredictor:
             self.shared_memory = self.url.rsplit(":", 1)[0] in LOCAL_HOSTS
 
     def served_version(self) -> str:
-        """The version Triton serves now (the highest READY one)."""
-        index = self._client.get_model_repository_index(as_json=True).get("models", [])
-        ready = [int(m["version"]) for m in index if m["name"] == self.model and m.get("state") == "READY"]
-        if not ready:
-            raise ModelNotServed(f"model {self.model} is not loaded in Triton at {self.url}")
-        return str(max(ready))
+        return served_version(self._client, self.model, self.url)
 
     def __call__(self, patches: np.ndarray) -> np.ndarray:
         patches = np.ascontiguousarray(patches, dtype=np.float32)

@@ -209,15 +209,21 @@ class SyntheticCT:
     def sample(self, rng: np.random.Generator, out_shape: tuple[int, int, int],
                center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         """One patch: (HU image float32, served labels uint8), both ``out_shape`` (z, y, x)."""
+        image, fine = self.sample_fine(rng, out_shape, center)
+        return image, self._lut[fine]
+
+    def sample_fine(self, rng: np.random.Generator, out_shape: tuple[int, int, int],
+                    center: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """One patch with the template's fine labels (TotalSegmentator values, 0 = none) instead of
+        the served classes: for tasks that need other structures (localization)."""
         coords = self._coordinates(rng, out_shape, center)
         codes = ndimage.map_coordinates(self.template.codes, coords, order=0, mode="constant", cval=OUTSIDE)
         fine = codes % RIM_BIT
         rim = codes >= RIM_BIT
         outside = ndimage.map_coordinates(self.template.outside_mm, coords, order=1, mode="constant", cval=1e3)
         fine[(fine == OUTSIDE) & (outside <= rng.uniform(*self.body_margin_mm))] = BODY
-        target = self._lut[np.where(fine == BODY, 0, fine)]
         image = self._paint(rng, fine, rim)
-        return image, target
+        return image, np.where(fine == BODY, 0, fine)
 
     def _paint(self, rng: np.random.Generator, fine: np.ndarray, rim: np.ndarray) -> np.ndarray:
         means = self._means(rng)

@@ -137,13 +137,14 @@ async def create_template(request: Request, principal: CurrentKey, store: Store,
     dependencies=[require_available(LOCALIZATION)],
     openapi_extra=form_body(LocalizationJobCreate, _VOLUME, {
         "file": "(query_ct.nii.gz)", "structures": "liver,spleen", "template_ids": "6a1d2c3b-…"}),
-    responses=problem_responses(400, 409, 413, 415, 422, 503),
+    responses=problem_responses(400, 404, 409, 413, 415, 422, 503),
 )
-async def localize(request: Request, principal: CurrentKey, store: Store,
+async def localize(request: Request, principal: CurrentKey, store: Store, db: DbSession,
                    idempotency_key: IdempotencyKey = None) -> Any:
     upload, form, raw = await read_form(request, LocalizationJobCreate, settings.max_upload_mb << 20)
     try:
         params = {"structures": _csv(form.structures), "template_ids": _csv(form.template_ids)}
+        check_templates(db, principal, params["template_ids"], params["structures"])
         spec = JobRequest("localization", LOCALIZATION.model or "", form.priority, params,
                           check_idempotency_key(idempotency_key, form.transaction_id),
                           LOCALIZATION.task or "", LOCALIZATION.queue)
@@ -155,3 +156,23 @@ async def localize(request: Request, principal: CurrentKey, store: Store,
 
 def _csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
+
+
+MAX_SHOTS = 10
+
+
+def check_templates(db: DbSession, principal: Any, template_ids: list[str], structures: list[str]) -> None:
+    """Refuse at submission what the worker would refuse later: unknown or foreign templates (404),
+    too many, or templates without points for a requested structure (422; MedLAM needs every
+    structure in every template)."""
+    if not template_ids or not structures:
+        raise Problem(422, "Invalid request", "name at least one structure and one template", kind="validation-error")
+    if len(set(template_ids)) > MAX_SHOTS:
+        raise Problem(422, "Invalid request", f"at most {MAX_SHOTS} templates per job", kind="validation-error")
+    for template_id in dict.fromkeys(template_ids):
+        template = _visible(db, template_id, principal)
+        missing = [s for s in structures if s not in template.params.get("structures", {})]
+        if missing:
+            raise Problem(422, "Structure not in template", f"template {template_id} has no points for "
+                          f"{', '.join(missing)}; use templates that annotate every requested structure",
+                          kind="structure-not-in-template", template_id=template_id, missing=missing)

