@@ -97,6 +97,21 @@ def localize_structures(original: Volume, templates: Sequence[Mapping[str, Struc
     return found
 
 
+def write_box_preview(original: Volume, boxes: Mapping[str, Mapping[str, Any]], path: Path) -> Path:
+    """preview.png with each box drawn as its outline (a 2-voxel shell, label i+1 for structure i)."""
+    outlines = np.zeros(original.shape, np.uint8)
+    for value, box in enumerate(boxes.values(), start=1):
+        lo, hi = np.asarray(box["box_voxel"]["min"])[::-1], np.asarray(box["box_voxel"]["max"])[::-1]  # (z, y, x)
+        inner_lo, inner_hi = lo + 2, hi - 2
+        region = tuple(slice(a, b + 1) for a, b in zip(lo, hi, strict=True))
+        shell = np.ones([b - a + 1 for a, b in zip(lo, hi, strict=True)], bool)
+        if np.all(inner_hi >= inner_lo):
+            shell[tuple(slice(a - o, b - o + 1) for a, b, o in zip(inner_lo, inner_hi, lo, strict=True))] = False
+        outlines[region][shell] = value
+    names = {0: "background"} | {i: n for i, n in enumerate(boxes, start=1)}
+    return write_preview(original, original.with_array(outlines), names, path)
+
+
 def _r(values: np.ndarray) -> list[float]:
     return [round(float(v), 2) for v in values]
 

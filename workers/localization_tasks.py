@@ -21,11 +21,13 @@ from workers.celery_app import celery_app
 from workers.job_record import Claim, ProgressRecorder
 from workers.job_runner import JobInputError, run_triton_job
 from workers.localization_job import (
+    PREVIEW_NAME,
     RESULT_NAME,
     localize_structures,
     read_embedding,
     segment_boxes,
     template_features,
+    write_box_preview,
     write_outputs,
 )
 from workers.segmentation_job import load_input
@@ -120,12 +122,13 @@ def _localize(job_id: str, claimed: Claim, progress: ProgressRecorder) -> tuple[
 @celery_app.task(bind=True, name="workers.localization_tasks.localize")
 def localize(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
-        result, _, _ = _localize(job_id, claimed, progress)
+        result, original, _ = _localize(job_id, claimed, progress)
         out = ArtifactStore().job_dir(job_id)
         out.mkdir(parents=True, exist_ok=True)
+        write_box_preview(original, result["structures"], out / PREVIEW_NAME)
         (out / RESULT_NAME).write_text(json.dumps(result, indent=2))
         progress("done", 1.0)
-        return result | {"artifacts": [RESULT_NAME]}
+        return result | {"artifacts": [RESULT_NAME, PREVIEW_NAME]}
 
     return run_triton_job(self, job_id, work)
 

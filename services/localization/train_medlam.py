@@ -9,7 +9,7 @@ the crop centres (MSE, normalised by R). MSS: for anchor voxels of crop a that c
 a softmax over ``τ·cos`` similarities to every voxel of b at each feature scale; the positive set is
 the voxels within one voxel (at that scale) of the anchor's position. Every other pair overlaps (it
 trains MSS and short offsets), the rest are drawn anywhere in the volume (long offsets).
-Adam, cosine decay over the wall-clock budget.
+Adam, cosine decay over the budget (wall-clock seconds or iterations, whichever ends first).
 """
 
 from __future__ import annotations
@@ -121,8 +121,9 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, pairs: int,
         elapsed = time.monotonic() - start
         if elapsed >= seconds or (max_iters is not None and step >= max_iters):
             break
+        done = max(elapsed / seconds, step / max_iters if max_iters else 0.0)  # whichever budget runs out first
         for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / seconds)))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
         images, offsets, starts, overlap = sampler(pairs)
         rdr, *features = model(torch.from_numpy(images))
         l_rdr = rdr_loss(rdr, torch.from_numpy(offsets))

@@ -1,4 +1,5 @@
-"""Capabilities whose model or worker task is not built answer 503 naming what is missing; valuation
+"""Capabilities whose model or worker task is not built answer 503 naming what is missing (checked on a
+gateway whose model repository is empty, so it holds whatever this checkout has built); valuation
 (whose worker task exists) takes jobs."""
 
 from __future__ import annotations
@@ -9,7 +10,8 @@ import zipfile
 import numpy as np
 import pytest
 
-from tests.conftest import create_api_key
+from medstack.triton import stop_process_group
+from tests.conftest import create_api_key, start_gateway
 
 pytestmark = pytest.mark.integration
 
@@ -20,15 +22,26 @@ MISSING = [
     ("POST", "/v1/dialogue/sessions/abc/messages", "dialogue", "dialogue_generate", "model-missing"),
     ("POST", "/v1/localization/templates", "localization", "localization_medlam", "model-missing"),
     ("POST", "/v1/localization/jobs", "localization", "localization_medlam", "model-missing"),
-    ("POST", "/v1/medlsam/jobs", "segmentation", "segmentation_medlsam", "model-missing"),
+    ("POST", "/v1/medlsam/jobs", "segmentation", "localization_medlam", "model-missing"),
 ]
+
+
+@pytest.fixture(scope="module")
+def bare_gateway(stack, tmp_path_factory):
+    """A second gateway on the same database, seeing an empty model repository."""
+    empty = tmp_path_factory.mktemp("empty_model_repository")
+    proc, url = start_gateway(stack.settings, stack.env, "bare-gateway", {"MEDSTACK_MODEL_REPOSITORY": str(empty)})
+    yield url
+    stop_process_group(proc.pid)
 
 
 @pytest.mark.parametrize(("method", "path", "scope", "names", "kind"), MISSING,
                          ids=[f"{m} {p}" for m, p, *_ in MISSING])
-def test_unbuilt_capabilities_are_503_naming_the_missing_piece(stack, method, path, scope, names, kind) -> None:
+def test_unbuilt_capabilities_are_503_naming_the_missing_piece(stack, bare_gateway, method, path, scope, names,
+                                                                kind) -> None:
     key = create_api_key(stack, [scope], name=f"cap-{scope}")
     with stack.client(key) as client:
+        client.base_url = bare_gateway
         # answered before the body is read: a client learns at once, whatever it sent
         response = client.request(method, path, files={"file": ("x.bin", b"payload")})
     assert response.status_code == 503, response.text
