@@ -79,7 +79,7 @@ def score(texts: list[str], references: list[str], probs: np.ndarray | None, lab
     return out
 
 
-def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None) -> dict:
+def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, beam_limit: int | None = None) -> dict:
     torch.set_num_threads(1)
     corpus = data.Corpus.load()
     reports = corpus.splits["test"][:limit]
@@ -107,10 +107,12 @@ def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None) 
             results["retrieval"] = score(retrieved, references, None, labels) | {"decoding": "top-1 retrieved report"}
             if beam_size > 1:
                 started = time.perf_counter()
-                ids, _ = generate(model, images, beam_size=beam_size)
+                n = len(images) if beam_limit is None else min(beam_limit, len(images))
+                ids, _ = generate(model, images[:n], beam_size=beam_size)
                 texts = [vocab.decode(i) for i in ids]
-                results["kiut_beam"] = score(texts, references, probs, labels) | {
-                    "decoding": f"beam {beam_size}", "seconds": round(time.perf_counter() - started, 1)}
+                results["kiut_beam"] = score(texts, references[:n], probs[:n], labels[:n]) | {
+                    "decoding": f"beam {beam_size}" + ("" if n == len(images) else f" (first {n} test reports)"),
+                    "seconds": round(time.perf_counter() - started, 1)}
                 log.info("kiut beam: %s", {k: v for k, v in results["kiut_beam"].items() if k != "finding_auroc"})
     return results
 
@@ -136,10 +138,21 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=["kiut", "no_u", "plain"])
     parser.add_argument("--beam", type=int, default=3, help="beam size for KiUT's second pass (0/1: skip)")
     parser.add_argument("--limit", type=int, default=None, help="first N test reports only (smoke runs)")
+    parser.add_argument("--beam-limit", type=int, default=None, help="beam search on the first N test reports only")
     parser.add_argument("--out", type=Path, default=serving.checkpoint_dir() / "evaluation.json")
+    parser.add_argument("--merge", type=Path, nargs="+", default=None,
+                        help="combine per-variant result files (from parallel runs) into --out instead")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    results = evaluate(args.variants, args.beam, args.limit)
+    if args.merge:
+        results = {}
+        for path in args.merge:
+            part = json.loads(path.read_text())
+            examples = results.get("examples", {}) | part.pop("examples", {})
+            results |= part
+            results["examples"] = examples
+    else:
+        results = evaluate(args.variants, args.beam, args.limit, args.beam_limit)
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))  # noqa: T201
     return 0
