@@ -43,10 +43,15 @@ def kind_of(data: bytes) -> str:
 def read_image(data: bytes) -> tuple[np.ndarray, dict[str, str]]:
     """``(H, W)`` float32 where larger means more attenuation, and facts about the source."""
     kind = kind_of(data)
-    if kind == "dicom":
-        return _read_dicom(data)
-    if kind in ("png", "jpeg"):
-        return _read_pil(data, kind)
+    try:
+        if kind == "dicom":
+            return _read_dicom(data)
+        if kind in ("png", "jpeg"):
+            return _read_pil(data, kind)
+    except ImageError:
+        raise
+    except Exception as error:  # decoders raise many types on malformed input; all mean "unreadable"  # noqa: BLE001
+        raise ImageError(f"unreadable {kind.upper()}: {type(error).__name__}: {error}"[:300]) from error
     raise ImageError("not a PNG, JPEG or DICOM file (DICOM needs the 128-byte preamble and 'DICM')",
                      unsupported=True)
 

@@ -182,3 +182,25 @@ def padchest_label_vectors(path: Path | None = None, limit: int | None = None) -
                 found["normal"] = False
             rows.append(to_vector(found))
     return np.stack(rows) if rows else np.zeros((0, len(FINDINGS)), np.float32)
+
+
+def statistics() -> dict:
+    """Split sizes, finding counts, vocabulary size, and how well the rule labeller (on FINDINGS +
+    IMPRESSION text) agrees with the MeSH-derived labels (F1 per finding, all usable reports)."""
+    reports = load_reports()
+    splits = split_reports(reports)
+    use = usable(reports)
+    mesh = np.stack([r.labels for r in use])
+    rules = np.stack([to_vector(label_text(r.findings_text + " " + r.impression)) for r in use])
+    agreement = {}
+    for i, name in enumerate(FINDINGS):
+        tp = float((mesh[:, i] * rules[:, i]).sum())
+        agreement[name] = round(float(2 * tp / max(mesh[:, i].sum() + rules[:, i].sum(), 1)), 3)
+    return {"reports": len(reports), "with_findings": len(use), "splits": {k: len(v) for k, v in splits.items()},
+            "finding_counts": {n: int(c) for n, c in zip(FINDINGS, mesh.sum(0), strict=True)},
+            "vocabulary": len(Vocabulary.build(r.text for r in splits["train"])),
+            "labeller_vs_mesh_f1": agreement}
+
+
+if __name__ == "__main__":
+    print(json.dumps(statistics(), indent=1))  # noqa: T201
