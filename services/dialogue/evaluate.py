@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -119,7 +120,7 @@ def main(argv: list[str] | None = None) -> None:
     result["instruction"] = instruction_eval(data, args.instruction_turns, args.seed)
     if not args.skip_generation:
         result["generation"] = generation_eval(data, args.turns, args.seed, args.max_new_tokens)
-    result["command"] = "python -m services.dialogue.evaluate " + " ".join(argv or [])
+    result["command"] = " ".join(["python -m services.dialogue.evaluate", *(sys.argv[1:] if argv is None else argv)])
     EVALUATION.write_text(json.dumps(result, indent=1))
     summary = {k: v for k, v in result.items() if k != "generation"}
     summary["generation"] = {k: v for k, v in result.get("generation", {}).items() if k != "reference_samples"}
