@@ -102,7 +102,8 @@ def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, 
         results["examples"][variant] = [{"reference": references[i], "generated": texts[i]} for i in range(3)]
         log.info("%s greedy: %s", variant, {k: v for k, v in results[variant].items() if k != "finding_auroc"})
         if variant == "kiut":
-            top = torch.topk(torch.nn.functional.normalize(torch.from_numpy(probs), dim=1) @ model.kb_keys.T, 1).indices
+            sims = torch.nn.functional.normalize(torch.from_numpy(probs), dim=1) @ model.kb_keys.T + model.kb_tiebreak
+            top = torch.topk(sims, 1).indices
             retrieved = [vocab.decode(model.kb_tokens[int(i)].tolist()) for i in top[:, 0]]
             results["retrieval"] = score(retrieved, references, None, labels) | {"decoding": "top-1 retrieved report"}
             if beam_size > 1:

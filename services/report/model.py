@@ -190,6 +190,10 @@ class KiUT(nn.Module):
             self.register_buffer("kb_tokens", torch.as_tensor(np.asarray(kb_tokens), dtype=torch.long))
             labels = torch.as_tensor(np.asarray(kb_labels), dtype=torch.float32)
             self.register_buffer("kb_keys", F.normalize(labels, dim=1))
+            # many reports share a label vector: break ties by index (lowest first) so that PyTorch and
+            # ONNX Runtime's TopK retrieve the same reports; 1e-3 / K spacing stays above float error
+            order = torch.arange(len(labels), dtype=torch.float32) / len(labels)
+            self.register_buffer("kb_tiebreak", -1e-3 * order, persistent=False)
             self.kb_pos = nn.Parameter(torch.randn(1, cfg.retrieved, kb_len, d) * 0.02)
 
     # ---------------------------------------------------------------- encoder side
@@ -212,7 +216,7 @@ class KiUT(nn.Module):
                "finding_logits": logits, "finding_probs": probs}
         if self.cfg.knowledge:
             out["clinical"] = self.graph(probs)
-            scores = F.normalize(probs, dim=1) @ self.kb_keys.T
+            scores = F.normalize(probs, dim=1) @ self.kb_keys.T + self.kb_tiebreak
             if exclude is not None:
                 scores = scores.masked_fill(F.one_hot(exclude.clamp(min=0), len(self.kb_keys)).bool()
                                             & (exclude >= 0)[:, None], -2.0)
