@@ -61,7 +61,7 @@ def test_plain_variant_has_no_knowledge_and_retrieval_excludes_self() -> None:
     model = tiny()
     image = torch.rand(4, 1, 64, 64)
     probs = model.encode(image)["finding_probs"]
-    top = (torch.nn.functional.normalize(probs, dim=1) @ model.kb_keys.T).argmax(1)
+    top = (torch.nn.functional.normalize(probs, dim=1) @ model.kb_keys.T + model.kb_tiebreak).argmax(1)
     excluded = model.encode(image, exclude=top)
     kept = model.encode(image, exclude=torch.full((4,), -1))
     first = model.kb_tokens[top]
