@@ -89,7 +89,7 @@ def validate(model: KiUT, images: np.ndarray, tokens: np.ndarray, labels: np.nda
 
 def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: float = 5e-4, seed: int = 0,
           out: Path | None = None, finding_weight: float = 1.0, max_steps: int | None = None,
-          val_limit: int | None = None) -> dict:
+          val_limit: int | None = None, init: Path | None = None) -> dict:
     """Train one variant; ``max_steps`` per epoch and ``val_limit`` shorten smoke runs."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
@@ -104,6 +104,8 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
     kb_labels = corpus.labels("train")
     config = VARIANTS[variant]
     model = build(len(corpus.vocab), graph, kb_tokens, kb_labels, config)
+    if init is not None:  # continue from a checkpoint of the same variant (same vocabulary and knowledge base)
+        model.load_state_dict(torch.load(init / "model.pt", map_location="cpu", weights_only=True))
     data_s = time.perf_counter() - started
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     per_epoch = (len(pairs) + batch_size - 1) // batch_size
@@ -153,7 +155,8 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                  "images": f"DRR generator v{data.GENERATOR_VERSION}: {len(bank)} training-bank images "
                            f"(seeds {data.TRAIN_SEEDS}+), validation/test one per report (seeds {data.EVAL_SEEDS}+)",
                  "train_reports": len(pairs), "val_reports": len(val_images), "vocab": len(corpus.vocab)},
-        "command": f"python -m services.report.train --variant {variant} --epochs {epochs} --seed {seed}",
+        "command": f"python -m services.report.train --variant {variant} --epochs {epochs} --seed {seed}"
+                   + (f" --init {init}" if init else ""),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=1))
     result = {"history": history, "best_val": best_metrics, "wall_s": round(wall, 1), "data_s": round(data_s, 1),
@@ -171,10 +174,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="per epoch (smoke runs)")
+    parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     result = train(args.variant, args.epochs, args.batch_size, args.lr, args.seed, args.out,
-                   max_steps=args.max_steps)
+                   max_steps=args.max_steps, init=args.init)
     log.info("done in %.0f s; best validation %s", result["wall_s"], result["best_val"]["token_loss"])
     return 0
 
