@@ -50,6 +50,11 @@ def _metrics(metrics: dict[str, Any]) -> str:
 def render(manifests: dict[str, dict[str, Any]]) -> str:
     rows = []
     for name, m in manifests.items():
+        if m.get("backend") == "python":  # a decode loop / pipeline over other models: no network, no parity
+            composes = ", ".join(f"`{c}`" for c in m.get("composes", [])) or "—"
+            rows.append(f"| `{name}` | {m['version']} | `{m['sha256'][:16]}` (model.py) | {_tensors(m['inputs'])} → "
+                        f"{_tensors(m['outputs'])} | python backend over {composes} | — | — |")
+            continue
         p = m["parity"]
         checkpoint = m["checkpoint"]
         ckpt = f"`{checkpoint['path']}` ({checkpoint['sha256'][:12]})" if checkpoint else "none (no learned weights)"
@@ -65,7 +70,8 @@ def render(manifests: dict[str, dict[str, Any]]) -> str:
         details.append(f"- training: {m['training'].get('command', 'n/a')}; data: {m['training'].get('data', 'n/a')}")
         details.append(f"- preprocessing: `{m['preprocessing']}`")
         details.append(_metrics(metrics))
-        details.append(f"- exported from commit `{m['git_commit']}` with {m['toolchain']}")
+        toolchain = f" with {m['toolchain']}" if "toolchain" in m else ""
+        details.append(f"- exported from commit `{m['git_commit']}`{toolchain}")
     return HEADER + "\n".join(rows) + "\n" + "\n".join(details) + "\n"
 
 

