@@ -79,7 +79,11 @@ def score(texts: list[str], references: list[str], probs: np.ndarray | None, lab
     return out
 
 
-def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, beam_limit: int | None = None) -> dict:
+def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, beam_limit: int | None = None,
+             directory: Path | None = None) -> dict:
+    """Scores per variant; ``directory`` (one variant only) reads that checkpoint folder instead."""
+    if directory is not None and len(variants) != 1:
+        raise ValueError("--checkpoint needs exactly one variant")
     torch.set_num_threads(1)
     corpus = data.Corpus.load()
     reports = corpus.splits["test"][:limit]
@@ -90,10 +94,11 @@ def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, 
                              f"v{data.GENERATOR_VERSION}, seeds {data.EVAL_SEEDS}+), never seen in training",
                      "published_kiut_iu_xray": PUBLISHED, "examples": {}}
     for variant in variants:
-        if not (checkpoint_dir(variant) / "model.pt").exists():
-            log.warning("no checkpoint for %s; skipped", variant)
+        folder = directory or checkpoint_dir(variant)
+        if not (folder / "model.pt").exists():
+            log.warning("no checkpoint for %s in %s; skipped", variant, folder)
             continue
-        model, vocab, _ = load(variant)
+        model, vocab, _ = load(variant, folder)
         started = time.perf_counter()
         ids, probs = generate(model, images)
         texts = [vocab.decode(i) for i in ids]
@@ -141,6 +146,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--limit", type=int, default=None, help="first N test reports only (smoke runs)")
     parser.add_argument("--beam-limit", type=int, default=None, help="beam search on the first N test reports only")
     parser.add_argument("--out", type=Path, default=serving.checkpoint_dir() / "evaluation.json")
+    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (with one --variants)")
+    parser.add_argument("--name", default=None, help="key to store a --checkpoint's results under")
     parser.add_argument("--merge", type=Path, nargs="+", default=None,
                         help="combine per-variant result files (from parallel runs) into --out instead")
     args = parser.parse_args(argv)
@@ -153,7 +160,13 @@ def main(argv: list[str] | None = None) -> int:
             results |= part
             results["examples"] = examples
     else:
-        results = evaluate(args.variants, args.beam, args.limit, args.beam_limit)
+        results = evaluate(args.variants, args.beam, args.limit, args.beam_limit, args.checkpoint)
+        if args.name:
+            variant = args.variants[0]
+            for key in [k for k in list(results) if k == variant or k.startswith(f"{variant}_") or k == "retrieval"]:
+                results[key.replace(variant, args.name, 1) if key != "retrieval" else f"{args.name}_retrieval"] = \
+                    results.pop(key)
+            results["examples"] = {args.name: results["examples"].pop(variant, [])}
     args.out.write_text(json.dumps(results, indent=1))
     print(table(results))  # noqa: T201
     return 0
