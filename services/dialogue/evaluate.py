@@ -6,7 +6,8 @@
 Instruction: accuracy and macro-F1 of dialogue type and action, joint accuracy, on ``--instruction-turns``
 doctor turns of the test split. Generation: ``--turns`` test doctor turns answered by both generators
 (greedy, the same decoding the Triton model runs), each with its own retrieval: predicted instruction +
-slot-targeted fact, or (ablation) no instruction + the three facts nearest to the patient's words.
+slot-targeted fact, or (ablation) no instruction + the three facts nearest to the patient's words; a
+third row feeds the corpus's own (gold) instruction and fact to the instructed generator, as an upper reference.
 Writes ``services/dialogue/checkpoints/evaluation.json`` (read into the model manifests at export).
 """
 
@@ -78,15 +79,21 @@ def generation_eval(data: dict, n: int, seed: int, max_new_tokens: int) -> dict:
     refs = [t["text"] for t in turns]
     out: dict = {"split": "test", "turns": len(turns), "max_new_tokens": max_new_tokens, "decoding": "greedy"}
     samples = []
-    for with_instructions in (True, False):
+    systems = (("with_instructions", True, False), ("without_instructions", False, False),
+               ("gold_instructions", True, True))
+    for name, with_instructions, gold in systems:
         model = lm.merged_generator(ADAPTERS[with_instructions])
         hyps, condition_hits = [], 0
         started = time.time()
         for t in turns:
-            prompt, found = planner(t["history"], with_instructions)
-            condition_hits += found["condition"] == t["condition"]
+            if gold:  # upper reference: the corpus's own instruction and knowledge fact
+                prompt = core.build_prompt(t["history"], core.instruction_text(t["type"], t["action"], t["field"]),
+                                           t["knowledge"])
+                condition_hits += 1
+            else:
+                prompt, found = planner(t["history"], with_instructions)
+                condition_hits += found["condition"] == t["condition"]
             hyps.append(tok.decode(lm.greedy(model, tok.encode(prompt).ids, end, max_new_tokens)).strip())
-        name = "with_instructions" if with_instructions else "without_instructions"
         out[name] = {
             "bleu_1": round(metrics.bleu(hyps, refs, 1), 4), "bleu_2": round(metrics.bleu(hyps, refs, 2), 4),
             "rouge_l": round(metrics.rouge_l(hyps, refs), 4),
@@ -96,10 +103,10 @@ def generation_eval(data: dict, n: int, seed: int, max_new_tokens: int) -> dict:
             "adapter": torch.load(ADAPTERS[with_instructions])["meta"], "wall_s": round(time.time() - started),
         }
         for i, h in enumerate(hyps[:8]):
-            if with_instructions:
+            if name == "with_instructions":
                 samples.append({"history": turns[i]["history"][-2:], "reference": refs[i], "with": h})
             else:
-                samples[i]["without"] = h
+                samples[i][name.split("_")[0]] = h
     out["reference_samples"] = samples
     return out
 
