@@ -113,11 +113,13 @@ def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbed
         for fmap, cube in zip(features, embedding.cubes, strict=True):
             f = F.normalize(torch.from_numpy(fmap[j:j + 1]), dim=1)
             w = torch.from_numpy(cube[j:j + 1])
-            similarity = F.conv3d(f, w, padding="same") / w.shape[-1] ** 3
+            k = w.shape[-1]
+            # 'same' output size; an even cube pads one voxel more after than before
+            similarity = F.conv3d(F.pad(f, ((k - 1) // 2, k // 2) * 3), w) / k**3
             total += F.interpolate(similarity, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
         best = np.unravel_index(int(total.argmax()), total.shape)
         # +1: an even cube's centre sits half a voxel before the point it was cut around, and
-        # 'same' padding of an even kernel shifts the output half a voxel the other way
+        # the 'same' padding above shifts the output half a voxel the other way
         refined[j] = points[j] + np.asarray(best) - size // 2 + 1
     return refined
 
