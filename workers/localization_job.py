@@ -20,7 +20,7 @@ from services.common.dicom_series import DicomSeries
 from services.common.preview import write_preview
 from services.common.volume import Interpolator, Volume, resample_like, write_volume
 from services.localization.boxseg import to_slice_grid
-from services.localization.geometry import mm_to_voxel, voxel_to_mm
+from services.localization.geometry import mm_to_voxel, voxel_to_mm, world_box
 from services.localization.medlam import Predict, QueryAnchor, StructureEmbedding, embed_points, localize
 from services.localization.medlsam import SegPredict, label_map
 from services.localization.preprocessing import to_grid
@@ -28,14 +28,6 @@ from workers.job_runner import JobInputError
 
 MASK_NAME, SUMMARY_NAME, PREVIEW_NAME, SEG_NAME, RESULT_NAME = (
     "mask.nii.gz", "summary.json", "preview.png", "seg.dcm", "result.json")
-
-
-def _world_box(volume: Volume, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel box (z, y, x; inclusive) → world box (x, y, z mm) over voxel edges."""
-    corners = np.array([[z, y, x] for z in (lo[0] - 0.5, hi[0] + 0.5) for y in (lo[1] - 0.5, hi[1] + 0.5)
-                        for x in (lo[2] - 0.5, hi[2] + 0.5)])
-    world = voxel_to_mm(volume, corners)
-    return world.min(0), world.max(0)
 
 
 def points_on_grid(original: Volume, grid: Volume, points: Mapping[str, Sequence[Sequence[float]]]) -> dict[
@@ -80,7 +72,7 @@ def localize_structures(original: Volume, templates: Sequence[Mapping[str, Struc
     for name in structures:
         embedding = StructureEmbedding.combine([t[name] for t in templates])
         points, (lo, hi) = localize(grid.array, embedding, anchor, predict)
-        lo_mm, hi_mm = _world_box(grid, lo, hi)
+        lo_mm, hi_mm = world_box(grid, lo, hi)
         corners = np.array([[x, y, z] for x in (lo_mm[0], hi_mm[0]) for y in (lo_mm[1], hi_mm[1])
                             for z in (lo_mm[2], hi_mm[2])])
         ijk = mm_to_voxel(original, corners)[:, ::-1]

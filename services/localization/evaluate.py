@@ -24,7 +24,7 @@ import numpy as np
 from services.common.volume import resample_like
 from services.localization import checkpoint
 from services.localization.boxseg import to_slice_grid
-from services.localization.geometry import box_of_mask, extreme_points, voxel_to_mm
+from services.localization.geometry import box_iou, box_of_mask, extreme_points, wall_distance, world_box
 from services.localization.medlam import QueryAnchor, StructureEmbedding, embed_points, localize, torch_predictor
 from services.localization.medlsam import segment_box, torch_seg_predictor
 from services.localization.models import BOXSEG_CHECKPOINT, MEDLAM_CHECKPOINT, load_boxseg, load_medlam, set_threads
@@ -33,22 +33,6 @@ from services.localization.volumes import evaluation_query, synthetic_volumes
 
 TEMPLATE_SEED = 5000
 log = logging.getLogger(__name__)
-
-
-def world_box(volume, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Voxel box (z, y, x) → world box (x, y, z mm) including half a voxel on each side."""
-    corners = voxel_to_mm(volume, np.array([lo - 0.5, hi + 0.5]))
-    return corners.min(0), corners.max(0)
-
-
-def iou_mm(a, b) -> float:
-    inter = np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None))
-    size = lambda box: np.prod(box[1] - box[0])  # noqa: E731
-    return float(inter / (size(a) + size(b) - inter))
-
-
-def wall_mm(a, b) -> float:
-    return float(np.mean(np.abs(np.concatenate([a[0] - b[0], a[1] - b[1]]))))
 
 
 def dice(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,7 +61,7 @@ def evaluate(medlam_dir: Path, boxseg_dir: Path, shots: int, seed: int = 0) -> d
         for label, used in (("1shot", embeddings[:1]), (f"{shots}shot", embeddings)):
             _, (lo, hi) = localize(query.array, StructureEmbedding.combine(used), anchor, predict)
             box = world_box(query.volume, lo, hi)
-            row[label] = {"iou": iou_mm(box, truth), "wall_mm": wall_mm(box, truth),
+            row[label] = {"iou": box_iou(box, truth), "wall_mm": wall_distance(box, truth),
                           "box_mm": [b.tolist() for b in box]}
         truth_slices = structure_mask(slice_labels, labelled.structures, name)
         predicted = np.asarray(row[f"{shots}shot"]["box_mm"])

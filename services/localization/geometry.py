@@ -1,7 +1,8 @@
 """Points, boxes and crops on voxel grids; box metrics (IoU, wall distance).
 
 Arrays are (z, y, x); points are float (z, y, x) voxel coordinates unless named ``_mm``.
-A box is ``(lo, hi)``: inclusive voxel bounds, each an array (z, y, x).
+A voxel box is ``(lo, hi)``: inclusive bounds, each an array (z, y, x); a world box is ``(lo, hi)`` in
+mm (x, y, z), over voxel edges.
 """
 
 from __future__ import annotations
@@ -47,17 +48,23 @@ def box_of_mask(mask: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
 
 def box_iou(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
-    """IoU of two inclusive voxel boxes."""
-    lo, hi = np.maximum(a[0], b[0]), np.minimum(a[1], b[1])
-    inter = float(np.prod(np.clip(hi - lo + 1, 0, None)))
-    vol = lambda box: float(np.prod(box[1] - box[0] + 1))  # noqa: E731
-    return inter / (vol(a) + vol(b) - inter)
+    """IoU of two continuous boxes (lo, hi), e.g. world boxes in mm."""
+    inter = float(np.prod(np.clip(np.minimum(a[1], b[1]) - np.maximum(a[0], b[0]), 0, None)))
+    size = lambda box: float(np.prod(box[1] - box[0]))  # noqa: E731
+    return inter / (size(a) + size(b) - inter)
 
 
-def wall_distance_mm(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray], spacing_zyx) -> float:
-    """Mean absolute distance (mm) between corresponding walls of two boxes (MedLAM's WD)."""
-    s = np.asarray(spacing_zyx, np.float64)
-    return float(np.mean(np.concatenate([np.abs(a[0] - b[0]) * s, np.abs(a[1] - b[1]) * s])))
+def wall_distance(a: tuple[np.ndarray, np.ndarray], b: tuple[np.ndarray, np.ndarray]) -> float:
+    """Mean absolute distance between corresponding walls of two boxes (MedLAM's WD)."""
+    return float(np.mean(np.abs(np.concatenate([a[0] - b[0], a[1] - b[1]]))))
+
+
+def world_box(volume: Volume, lo: np.ndarray, hi: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Inclusive voxel box (z, y, x) → axis-aligned world box (x, y, z mm) over the voxel edges."""
+    corners = np.array([[z, y, x] for z in (lo[0] - 0.5, hi[0] + 0.5) for y in (lo[1] - 0.5, hi[1] + 0.5)
+                        for x in (lo[2] - 0.5, hi[2] + 0.5)])
+    world = voxel_to_mm(volume, corners)
+    return world.min(0), world.max(0)
 
 
 def crop(array: np.ndarray, center: np.ndarray, size: int, fill: float = 0.0) -> np.ndarray:

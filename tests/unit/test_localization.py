@@ -18,7 +18,8 @@ from services.localization.geometry import (
     extreme_points,
     mm_to_voxel,
     voxel_to_mm,
-    wall_distance_mm,
+    wall_distance,
+    world_box,
 )
 from services.localization.medlam import (
     QueryAnchor,
@@ -49,11 +50,18 @@ def test_extreme_points_give_back_the_mask_box() -> None:
 
 
 def test_box_metrics() -> None:
-    a = (np.array([0.0, 0, 0]), np.array([9.0, 9, 9]))
+    a = (np.array([0.0, 0, 0]), np.array([10.0, 10, 10]))
     assert box_iou(a, a) == 1.0
-    b = (np.array([5.0, 0, 0]), np.array([14.0, 9, 9]))
+    b = (np.array([5.0, 0, 0]), np.array([15.0, 10, 10]))
     assert box_iou(a, b) == pytest.approx(500 / 1500)
-    assert wall_distance_mm(a, b, (2.0, 1, 1)) == pytest.approx((10 + 10) / 6)
+    assert wall_distance(a, b) == pytest.approx(10 / 6)
+
+
+def test_world_box_covers_voxel_edges_on_a_flipped_grid() -> None:
+    volume = Volume(np.zeros((5, 6, 7), np.int16), (0.5, 1.0, 2.0), (0.0, 0.0, 0.0), (-1.0, 0, 0, 0, 1, 0, 0, 0, 1))
+    lo, hi = world_box(volume, np.array([1, 2, 3]), np.array([2, 3, 4]))  # (z, y, x) voxels
+    np.testing.assert_allclose(lo, [-4.5 * 0.5, 1.5, 1.0])
+    np.testing.assert_allclose(hi, [-2.5 * 0.5, 3.5, 5.0])
 
 
 def test_crop_pads_outside_the_array() -> None:
