@@ -6,6 +6,8 @@ import math
 import re
 from collections import Counter
 
+from services.common.text_metrics import longest_common_subsequence
+
 _TOKEN = re.compile(r"[a-z0-9]+(?:'[a-z]+)?|[^\sa-z0-9]")
 
 
@@ -32,22 +34,12 @@ def bleu(hypotheses: list[str], references: list[str], n: int) -> float:
     return bp * math.exp(log_p)
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def rouge_l(hypotheses: list[str], references: list[str]) -> float:
     """Mean ROUGE-L F1 over pairs."""
     scores = []
     for h, r in zip(hypotheses, references, strict=True):
         ht, rt = tokens(h), tokens(r)
-        lcs = _lcs(ht, rt)
+        lcs = longest_common_subsequence(ht, rt)
         if lcs == 0:
             scores.append(0.0)
             continue

@@ -13,6 +13,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 
+from services.common.text_metrics import longest_common_subsequence
+
 
 def _ngrams(words: list[str], n: int) -> Counter:
     return Counter(tuple(words[i:i + n]) for i in range(len(words) - n + 1))
@@ -40,21 +42,11 @@ def bleu(hypotheses: list[str], references: list[str], max_n: int = 4) -> list[f
     return scores
 
 
-def _lcs(a: list[str], b: list[str]) -> int:
-    prev = [0] * (len(b) + 1)
-    for x in a:
-        cur = [0]
-        for j, y in enumerate(b):
-            cur.append(prev[j] + 1 if x == y else max(prev[j + 1], cur[j]))
-        prev = cur
-    return prev[-1]
-
-
 def rouge_l(hypotheses: list[str], references: list[str], beta: float = 1.2) -> float:
     scores = []
     for hyp, ref in zip(hypotheses, references, strict=True):
         h, r = hyp.split(), ref.split()
-        lcs = _lcs(h, r)
+        lcs = longest_common_subsequence(h, r)
         if lcs == 0:
             scores.append(0.0)
             continue
