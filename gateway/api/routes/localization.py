@@ -143,7 +143,7 @@ async def localize(request: Request, principal: CurrentKey, store: Store, db: Db
                    idempotency_key: IdempotencyKey = None) -> Any:
     upload, form, raw = await read_form(request, LocalizationJobCreate, settings.max_upload_mb << 20)
     try:
-        params = {"structures": _csv(form.structures), "template_ids": _csv(form.template_ids)}
+        params = {"structures": split_csv(form.structures), "template_ids": split_csv(form.template_ids)}
         check_templates(db, principal, params["template_ids"], params["structures"])
         spec = JobRequest("localization", LOCALIZATION.model or "", form.priority, params,
                           check_idempotency_key(idempotency_key, form.transaction_id),
@@ -154,7 +154,8 @@ async def localize(request: Request, principal: CurrentKey, store: Store, db: Db
     return job_answer(submitted, store)
 
 
-def _csv(text: str) -> list[str]:
+def split_csv(text: str) -> list[str]:
+    """A comma-separated form field as a list (blanks dropped)."""
     return [item.strip() for item in text.split(",") if item.strip()]
 
 

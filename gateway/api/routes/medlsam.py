@@ -11,7 +11,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from gateway.api.forms import form_body, read_form
 from gateway.api.responses import job_answer
-from gateway.api.routes.localization import check_templates
+from gateway.api.routes.localization import check_templates, split_csv
 from gateway.auth import require
 from gateway.capabilities import LOCALIZATION, MEDLSAM, require_available
 from gateway.deps import CurrentKey, DbSession, IdempotencyKey, Store
@@ -53,8 +53,7 @@ async def create_job(request: Request, principal: CurrentKey, store: Store, db: 
                      idempotency_key: IdempotencyKey = None) -> Any:
     upload, form, raw = await read_form(request, MedlsamJobCreate, settings.max_upload_mb << 20)
     try:
-        params = {"structures": [s.strip() for s in form.structures.split(",") if s.strip()],
-                  "template_ids": [t.strip() for t in form.template_ids.split(",") if t.strip()],
+        params = {"structures": split_csv(form.structures), "template_ids": split_csv(form.template_ids),
                   "output_dicom_seg": form.output_dicom_seg}
         check_templates(db, principal, params["template_ids"], params["structures"])
         spec = JobRequest("medlsam", MEDLSAM.model or "", form.priority, params,
