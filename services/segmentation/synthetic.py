@@ -175,8 +175,17 @@ class SyntheticCT:
         fg = np.argwhere((self.template.codes % RIM_BIT) > 0)
         fg = fg[(self.template.codes[tuple(fg.T)] % RIM_BIT) != BODY]
         self._foreground = fg
+        served = self._lut[self.template.codes[tuple(fg.T)] % RIM_BIT]
+        self._by_class = [fg[served == c] for c in np.unique(served) if c > 0]
 
     # -- geometry -------------------------------------------------------------------------------
+
+    def balanced_centre(self, rng: np.random.Generator) -> np.ndarray:
+        """A patch centre that gives every served class the same chance: a class uniformly, then one of
+        its voxels (jittered by up to 8 voxels). Uniform voxels would centre most patches in the lungs,
+        which hold most labelled voxels, and rarely show the small abdominal organs."""
+        voxels = self._by_class[rng.integers(len(self._by_class))]
+        return voxels[rng.integers(len(voxels))].astype(np.float64) + rng.uniform(-8, 8, size=3)
 
     def _coordinates(self, rng: np.random.Generator, out_shape: tuple[int, int, int],
                      center: np.ndarray | None) -> np.ndarray:

@@ -208,7 +208,7 @@ class _SyntheticBatches:
         self.rng = np.random.default_rng(seed)
 
     def __call__(self, n: int) -> Batch:
-        pairs = [self.gen.sample(self.rng, self.patch) for _ in range(n)]
+        pairs = [self.gen.sample(self.rng, self.patch, center=self.gen.balanced_centre(self.rng)) for _ in range(n)]
         return np.stack([normalise(p[0]) for p in pairs])[:, None], np.stack([p[1] for p in pairs])
 
 

@@ -51,3 +51,17 @@ def test_body_hull_marks_unlabelled_tissue_inside_only() -> None:
     tpl = _template()
     assert (tpl.codes % 256 == 250).any()  # unlabelled tissue between the organs
     assert tpl.codes[0, 0, 0] == 0 and tpl.outside_mm[0, 0, 0] > 0
+
+
+def test_balanced_centres_give_each_served_class_a_fair_share() -> None:
+    # the lungs hold 70 % of this template's served voxels; class-balanced centres must not follow that
+    gen = SyntheticCT(_template())
+    served = gen._lut[gen.template.codes % 256]
+    classes = [c for c in np.unique(served) if c > 0]
+    centroids = np.array([np.argwhere(served == c).mean(axis=0) for c in classes])
+    rng = np.random.default_rng(0)
+    centres = np.array([gen.balanced_centre(rng) for _ in range(2000)])
+    nearest = np.linalg.norm(centres[:, None] - centroids[None], axis=2).argmin(axis=1)
+    share = np.bincount(nearest, minlength=len(classes)) / len(centres)
+    assert len(classes) == 4  # liver, both lungs, vertebral column (colon is not a served class)
+    assert np.all((share > 0.15) & (share < 0.35)), share
