@@ -76,7 +76,31 @@ def score(texts: list[str], references: list[str], probs: np.ndarray | None, lab
         out["finding_auroc"] = {n: (round(a, 3) if a is not None else None)
                                 for n, a in zip(FINDINGS, aucs, strict=True)}
     out["mean_words"] = round(float(np.mean([len(t.split()) for t in texts])), 1)
+    out["distinct_texts"] = len(set(texts))  # 1 = the same report for every image
     return out
+
+
+def image_dependence(model: KiUT, images: np.ndarray, tokens: np.ndarray, labels: np.ndarray) -> dict:
+    """Teacher-forced token loss of the test reports with their own images and with the images shuffled
+    (a fixed permutation): the difference is how much the words depend on the image (0 = not at all)."""
+    from services.report.train import validate
+
+    perm = np.random.default_rng(0).permutation(len(images))
+    matched = validate(model, images, tokens, labels)["token_loss"]
+    shuffled = validate(model, images[perm], tokens, labels)["token_loss"]
+    return {"token_loss": round(matched, 4), "token_loss_shuffled_images": round(shuffled, 4),
+            "image_gain": round(shuffled - matched, 4)}
+
+
+def example_rows(labels: np.ndarray) -> list[int]:
+    """Test reports shown as examples: the first normal one and the first with each of cardiomegaly, pleural
+    effusion and support devices (by their MeSH labels), so that the examples differ in what the image shows."""
+    rows: list[int] = []
+    for name in ("normal", "cardiomegaly", "pleural_effusion", "support_devices"):
+        hits = [i for i in np.flatnonzero(labels[:, FINDINGS.index(name)] > 0.5) if i not in rows]
+        if hits:
+            rows.append(int(hits[0]))
+    return rows
 
 
 def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, beam_limit: int | None = None,
@@ -104,7 +128,11 @@ def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, 
         texts = [vocab.decode(i) for i in ids]
         results[variant] = score(texts, references, probs, labels) | {
             "decoding": "greedy", "seconds": round(time.perf_counter() - started, 1)}
-        results["examples"][variant] = [{"reference": references[i], "generated": texts[i]} for i in range(3)]
+        results[variant].update(image_dependence(model, images, corpus.tokens("test")[: len(reports)], labels))
+        results["examples"][variant] = [
+            {"test_row": i, "labels": [n for n, v in zip(FINDINGS, labels[i], strict=True) if v > 0.5],
+             "finding_probs": {n: round(float(p), 2) for n, p in zip(FINDINGS, probs[i], strict=True) if p >= 0.3},
+             "reference": references[i], "generated": texts[i]} for i in example_rows(labels)]
         log.info("%s greedy: %s", variant, {k: v for k, v in results[variant].items() if k != "finding_auroc"})
         if variant == "kiut":
             sims = torch.nn.functional.normalize(torch.from_numpy(probs), dim=1) @ model.kb_keys.T + model.kb_tiebreak
@@ -125,14 +153,15 @@ def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, 
 
 def table(results: dict) -> str:
     cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "ce_precision", "ce_recall", "ce_f1",
-            "finding_auroc_mean"]
+            "finding_auroc_mean", "distinct_texts", "image_gain"]
     lines = ["| model | decoding | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
     for key, label in (("kiut_beam", "KiUT (ours, CPU size)"), ("kiut", LABELS["kiut"]), ("no_u", LABELS["no_u"]),
                        ("plain", LABELS["plain"]), ("retrieval", LABELS["retrieval"])):
         if key in results:
             r = results[key]
             lines.append(f"| {label} | {r['decoding']} | " + " | ".join(
-                f"{r[c]:.3f}" if isinstance(r.get(c), float) else "–" for c in cols) + " |")
+                f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]) if isinstance(r.get(c), int) else "–"
+                for c in cols) + " |")
     p = results["published_kiut_iu_xray"]
     lines.append("| KiUT, published (real IU-Xray images) | beam | " + " | ".join(
         f"{p[c]:.3f}" if c in p else "–" for c in cols) + " |")

@@ -9,7 +9,8 @@ Shapes (d = 128, 8×8 = 64 visual tokens per level, F = 10 findings, K retrieved
     tokens (N, T) + the above → next-token logits (N, T, V)
 
 ``knowledge=False`` gives the plain transformer captioner; ``u_connection=False`` makes every decoder
-layer attend to the last encoder level only.
+layer attend to the last encoder level only. ``global_image`` (all variants) adds a projection of the mean
+last-level memory to every word embedding, so the words see the image without having to learn to attend to it.
 
     >>> model = KiUT(vocab_size=800, adjacency=np.eye(10), kb_tokens=np.zeros((4, 62)), kb_labels=np.eye(10)[:4])
 """
@@ -40,6 +41,7 @@ class KiUTConfig:
     knowledge: bool = True
     u_connection: bool = True
     image_size: int = 128
+    global_image: bool = True  # add a projection of the mean last-level memory to every word position
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -184,6 +186,8 @@ class KiUT(nn.Module):
         self.decoder = nn.ModuleList([DecoderLayer(cfg) for _ in range(cfg.layers)])
         self.out_norm = nn.LayerNorm(d)
         self.out = nn.Linear(d, vocab_size)
+        if cfg.global_image:
+            self.global_image = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
         if cfg.knowledge:
             self.graph = SymptomGraph(adjacency, d)
             kb_len = np.shape(kb_tokens)[1]
@@ -197,9 +201,11 @@ class KiUT(nn.Module):
             self.kb_pos = nn.Parameter(torch.randn(1, cfg.retrieved, kb_len, d) * 0.02)
 
     # ---------------------------------------------------------------- encoder side
-    def encode(self, image: torch.Tensor, exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+    def encode(self, image: torch.Tensor, exclude: torch.Tensor | None = None,
+               with_knowledge: bool = True) -> dict[str, torch.Tensor]:
         """image (N, 1, S, S) in [0, 1] → memories, finding logits/probabilities and knowledge tokens.
-        ``exclude`` (N,) masks one knowledge-base report per image (its own, during training)."""
+        ``exclude`` (N,) masks one knowledge-base report per image (its own, during training);
+        ``with_knowledge=False`` stops before the knowledge step (see ``knowledge``)."""
         if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 1):
             raise ValueError(f"image must be (N, 1, H, W), got {tuple(image.shape)}")
         levels, pooled = self.visual(image * 2 - 1)
@@ -214,17 +220,23 @@ class KiUT(nn.Module):
         probs = torch.sigmoid(logits)
         out = {"memory1": memories[0], "memory2": memories[1], "memory3": memories[2],
                "finding_logits": logits, "finding_probs": probs}
-        if self.cfg.knowledge:
-            out["clinical"] = self.graph(probs)
-            scores = F.normalize(probs, dim=1) @ self.kb_keys.T + self.kb_tiebreak
-            if exclude is not None:
-                scores = scores.masked_fill(F.one_hot(exclude.clamp(min=0), len(self.kb_keys)).bool()
-                                            & (exclude >= 0)[:, None], -2.0)
-            top = scores.topk(self.cfg.retrieved, dim=1).indices  # (N, K)
-            tokens = self.kb_tokens[top]  # (N, K, L)
-            ctx = self.embed(tokens) + self.kb_pos
-            out["context"] = ctx.flatten(1, 2)
-            out["context_pad"] = (tokens == PAD).flatten(1).float()
+        if self.cfg.knowledge and with_knowledge:
+            out.update(self.knowledge(probs, exclude))
+        return out
+
+    def knowledge(self, probs: torch.Tensor, exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Finding probabilities (N, F) → clinical (symptom graph) and contextual (retrieved reports) tokens.
+        Apart from ``encode`` so that training with a frozen visual path can start from cached probabilities."""
+        out = {"clinical": self.graph(probs)}
+        scores = F.normalize(probs, dim=1) @ self.kb_keys.T + self.kb_tiebreak
+        if exclude is not None:
+            scores = scores.masked_fill(F.one_hot(exclude.clamp(min=0), len(self.kb_keys)).bool()
+                                        & (exclude >= 0)[:, None], -2.0)
+        top = scores.topk(self.cfg.retrieved, dim=1).indices  # (N, K)
+        tokens = self.kb_tokens[top]  # (N, K, L)
+        ctx = self.embed(tokens) + self.kb_pos
+        out["context"] = ctx.flatten(1, 2)
+        out["context_pad"] = (tokens == PAD).flatten(1).float()
         return out
 
     # ---------------------------------------------------------------- decoder side
@@ -234,6 +246,8 @@ class KiUT(nn.Module):
         """tokens (N, T) → logits (N, T, V)."""
         t = tokens.shape[1]
         x = self.embed(tokens) + self.pos[:, :t]
+        if self.cfg.global_image:  # a direct path from the image to every word (cross-attention alone was ignored)
+            x = x + self.global_image(memory3.mean(1)).unsqueeze(1)
         causal = torch.triu(torch.full((t, t), float("-inf"), device=tokens.device), diagonal=1)
         pad = (tokens == PAD).float().masked_fill(tokens == PAD, float("-inf"))
         memories = [memory1, memory2, memory3] if self.cfg.u_connection else [memory3] * 3

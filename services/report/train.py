@@ -1,12 +1,18 @@
-"""Train KiUT or an ablation on rendered radiographs paired with Open-i reports.
+"""Train KiUT or an ablation on rendered radiographs paired with Open-i reports, in two stages.
 
-    python -m services.report.train                      # KiUT → services/report/checkpoints/kiut/
-    python -m services.report.train --variant plain      # transformer captioner without knowledge, no U
-    python -m services.report.train --variant no_u       # KiUT without the U-connection
+    python -m services.report.train --visual-only        # stage 1 alone → .cache/report/visual/ (shared init)
+    python -m services.report.train --visual-init .cache/report/visual                   # KiUT → checkpoints/kiut/
+    python -m services.report.train --variant no_u --visual-init .cache/report/visual    # no U-connection
+    python -m services.report.train --variant plain --visual-init .cache/report/visual   # no knowledge, no U
 
-One thread, seeded; the checkpoint folder gets ``model.pt`` (weights + buffers: symptom graph and the
+Stage 1 trains the visual path (CNN, encoder, finding head) as a 10-label classifier on augmented renders
+(the report-combination bank plus independent-finding renders); stage 2 trains the decoder and the knowledge
+modules on the reports with the visual path frozen (``--visual-lr-scale 0``, its outputs cached per bank image).
+Without ``--visual-init`` stage 1 runs inside the same command.
+
+One thread, seeded; the checkpoint folder gets ``model.pt`` (float16 weights + buffers: symptom graph and the
 knowledge base of training reports), ``config.json`` (model and training settings, data versions) and
-``metrics.json`` (per-epoch losses, validation finding AUROC, wall time).
+``metrics.json`` (per-epoch losses, validation finding AUROC, stage-1 history, wall time).
 """
 
 from __future__ import annotations
@@ -24,7 +30,7 @@ import torch.nn.functional as F
 from services.report import data
 from services.report.findings import FINDINGS
 from services.report.graph import adjacency
-from services.report.model import KiUT, KiUTConfig
+from services.report.model import KiUT, KiUTConfig, knowledge_inputs
 from services.report.reports import PAD, Vocabulary, padchest_label_vectors
 
 log = logging.getLogger(__name__)
@@ -47,6 +53,10 @@ def build(vocab_size: int, graph: np.ndarray, kb_tokens: np.ndarray, kb_labels: 
     return KiUT(vocab_size, graph, kb_tokens, kb_labels, config)
 
 
+def _float_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {k: v.float() if v.is_floating_point() else v for k, v in state.items()}
+
+
 def load(variant: str = "kiut", directory: Path | None = None) -> tuple[KiUT, Vocabulary, dict]:
     """The trained model in eval mode, its vocabulary and its config.json."""
     directory = directory or checkpoint_dir(variant)
@@ -57,7 +67,7 @@ def load(variant: str = "kiut", directory: Path | None = None) -> tuple[KiUT, Vo
     kb_tokens = state.get("kb_tokens", torch.zeros(cfg.retrieved, KB_LEN, dtype=torch.long)).numpy()
     kb_keys = state.get("kb_keys", torch.zeros(cfg.retrieved, len(FINDINGS))).numpy()
     model = build(len(vocab), np.asarray(config["graph"], np.float32), kb_tokens, kb_keys, cfg)
-    model.load_state_dict({k: v.float() if v.is_floating_point() else v for k, v in state.items()})
+    model.load_state_dict(_float_state(state))
     return model.eval(), vocab, config
 
 
@@ -87,10 +97,103 @@ def validate(model: KiUT, images: np.ndarray, tokens: np.ndarray, labels: np.nda
             "finding_auroc_mean": float(np.mean(valid)) if valid else None}
 
 
+VISUAL_MODULES = ("visual", "visual_pos", "encoder", "enc_norms", "finding_head")
+
+
+def _visual_parameters(model: KiUT) -> list[torch.nn.Parameter]:
+    return [p for name, p in model.named_parameters() if name.split(".")[0] in VISUAL_MODULES]
+
+
+@torch.no_grad()
+def finding_auroc(model: KiUT, images: np.ndarray, labels: np.ndarray, batch: int = 128) -> dict:
+    """Validation AUROC of the finding head alone (encoder only; no decoding)."""
+    model.eval()
+    probs = np.concatenate([model.encode(torch.from_numpy(images[s:s + batch].astype(np.float32)[:, None] / 255.0))
+                            ["finding_probs"].numpy() for s in range(0, len(images), batch)])
+    aucs = {name: _auroc(probs[:, i], labels[:, i]) for i, name in enumerate(FINDINGS)}
+    valid = [a for a in aucs.values() if a is not None]
+    return {"finding_auroc": aucs, "finding_auroc_mean": float(np.mean(valid)) if valid else None}
+
+
+def pretrain_visual(model: KiUT, images: np.ndarray, labels: np.ndarray, val_images: np.ndarray,
+                    val_labels: np.ndarray, steps: int, rng: np.random.Generator, batch_size: int = 32,
+                    lr: float = 2e-3, eval_every: int = 100) -> list[dict]:
+    """Stage 1: the visual extractor, encoder and finding head as a 10-label classifier (BCE only), on augmented
+    bank images; the state with the best validation mean AUROC is kept. Returns the validation history.
+
+    Why a stage of its own: trained jointly from the start, the token loss (dominated by the normal-report
+    prior) swamps the finding loss, the finding head stays at chance and the decoder learns one template."""
+    params = _visual_parameters(model)
+    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.01)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    # positives are rare (pneumothorax ≈ 1 %): weight them up to 1:1 with the negatives, at most 10×
+    rate = labels.mean(0).clip(1e-3, None)
+    pos_weight = torch.from_numpy(((1 - rate) / rate).clip(1, 10).astype(np.float32))
+    history, best, best_state = [], -1.0, None
+    t0 = time.perf_counter()
+    for step in range(steps):
+        model.train()
+        idx = rng.integers(len(images), size=batch_size)
+        x = torch.from_numpy(data.augment(images[idx].astype(np.float32)[:, None] / 255.0, rng))
+        logits = model.encode(x)["finding_logits"]
+        loss = F.binary_cross_entropy_with_logits(logits, torch.from_numpy(labels[idx]), pos_weight=pos_weight)
+        opt.zero_grad()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        sched.step()
+        if (step + 1) % eval_every == 0 or step + 1 == steps:
+            metrics = finding_auroc(model, val_images, val_labels)
+            history.append({"step": step + 1, "bce": float(loss.item()), "seconds": round(time.perf_counter() - t0, 1),
+                            "val_finding_auroc_mean": metrics["finding_auroc_mean"],
+                            "val_finding_auroc": {k: (round(v, 3) if v is not None else None)
+                                                  for k, v in metrics["finding_auroc"].items()}})
+            log.info("visual step %d: bce %.3f, val AUROC %.3f", step + 1, loss.item(), metrics["finding_auroc_mean"])
+            if metrics["finding_auroc_mean"] > best:
+                best = metrics["finding_auroc_mean"]
+                best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    return history
+
+
+def _visual_outputs(model: KiUT, images: torch.Tensor) -> dict[str, torch.Tensor]:
+    enc = model.encode(images, with_knowledge=False)
+    return {k: enc[k] for k in ("memory1", "memory2", "memory3", "finding_probs")}
+
+
+@torch.no_grad()
+def _visual_cache(model: KiUT, bank: np.ndarray, batch: int = 128) -> dict[str, torch.Tensor]:
+    """Memories and finding probabilities of every bank image through the frozen visual path (eval mode)."""
+    model.eval()
+    parts = [_visual_outputs(model, torch.from_numpy(bank[s:s + batch].astype(np.float32)[:, None] / 255.0))
+             for s in range(0, len(bank), batch)]
+    return {k: torch.cat([p[k] for p in parts]) for k in parts[0]}
+
+
+def visual_training_set(corpus: data.Corpus, bank: np.ndarray, combos: list[tuple[str, ...]],
+                        visual_images: int) -> tuple[np.ndarray, np.ndarray]:
+    """Stage-1 images and labels: the report-combination bank plus ``visual_images`` independent-finding renders."""
+    from services.report.findings import to_vector
+
+    labels = np.stack([to_vector(dict.fromkeys(FINDINGS, False) | dict.fromkeys(c, True) | {"normal": not c})
+                       for c in combos]).astype(np.float32)
+    if visual_images <= 0:
+        return bank, labels
+    extra, extra_labels = data.visual_bank(visual_images)
+    return np.concatenate([bank, extra]), np.concatenate([labels, extra_labels])
+
+
 def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: float = 5e-4, seed: int = 0,
           out: Path | None = None, finding_weight: float = 1.0, max_steps: int | None = None,
-          val_limit: int | None = None, init: Path | None = None) -> dict:
-    """Train one variant; ``max_steps`` per epoch and ``val_limit`` shorten smoke runs."""
+          val_limit: int | None = None, init: Path | None = None, visual_steps: int = 0,
+          visual_images: int = 0, visual_lr_scale: float = 1.0, augment: bool = False,
+          visual_init: Path | None = None, abnormal_repeat: int = 1) -> dict:
+    """Train one variant; ``max_steps`` per epoch and ``val_limit`` shorten smoke runs.
+
+    ``visual_steps`` > 0 first pretrains the visual path as a classifier (``pretrain_visual``) on the training
+    bank plus ``visual_images`` independent-finding renders; ``visual_init`` instead copies an already
+    pretrained visual path from a checkpoint folder (the same stage-1 weights for every variant)."""
     torch.set_num_threads(1)
     torch.manual_seed(seed)
     rng = np.random.default_rng(seed)
@@ -98,37 +201,73 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
     corpus = data.Corpus.load()
     bank, combos = data.train_bank(corpus.splits["train"])
     val_images = data.eval_images(corpus.splits["val"], "val")[:val_limit]
-    pairs = data.TrainPairs(corpus, bank, combos)
+    pairs = data.TrainPairs(corpus, bank, combos, augment=augment, abnormal_repeat=abnormal_repeat)
     graph = adjacency(corpus.labels("train"), padchest_label_vectors())
     kb_tokens = corpus.tokens("train", KB_LEN)
     kb_labels = corpus.labels("train")
     config = VARIANTS[variant]
     model = build(len(corpus.vocab), graph, kb_tokens, kb_labels, config)
     if init is not None:  # continue from a checkpoint of the same variant (same vocabulary and knowledge base)
-        model.load_state_dict(torch.load(init / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict(_float_state(torch.load(init / "model.pt", map_location="cpu", weights_only=True)))
+    val_tokens, val_labels = corpus.tokens("val")[:val_limit], corpus.labels("val")[:val_limit]
     data_s = time.perf_counter() - started
-    opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
+    visual_history: list[dict] = []
+    if visual_init is not None:
+        state = _float_state(torch.load(visual_init / "model.pt", map_location="cpu", weights_only=True))
+        model.load_state_dict({k: v for k, v in state.items() if k.split(".")[0] in VISUAL_MODULES}, strict=False)
+        visual_history = json.loads((visual_init / "metrics.json").read_text()).get("visual_history", [])
+    elif visual_steps > 0:
+        v_images, v_labels = visual_training_set(corpus, bank, combos, visual_images)
+        visual_history = pretrain_visual(model, v_images, v_labels, val_images, val_labels, visual_steps, rng)
+    stage1_s = time.perf_counter() - started - data_s
+    visual_ids = {id(p) for p in _visual_parameters(model)}
+    groups = [{"params": [p for p in model.parameters() if id(p) not in visual_ids], "lr": lr},
+              {"params": [p for p in model.parameters() if id(p) in visual_ids], "lr": lr * visual_lr_scale}]
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.01)
     per_epoch = (len(pairs) + batch_size - 1) // batch_size
     steps = epochs * (min(per_epoch, max_steps) if max_steps else per_epoch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.1)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.1)
     history = []
     best, best_state = float("inf"), None
-    val_tokens, val_labels = corpus.tokens("val")[:val_limit], corpus.labels("val")[:val_limit]
+    frozen = visual_lr_scale == 0
+    if frozen:  # the visual path is fixed: its outputs for the bank are computed once (no augmentation then)
+        for p in _visual_parameters(model):
+            p.requires_grad_(False)
+        cache = _visual_cache(model, bank) if not augment else None
     for epoch in range(epochs):
         model.train()
+        if frozen:
+            for name in VISUAL_MODULES:
+                module = getattr(model, name)
+                if isinstance(module, torch.nn.Module):
+                    module.eval()
         t0, total, count = time.perf_counter(), 0.0, 0
-        for step, (idx, images, tokens, labels) in enumerate(pairs.epoch(rng, batch_size)):
+        batches = pairs.picks(rng, batch_size) if frozen and not augment else pairs.epoch(rng, batch_size)
+        for step, (idx, images, tokens, labels) in enumerate(batches):
             if max_steps is not None and step >= max_steps:
                 break
             length = int((tokens != PAD).sum(1).max())
             tok = torch.from_numpy(tokens[:, :length])
             exclude = torch.from_numpy(idx.astype(np.int64))
-            logits, finding_logits = model(torch.from_numpy(images), tok[:, :-1], exclude=exclude)
-            loss = F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], ignore_index=PAD)
-            loss = loss + finding_weight * F.binary_cross_entropy_with_logits(finding_logits, torch.from_numpy(labels))
+            if frozen:
+                if cache is not None:  # ``images`` are bank indices here
+                    enc = {k: v[torch.from_numpy(images)] for k, v in cache.items()}
+                else:
+                    with torch.no_grad():
+                        enc = _visual_outputs(model, torch.from_numpy(images))
+                if model.cfg.knowledge:
+                    enc |= model.knowledge(enc["finding_probs"], exclude)
+                logits = model.decode(tok[:, :-1], **knowledge_inputs(enc))
+                loss = F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], ignore_index=PAD)
+            else:
+                logits, finding_logits = model(torch.from_numpy(images), tok[:, :-1], exclude=exclude)
+                loss = F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], ignore_index=PAD)
+                loss = loss + finding_weight * F.binary_cross_entropy_with_logits(finding_logits,
+                                                                                  torch.from_numpy(labels))
             opt.zero_grad()
             loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
             total, count = total + loss.item() * len(idx), count + len(idx)
@@ -142,25 +281,60 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
     model.load_state_dict(best_state)
     out = out or checkpoint_dir(variant)
     out.mkdir(parents=True, exist_ok=True)
-    torch.save(best_state, out / "model.pt")
+    # float16 on disk (a few MB); ``load`` turns it back to float32, so evaluation and export see the same weights
+    torch.save({k: v.half() if v.is_floating_point() else v for k, v in best_state.items()}, out / "model.pt")
     corpus.vocab.save(out / "vocab.json")
     wall = time.perf_counter() - started
     config_doc = {
         "variant": variant, "model": config.as_dict(), "graph": graph.round(5).tolist(),
         "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": 1,
-                     "finding_weight": finding_weight, "optimizer": "AdamW wd 0.01, one-cycle",
+                     "finding_weight": finding_weight, "visual_steps": visual_steps, "visual_images": visual_images,
+                     "visual_lr_scale": visual_lr_scale, "augment": augment, "abnormal_repeat": abnormal_repeat,
+                     "visual_init": str(visual_init) if visual_init else None, "optimizer": "AdamW wd 0.01, one-cycle",
                      "kb_reports": len(kb_tokens), "kb_tokens": KB_LEN},
         "data": {"reports": "Open-i NLMCXR_reports.tgz (torchxrayvision 1.5.7), FINDINGS sections, split by id "
                             "70/10/20 (reports.split_of, seed 0)",
                  "images": f"DRR generator v{data.GENERATOR_VERSION}: {len(bank)} training-bank images "
                            f"(seeds {data.TRAIN_SEEDS}+), validation/test one per report (seeds {data.EVAL_SEEDS}+)",
-                 "train_reports": len(pairs), "val_reports": len(val_images), "vocab": len(corpus.vocab)},
-        "command": f"python -m services.report.train --variant {variant} --epochs {epochs} --seed {seed}"
-                   + (f" --init {init}" if init else ""),
+                 "train_reports": len(pairs.labels), "pairs_per_epoch": len(pairs), "val_reports": len(val_images),
+                 "vocab": len(corpus.vocab)},
+        "command": " ".join(["python -m services.report.train", f"--variant {variant}", f"--epochs {epochs}",
+                             f"--seed {seed}", f"--finding-weight {finding_weight}"]
+                            + ([f"--visual-steps {visual_steps}", f"--visual-images {visual_images}"]
+                               if visual_steps and visual_init is None else [])
+                            + ([f"--visual-init {visual_init}"] if visual_init else [])
+                            + ([f"--visual-lr-scale {visual_lr_scale}"] if visual_lr_scale != 1.0 else [])
+                            + ([f"--abnormal-repeat {abnormal_repeat}"] if abnormal_repeat != 1 else [])
+                            + (["--augment"] if augment else []) + ([f"--init {init}"] if init else [])),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=1))
     result = {"history": history, "best_val": best_metrics, "wall_s": round(wall, 1), "data_s": round(data_s, 1),
+              "visual_s": round(stage1_s, 1), "visual_history": visual_history,
               "parameters": sum(p.numel() for p in model.parameters()), "torch": torch.__version__}
+    (out / "metrics.json").write_text(json.dumps(result, indent=1))
+    return result
+
+
+def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, out: Path | None = None) -> dict:
+    """Stage 1 alone (the probe of whether the findings are learnable from the images): saves the classifier
+    weights and the validation AUROC history to ``out``."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    rng = np.random.default_rng(seed)
+    started = time.perf_counter()
+    corpus = data.Corpus.load()
+    bank, combos = data.train_bank(corpus.splits["train"])
+    val_images = data.eval_images(corpus.splits["val"], "val")
+    graph = adjacency(corpus.labels("train"), padchest_label_vectors())
+    model = build(len(corpus.vocab), graph, corpus.tokens("train", KB_LEN), corpus.labels("train"), VARIANTS[variant])
+    images, labels = visual_training_set(corpus, bank, combos, visual_images)
+    history = pretrain_visual(model, images, labels, val_images, corpus.labels("val"), steps, rng)
+    out = out or Path(".cache/report/visual")
+    out.mkdir(parents=True, exist_ok=True)
+    torch.save({k: v for k, v in model.state_dict().items() if k.split(".")[0] in VISUAL_MODULES}, out / "model.pt")
+    result = {"visual_history": history, "wall_s": round(time.perf_counter() - started, 1),
+              "train_images": len(images), "command": f"python -m services.report.train --visual-only "
+              f"--visual-steps {steps} --visual-images {visual_images} --seed {seed}"}
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     return result
 
@@ -168,17 +342,37 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="kiut")
-    parser.add_argument("--epochs", type=int, default=8)
+    parser.add_argument("--epochs", type=int, default=16)
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-4)
+    parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--max-steps", type=int, default=None, help="per epoch (smoke runs)")
     parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--finding-weight", type=float, default=1.0, help="weight of the finding BCE in stage 2")
+    parser.add_argument("--visual-steps", type=int, default=1500, help="stage 1: classifier pretraining steps")
+    parser.add_argument("--visual-images", type=int, default=1200, help="stage 1: extra independent-finding renders")
+    parser.add_argument("--visual-init", type=Path, default=None,
+                        help="copy the stage-1 visual path from this checkpoint folder instead of pretraining")
+    parser.add_argument("--visual-lr-scale", type=float, default=0.0,
+                        help="stage 2 learning rate of the visual path relative to --lr (0: frozen, outputs cached)")
+    parser.add_argument("--abnormal-repeat", type=int, default=1,
+                        help="stage 2: show each report with findings this many times per epoch")
+    parser.add_argument("--augment", action="store_true", help="stage 2: re-pose/re-expose bank images on the fly")
+    parser.add_argument("--visual-only", action="store_true",
+                        help="run stage 1 only and save it (model.pt + metrics.json) to --out")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.visual_only:
+        result = train_visual(args.variant, args.visual_steps, args.visual_images, args.seed, args.out)
+        log.info("stage 1 done in %.0f s; best validation AUROC %.3f", result["wall_s"],
+                 max(h["val_finding_auroc_mean"] for h in result["visual_history"]))
+        return 0
     result = train(args.variant, args.epochs, args.batch_size, args.lr, args.seed, args.out,
-                   max_steps=args.max_steps, init=args.init)
+                   finding_weight=args.finding_weight, max_steps=args.max_steps, init=args.init,
+                   visual_steps=args.visual_steps, visual_images=args.visual_images,
+                   visual_lr_scale=args.visual_lr_scale, augment=args.augment, visual_init=args.visual_init,
+                   abnormal_repeat=args.abnormal_repeat)
     log.info("done in %.0f s; best validation %s", result["wall_s"], result["best_val"]["token_loss"])
     return 0
 

@@ -38,3 +38,15 @@ def test_bank_size_bounds_and_combo_names() -> None:
     assert bank_size(1) == 6 and bank_size(10_000) == 60 and 6 <= bank_size(50) <= 60
     vector = to_vector(dict.fromkeys(FINDINGS, False) | {"pneumothorax": True})
     assert combo_of(vector) == ("pneumothorax",)
+
+
+def test_abnormal_reports_can_be_repeated_per_epoch() -> None:
+    reports = [report("CXR1", "Normal chest.", ("normal",)), report("CXR2", "Normal.", ("normal",)),
+               report("CXR3", "Mild cardiomegaly.", ("Cardiomegaly",))]
+    corpus = Corpus({"train": reports, "val": [], "test": []}, Vocabulary.build([r.text for r in reports], 1))
+    bank = np.zeros((2, 8, 8), np.uint8)
+    pairs = TrainPairs(corpus, bank, [(), ("cardiomegaly",)], abnormal_repeat=3)
+    assert len(pairs) == 5
+    seen = np.concatenate([idx for idx, _, _, _ in pairs.picks(np.random.default_rng(0), 2)])
+    assert sorted(seen.tolist()) == [0, 1, 2, 2, 2]
+    assert len(TrainPairs(corpus, bank, [(), ("cardiomegaly",)])) == 3
