@@ -9,8 +9,10 @@ Shapes (d = 128, 8×8 = 64 visual tokens per level, F = 10 findings, K retrieved
     tokens (N, T) + the above → next-token logits (N, T, V)
 
 ``knowledge=False`` gives the plain transformer captioner; ``u_connection=False`` makes every decoder
-layer attend to the last encoder level only. ``global_image`` (all variants) adds a projection of the mean
-last-level memory to every word embedding, so the words see the image without having to learn to attend to it.
+layer attend to the last encoder level only. In every variant, ``finding_memory`` adds an embedding of the
+predicted finding probabilities to every memory token and ``global_image`` adds a projection of the mean
+last-level memory to every word embedding, so that the words see the findings without having to learn to
+find them in 64 attention keys (trained as the paper's architecture alone, the decoder ignored the image).
 
     >>> model = KiUT(vocab_size=800, adjacency=np.eye(10), kb_tokens=np.zeros((4, 62)), kb_labels=np.eye(10)[:4])
 """
@@ -42,6 +44,7 @@ class KiUTConfig:
     u_connection: bool = True
     image_size: int = 128
     global_image: bool = True  # add a projection of the mean last-level memory to every word position
+    finding_memory: bool = True  # add an embedding of the finding probabilities to every memory token
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -188,6 +191,8 @@ class KiUT(nn.Module):
         self.out = nn.Linear(d, vocab_size)
         if cfg.global_image:
             self.global_image = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
+        if cfg.finding_memory:
+            self.finding_embed = nn.Linear(NUM_FINDINGS, d)
         if cfg.knowledge:
             self.graph = SymptomGraph(adjacency, d)
             kb_len = np.shape(kb_tokens)[1]
@@ -202,10 +207,10 @@ class KiUT(nn.Module):
 
     # ---------------------------------------------------------------- encoder side
     def encode(self, image: torch.Tensor, exclude: torch.Tensor | None = None,
-               with_knowledge: bool = True) -> dict[str, torch.Tensor]:
+               visual_only: bool = False) -> dict[str, torch.Tensor]:
         """image (N, 1, S, S) in [0, 1] → memories, finding logits/probabilities and knowledge tokens.
         ``exclude`` (N,) masks one knowledge-base report per image (its own, during training);
-        ``with_knowledge=False`` stops before the knowledge step (see ``knowledge``)."""
+        ``visual_only=True`` stops after the finding head (see ``condition``)."""
         if not torch.jit.is_tracing() and (image.dim() != 4 or image.shape[1] != 1):
             raise ValueError(f"image must be (N, 1, H, W), got {tuple(image.shape)}")
         levels, pooled = self.visual(image * 2 - 1)
@@ -220,7 +225,17 @@ class KiUT(nn.Module):
         probs = torch.sigmoid(logits)
         out = {"memory1": memories[0], "memory2": memories[1], "memory3": memories[2],
                "finding_logits": logits, "finding_probs": probs}
-        if self.cfg.knowledge and with_knowledge:
+        return out if visual_only else self.condition(out, exclude)
+
+    def condition(self, enc: dict[str, torch.Tensor], exclude: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """The steps after the visual path, which depend on the finding probabilities: an embedding of the
+        probabilities added to every memory token (``finding_memory``), then the knowledge tokens."""
+        probs = enc["finding_probs"]
+        out = dict(enc)
+        if self.cfg.finding_memory:
+            f = self.finding_embed(probs).unsqueeze(1)
+            out.update({k: enc[k] + f for k in ("memory1", "memory2", "memory3")})
+        if self.cfg.knowledge:
             out.update(self.knowledge(probs, exclude))
         return out
 

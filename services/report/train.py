@@ -158,7 +158,7 @@ def pretrain_visual(model: KiUT, images: np.ndarray, labels: np.ndarray, val_ima
 
 
 def _visual_outputs(model: KiUT, images: torch.Tensor) -> dict[str, torch.Tensor]:
-    enc = model.encode(images, with_knowledge=False)
+    enc = model.encode(images, visual_only=True)
     return {k: enc[k] for k in ("memory1", "memory2", "memory3", "finding_probs")}
 
 
@@ -256,8 +256,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                 else:
                     with torch.no_grad():
                         enc = _visual_outputs(model, torch.from_numpy(images))
-                if model.cfg.knowledge:
-                    enc |= model.knowledge(enc["finding_probs"], exclude)
+                enc = model.condition(enc, exclude)
                 logits = model.decode(tok[:, :-1], **knowledge_inputs(enc))
                 loss = F.cross_entropy(logits.transpose(1, 2), tok[:, 1:], ignore_index=PAD)
             else:

@@ -12,7 +12,7 @@ import torch
 from services.report import data, train
 from services.report.evaluate import example_rows
 from services.report.findings import FINDINGS, NUM_FINDINGS
-from services.report.model import KiUT, KiUTConfig
+from services.report.model import KiUT, KiUTConfig, knowledge_inputs
 
 
 def tiny_model() -> KiUT:
@@ -73,3 +73,26 @@ def test_examples_differ_in_their_findings() -> None:
     labels[1, FINDINGS.index("cardiomegaly")] = 1
     labels[2, FINDINGS.index("pleural_effusion")] = labels[2, FINDINGS.index("cardiomegaly")] = 1
     assert example_rows(labels) == [0, 1, 2]
+
+
+def test_cached_visual_outputs_plus_condition_equal_encode() -> None:
+    """Stage 2 caches the frozen visual path and applies ``condition`` per batch: the same as ``encode``."""
+    model = tiny_model().eval()
+    image = torch.rand(3, 1, 64, 64)
+    with torch.no_grad():
+        full = model.encode(image, exclude=torch.tensor([0, -1, 2]))
+        staged = model.condition(model.encode(image, visual_only=True), torch.tensor([0, -1, 2]))
+    assert set(full) == set(staged)
+    for k in full:
+        torch.testing.assert_close(full[k], staged[k])
+
+
+def test_words_depend_on_the_finding_probabilities() -> None:
+    model = tiny_model().eval()
+    with torch.no_grad():
+        enc = model.encode(torch.rand(1, 1, 64, 64), visual_only=True)
+        tokens = torch.tensor([[1, 5, 6]])
+        a = model.decode(tokens, **knowledge_inputs(model.condition(enc)))
+        flipped = enc | {"finding_probs": 1 - enc["finding_probs"]}
+        b = model.decode(tokens, **knowledge_inputs(model.condition(flipped)))
+    assert not torch.allclose(a, b)
