@@ -298,7 +298,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                  "train_reports": len(pairs.labels), "pairs_per_epoch": len(pairs), "val_reports": len(val_images),
                  "vocab": len(corpus.vocab)},
         "command": " ".join(["python -m services.report.train", f"--variant {variant}", f"--epochs {epochs}",
-                             f"--seed {seed}", f"--finding-weight {finding_weight}"]
+                             f"--seed {seed}", f"--lr {lr:g}", f"--finding-weight {finding_weight}"]
                             + ([f"--visual-steps {visual_steps}", f"--visual-images {visual_images}"]
                                if visual_steps and visual_init is None else [])
                             + ([f"--visual-init {visual_init}"] if visual_init else [])
@@ -341,7 +341,7 @@ def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, ou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="kiut")
-    parser.add_argument("--epochs", type=int, default=16)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -355,7 +355,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy the stage-1 visual path from this checkpoint folder instead of pretraining")
     parser.add_argument("--visual-lr-scale", type=float, default=0.0,
                         help="stage 2 learning rate of the visual path relative to --lr (0: frozen, outputs cached)")
-    parser.add_argument("--abnormal-repeat", type=int, default=1,
+    parser.add_argument("--abnormal-repeat", type=int, default=3,
                         help="stage 2: show each report with findings this many times per epoch")
     parser.add_argument("--augment", action="store_true", help="stage 2: re-pose/re-expose bank images on the fly")
     parser.add_argument("--visual-only", action="store_true",
