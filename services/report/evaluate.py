@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from services.report import data, search, serving
-from services.report.findings import FINDINGS, clinical_efficacy
+from services.report.findings import ABNORMAL, FINDINGS, clinical_efficacy, label_text, to_vector
 from services.report.metrics import caption_scores
 from services.report.model import KiUT, knowledge_inputs
 from services.report.train import _auroc, checkpoint_dir, load
@@ -77,6 +77,12 @@ def score(texts: list[str], references: list[str], probs: np.ndarray | None, lab
                                 for n, a in zip(FINDINGS, aucs, strict=True)}
     out["mean_words"] = round(float(np.mean([len(t.split()) for t in texts])), 1)
     out["distinct_texts"] = len(set(texts))  # 1 = the same report for every image
+    named = np.stack([to_vector(label_text(t)) for t in texts])[:, 1:]
+    gold = np.stack([to_vector(label_text(t)) for t in references])[:, 1:]
+    out["images_naming_a_finding"] = int((named.sum(1) > 0).sum())
+    out["named_findings"] = {n: {"images": int(named[:, j].sum()),
+                                 "in_reference": int((named[:, j] * gold[:, j]).sum())}
+                             for j, n in enumerate(ABNORMAL) if named[:, j].any()}
     return out
 
 
@@ -94,9 +100,10 @@ def image_dependence(model: KiUT, images: np.ndarray, tokens: np.ndarray, labels
 
 def example_rows(labels: np.ndarray) -> list[int]:
     """Test reports shown as examples: the first normal one and the first with each of cardiomegaly, pleural
-    effusion and support devices (by their MeSH labels), so that the examples differ in what the image shows."""
+    effusion, support devices and emphysema (by their MeSH labels), so that the examples differ in what the
+    image shows."""
     rows: list[int] = []
-    for name in ("normal", "cardiomegaly", "pleural_effusion", "support_devices"):
+    for name in ("normal", "cardiomegaly", "pleural_effusion", "support_devices", "emphysema"):
         hits = [i for i in np.flatnonzero(labels[:, FINDINGS.index(name)] > 0.5) if i not in rows]
         if hits:
             rows.append(int(hits[0]))
