@@ -8,7 +8,7 @@
 Stage 1 trains the visual path (CNN, encoder, finding head) as a 10-label classifier on augmented renders
 (the report-combination bank plus independent-finding renders); stage 2 trains the decoder and the knowledge
 modules on the reports with the visual path frozen (``--visual-lr-scale 0``, its outputs cached per bank image).
-Without ``--visual-init`` stage 1 runs inside the same command.
+Without ``--visual-init`` stage 1 runs inside the same command (the committed checkpoints share one stage-1 run).
 
 One thread, seeded; the checkpoint folder gets ``model.pt`` (float16 weights + buffers: symptom graph and the
 knowledge base of training reports), ``config.json`` (model and training settings, data versions) and
