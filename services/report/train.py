@@ -184,6 +184,13 @@ def visual_training_set(corpus: data.Corpus, bank: np.ndarray, combos: list[tupl
     return np.concatenate([bank, extra]), np.concatenate([labels, extra_labels])
 
 
+def _seeded_start(seed: int) -> tuple[np.random.Generator, float]:
+    """One thread, seeded torch and numpy; returns the numpy generator and the start time."""
+    torch.set_num_threads(1)
+    torch.manual_seed(seed)
+    return np.random.default_rng(seed), time.perf_counter()
+
+
 def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: float = 5e-4, seed: int = 0,
           out: Path | None = None, finding_weight: float = 1.0, max_steps: int | None = None,
           val_limit: int | None = None, init: Path | None = None, visual_steps: int = 0,
@@ -194,10 +201,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
     ``visual_steps`` > 0 first pretrains the visual path as a classifier (``pretrain_visual``) on the training
     bank plus ``visual_images`` independent-finding renders; ``visual_init`` instead copies an already
     pretrained visual path from a checkpoint folder (the same stage-1 weights for every variant)."""
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    started = time.perf_counter()
+    rng, started = _seeded_start(seed)
     corpus = data.Corpus.load()
     bank, combos = data.train_bank(corpus.splits["train"])
     val_images = data.eval_images(corpus.splits["val"], "val")[:val_limit]
@@ -317,10 +321,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
 def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, out: Path | None = None) -> dict:
     """Stage 1 alone (the probe of whether the findings are learnable from the images): saves the classifier
     weights and the validation AUROC history to ``out``."""
-    torch.set_num_threads(1)
-    torch.manual_seed(seed)
-    rng = np.random.default_rng(seed)
-    started = time.perf_counter()
+    rng, started = _seeded_start(seed)
     corpus = data.Corpus.load()
     bank, combos = data.train_bank(corpus.splits["train"])
     val_images = data.eval_images(corpus.splits["val"], "val")
