@@ -24,8 +24,8 @@ import numpy as np
 import torch
 import tritonclient.grpc as grpcclient
 
-from medstack.settings import settings
-from medstack.triton import TritonServer, prepare_runtime
+from core.settings import settings
+from core.triton import TritonServer, prepare_runtime
 
 MODEL = "dialogue_generate"
 

@@ -35,9 +35,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench.report import write_section
-from medstack.settings import Settings, settings
+from core.settings import Settings, settings
+from core.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 from medstack.stack import _spawn, _wait, component_env, free_port, gateway_command, redis_answers
-from medstack.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
 SECTION = "## Gateway overhead"
 MODEL = "reference_hutissue"

@@ -38,10 +38,10 @@ from pathlib import Path
 from typing import Any
 
 from bench.report import markdown_table, write_section
+from core.settings import REPO_ROOT, settings
+from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
-from medstack.settings import REPO_ROOT, settings
 from medstack.stack import free_port
-from medstack.triton import TritonServer, prepare_runtime
 
 SECTION = "## Triton perf_analyzer (make perf)"
 TOOL_DIR = REPO_ROOT / ".cache" / "perf_analyzer"

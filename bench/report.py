@@ -9,7 +9,7 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 BENCHMARKS = REPO_ROOT / "docs" / "benchmarks.md"
 PREAMBLE = "# Benchmarks\n\nEach section names the command that produced it.\n"

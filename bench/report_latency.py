@@ -24,9 +24,9 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 
 from bench.report import markdown_table, write_section
-from medstack.settings import REPO_ROOT, settings
+from core.settings import REPO_ROOT, settings
+from core.triton import TritonServer, prepare_runtime
 from medstack.stack import free_port
-from medstack.triton import TritonServer, prepare_runtime
 
 SECTION = "## Latency"
 MODELS = ("report_encoder", "report_decoder", "report_generate")

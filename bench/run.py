@@ -29,7 +29,7 @@ from pathlib import Path
 
 from bench import plots
 from bench.report import markdown_table, number, order_sections, parse_table, read_section, write_section
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 SECTION = "## Overview (make bench)"
 IMG = REPO_ROOT / "docs" / "img"

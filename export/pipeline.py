@@ -119,7 +119,7 @@ def export_model(spec: ExportSpec, repository: Path, build_tensorrt: bool = Fals
 def _checkpoint_facts(spec: ExportSpec) -> dict[str, str] | None:
     if spec.checkpoint is None:
         return None
-    from medstack.settings import REPO_ROOT
+    from core.settings import REPO_ROOT
 
     path = spec.checkpoint.resolve()
     shown = path.relative_to(REPO_ROOT) if path.is_relative_to(REPO_ROOT) else path

@@ -20,7 +20,7 @@ from fastapi import Request
 from sqlalchemy import insert
 from starlette.concurrency import run_in_threadpool
 
-from medstack.db import AuditRecord, session_factory
+from core.db import AuditRecord, session_factory
 
 log = logging.getLogger(__name__)
 

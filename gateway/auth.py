@@ -17,12 +17,12 @@ from fastapi import Depends, Request, Security
 from fastapi.security import APIKeyHeader, HTTPAuthorizationCredentials, HTTPBearer
 from starlette.concurrency import run_in_threadpool
 
+from core.db import session_factory
+from core.keys import Scope, find_active_key
+from core.settings import settings
 from gateway.audit import audit_info
-from gateway.config import config
 from gateway.observability import RATE_LIMITED
 from gateway.problems import Problem
-from medstack.db import session_factory
-from medstack.keys import Scope, find_active_key
 
 bearer_scheme = HTTPBearer(auto_error=False, description="`Authorization: Bearer msk_…`")
 api_key_scheme = APIKeyHeader(name="X-API-Key", auto_error=False, description="`X-API-Key: msk_…`")
@@ -79,7 +79,7 @@ class KeyCache:
                 del self._entries[digest]
 
 
-key_cache = KeyCache(config.key_cache_s)
+key_cache = KeyCache(settings.key_cache_s)
 
 
 def _lookup(key: str) -> Principal | None:
@@ -87,8 +87,8 @@ def _lookup(key: str) -> Principal | None:
         record = find_active_key(db, key)
         if record is None:
             return None
-        rate = config.rate_limit_per_s if record.rate_per_s is None else record.rate_per_s
-        burst = config.rate_limit_burst if record.burst is None else record.burst
+        rate = settings.rate_limit_per_s if record.rate_per_s is None else record.rate_per_s
+        burst = settings.rate_limit_burst if record.burst is None else record.burst
         return Principal(record.id, record.name, tuple(record.scopes), rate, burst)
 
 

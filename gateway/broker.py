@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import redis.asyncio as aioredis
 
-from medstack.settings import settings
+from core.settings import settings
 
 
 async def reachable(timeout_s: float = 1.0) -> bool:

@@ -11,8 +11,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from core.settings import settings
 from export.manifest import latest_manifest, read_manifest
-from medstack.settings import settings
 
 CACHE_S = 2.0
 _lock = threading.Lock()

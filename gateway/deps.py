@@ -8,10 +8,10 @@ from typing import Annotated
 from fastapi import Depends, Header, Request
 from sqlalchemy.orm import Session
 
+from core.artifacts import ArtifactStore
+from core.db import session_factory
 from gateway.auth import CurrentKey, Principal
 from gateway.triton_client import TritonClient
-from medstack.artifacts import ArtifactStore
-from medstack.db import session_factory
 
 
 def get_db() -> Iterator[Session]:

@@ -11,16 +11,15 @@ from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
 
+from core.settings import settings
 from gateway import openapi, prestart, problems
 from gateway.api.main import api_router
 from gateway.api.routes.health import job_counts
 from gateway.audit import AuditWriter
-from gateway.config import config
 from gateway.middleware import RequestContextMiddleware
 from gateway.observability import JobStateCollector, configure_logging, registry
 from gateway.ratelimit import RateLimiter
 from gateway.triton_client import TritonClient
-from medstack.settings import settings
 
 DESCRIPTION = """\
 Medical-imaging foundation models served by NVIDIA Triton.
@@ -37,14 +36,14 @@ to make a submission safe to repeat. Every request gets an `X-Request-ID`.
 
 
 def create_app() -> FastAPI:
-    audit = AuditWriter() if config.audit else None
+    audit = AuditWriter() if settings.audit else None
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging(config.log_format, config.log_level)
-        triton = TritonClient(settings.triton_grpc_url, config.triton_call_timeout_s, config.triton_retries,
-                              config.triton_retry_backoff_s)
-        await prestart.run(config, triton)
+        configure_logging(settings.log_format, settings.log_level)
+        triton = TritonClient(settings.triton_grpc_url, settings.triton_call_timeout_s, settings.triton_retries,
+                              settings.triton_retry_backoff_s)
+        await prestart.run(settings, triton)
         limiter = RateLimiter(settings.redis_url)
         app.state.triton, app.state.rate_limiter = triton, limiter
         if audit is not None:

@@ -15,11 +15,10 @@ import time
 from sqlalchemy.exc import OperationalError
 from starlette.concurrency import run_in_threadpool
 
-from gateway.config import GatewaySettings
+from core.db import engine_for, schema_revision, session_factory
+from core.keys import ensure_bootstrap_key
+from core.settings import Settings, settings
 from gateway.triton_client import TritonClient
-from medstack.db import engine_for, schema_revision, session_factory
-from medstack.keys import ensure_bootstrap_key
-from medstack.settings import settings
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +40,7 @@ def wait_for_database(timeout_s: float, url: str | None = None) -> str | None:
             delay = min(delay * 2, 5.0)
 
 
-def install_bootstrap_key(config: GatewaySettings) -> None:
+def install_bootstrap_key(config: Settings) -> None:
     key = config.bootstrap_key.get_secret_value() if config.bootstrap_key else None
     with session_factory().begin() as db:
         ensure_bootstrap_key(db, key)
@@ -61,7 +60,7 @@ async def wait_for_triton(client: TritonClient, timeout_s: float) -> bool:
         await asyncio.sleep(0.5)
 
 
-async def run(config: GatewaySettings, triton: TritonClient) -> None:
+async def run(config: Settings, triton: TritonClient) -> None:
     revision = await run_in_threadpool(wait_for_database, config.database_wait_s)
     log.info("database ready at schema revision %s", revision)
     await run_in_threadpool(install_bootstrap_key, config)

@@ -7,7 +7,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
-from medstack.db import ApiKey, AuditRecord, Job, Template
+from core.db import ApiKey, AuditRecord, Job, Template
 
 JOB_ID = "0f8e4c1a-5b6d-4e2f-9a7b-3c1d2e4f5a6b"
 SHA = "242f37384f27b41b36f5cfd4620bfe937a9b627243b86298db0db4c5725ebcea"

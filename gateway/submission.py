@@ -29,14 +29,14 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
+from core.artifacts import ArtifactStore
+from core.db import Job, session_factory
+from core.settings import settings
 from gateway.audit import audit_info
 from gateway.auth import Principal
 from gateway.catalog import manifest_of
-from gateway.config import config
 from gateway.problems import Problem
 from gateway.uploads import SavedInput
-from medstack.artifacts import ArtifactStore
-from medstack.db import Job, session_factory
 
 log = logging.getLogger(__name__)
 
@@ -166,7 +166,7 @@ async def submit(
         await run_in_threadpool(_delete, job.id)
         shutil.rmtree(directory, ignore_errors=True)
         raise Problem(503, "Broker unavailable", "the job queue (Redis) did not accept the job; retry later",
-                      kind="broker-unavailable", headers={"Retry-After": str(config.retry_after_s)}) from error
+                      kind="broker-unavailable", headers={"Retry-After": str(settings.retry_after_s)}) from error
     return Submitted(job, replayed=False)
 
 

@@ -21,8 +21,8 @@ from starlette.concurrency import run_in_threadpool
 from starlette.datastructures import FormData, UploadFile
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from core.settings import settings
 from gateway.archives import ArchiveLimits, inspect_zip
-from gateway.config import config
 from gateway.problems import Problem
 
 CHUNK = 1 << 20
@@ -171,10 +171,11 @@ async def save_volume(source: UploadFile | AsyncIterator[bytes], directory: Path
 
 
 def archive_limits() -> ArchiveLimits:
-    return ArchiveLimits(config.archive_max_members, config.archive_max_uncompressed_mb << 20, config.archive_max_ratio)
+    return ArchiveLimits(settings.archive_max_members, settings.archive_max_uncompressed_mb << 20,
+                         settings.archive_max_ratio)
 
 
 def _max_upload() -> int:
-    from medstack.settings import settings
+    from core.settings import settings
 
     return settings.max_upload_mb << 20

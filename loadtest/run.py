@@ -31,7 +31,7 @@ import httpx
 import psutil
 
 from bench.report import markdown_table, write_section
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 from medstack.stack import free_port
 
 SECTION = "## Load (make load)"

@@ -12,9 +12,10 @@ from typing import Annotated
 
 import typer
 
+from core.run_folder import RunFolder
+from core.settings import settings
 from medstack.keys_cli import keys_app
-from medstack.settings import settings
-from medstack.stack import COMPONENTS, RunFolder, Stack, StackError
+from medstack.stack import COMPONENTS, Stack, StackError
 from medstack.valuation_cli import valuation_app
 
 app = typer.Typer(help="MedStack: medical-imaging foundation models served by Triton.", no_args_is_help=True)

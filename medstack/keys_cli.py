@@ -12,8 +12,8 @@ from typing import Annotated
 
 import typer
 
-from medstack.db import session_factory
-from medstack.keys import KeyNotFound, Scope, create_key, list_keys, revoke_key
+from core.db import session_factory
+from core.keys import KeyNotFound, Scope, create_key, list_keys, revoke_key
 
 keys_app = typer.Typer(help="API keys for the gateway (stored hashed; a key is shown once).", no_args_is_help=True)
 

@@ -7,7 +7,6 @@ a pid file names, so a Redis that was already running is never touched.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -15,13 +14,13 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 import redis
 
-from medstack.settings import REPO_ROOT, Settings
-from medstack.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
+from core.run_folder import RunFolder
+from core.settings import REPO_ROOT, Settings
+from core.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
 COMPONENTS = ("triton", "redis", "worker", "gateway")
 SUPERVISOR = "supervisor"
@@ -46,53 +45,6 @@ def redis_answers(url: str) -> bool:
     try:
         return bool(redis.Redis.from_url(url, socket_connect_timeout=1).ping())
     except (redis.RedisError, ValueError):
-        return False
-
-
-@dataclass
-class RunFolder:
-    root: Path
-
-    def pid_file(self, component: str) -> Path:
-        return self.root / "pids" / f"{component}.pid"
-
-    def log_file(self, component: str) -> Path:
-        return self.root / "logs" / f"{component}.log"
-
-    @property
-    def state_file(self) -> Path:
-        return self.root / "stack.json"
-
-    def prepare(self) -> None:
-        for sub in ("pids", "logs"):
-            (self.root / sub).mkdir(parents=True, exist_ok=True)
-
-    def pid(self, component: str) -> int | None:
-        try:
-            pid = int(self.pid_file(component).read_text())
-        except (FileNotFoundError, ValueError):
-            return None
-        return pid if _alive(pid) else None
-
-    def save_state(self, state: dict[str, str]) -> None:
-        self.state_file.write_text(json.dumps(state, indent=2))
-
-    def load_state(self) -> dict[str, str]:
-        return json.loads(self.state_file.read_text()) if self.state_file.exists() else {}
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    # a zombie is dead for our purposes
-    try:
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().split(") ")[-1][:1] != "Z"
-    except FileNotFoundError:
         return False
 
 

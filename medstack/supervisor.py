@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import time
 
-from medstack.settings import settings
+from core.settings import settings
 from medstack.stack import Stack, StackError
 
 CHECK_EVERY_S = 5.0

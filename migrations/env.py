@@ -1,6 +1,6 @@
 """Alembic environment: migrate the database MedStack is configured for.
 
-Called two ways: by ``medstack.db.upgrade_schema`` with an open connection (the normal path,
+Called two ways: by ``core.db.upgrade_schema`` with an open connection (the normal path,
 every process on first use), or by the ``alembic`` command line with ``alembic.ini``, which
 reads the URL from ``MEDSTACK_DATABASE_URL`` through MedStack's settings.
 """
@@ -12,8 +12,8 @@ from logging.config import fileConfig
 from alembic import context
 from sqlalchemy import create_engine
 
-from medstack.db import Base
-from medstack.settings import settings
+from core.db import Base
+from core.settings import settings
 
 config = context.config
 target_metadata = Base.metadata

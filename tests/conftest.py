@@ -19,7 +19,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from medstack.settings import Settings, settings
+from core.settings import Settings, settings
+from core.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 from medstack.stack import (
     _spawn,
     _wait,
@@ -30,7 +31,6 @@ from medstack.stack import (
     worker_alive,
     worker_command,
 )
-from medstack.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
 # The gateway refuses requests without an API key. Every gateway the tests start (they inherit
 # os.environ) accepts this one as an admin key; Stack.client() sends it.
@@ -164,7 +164,7 @@ def postgres_url() -> Iterator[str]:
         pytest.skip(f"no PostgreSQL answers at {make_url(POSTGRES_ADMIN_URL).render_as_string()} "
                     f"(set MEDSTACK_TEST_POSTGRES_URL): {type(error.orig).__name__}")
     yield make_url(POSTGRES_ADMIN_URL).set(database=name).render_as_string(hide_password=False)
-    from medstack.db import engine_for
+    from core.db import engine_for
 
     engine_for.cache_clear()
     with admin.connect() as conn:

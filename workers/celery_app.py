@@ -10,7 +10,7 @@ from __future__ import annotations
 from celery import Celery
 from kombu import Queue
 
-from medstack.settings import settings
+from core.settings import settings
 
 HARD_LIMIT_S = 3600
 SOFT_LIMIT_S = HARD_LIMIT_S - 60

@@ -12,7 +12,7 @@ from typing import Any
 
 from celery import Task
 
-from medstack.db import Job, JobState, session_factory, utcnow
+from core.db import Job, JobState, session_factory, utcnow
 
 PROGRESS_EVERY_S = 1.0
 log = logging.getLogger(__name__)

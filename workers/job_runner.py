@@ -15,7 +15,7 @@ from typing import Any
 from celery import Task
 from tritonclient.utils import InferenceServerException
 
-from medstack.db import Job, JobState, session_factory
+from core.db import Job, JobState, session_factory
 from services.common.volume import VolumeError
 from workers.job_record import Claim, JobCancelled, ProgressRecorder, claim, finish, is_running
 from workers.recovery import Heartbeat, wait_until_orphaned

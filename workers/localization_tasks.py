@@ -12,9 +12,9 @@ from typing import Any
 import numpy as np
 from celery import Task
 
-from medstack.artifacts import ArtifactStore
-from medstack.db import Job, Template, session_factory
-from medstack.settings import settings
+from core.artifacts import ArtifactStore
+from core.db import Job, Template, session_factory
+from core.settings import settings
 from services.localization.medlam import Predict, StructureEmbedding
 from services.localization.medlsam import SegPredict
 from workers.celery_app import celery_app

@@ -18,8 +18,8 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import select
 
-from medstack.db import Job, JobState, session_factory
-from medstack.settings import settings
+from core.db import Job, JobState, session_factory
+from core.settings import settings
 
 log = logging.getLogger(__name__)
 

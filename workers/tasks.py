@@ -12,9 +12,9 @@ from typing import Any
 from celery import Task
 from celery.signals import worker_ready
 
+from core.artifacts import ArtifactStore
+from core.settings import settings
 from export.manifest import read_manifest
-from medstack.artifacts import ArtifactStore
-from medstack.settings import settings
 from workers.celery_app import celery_app
 from workers.job_record import Claim, ProgressRecorder
 from workers.job_runner import run_triton_job

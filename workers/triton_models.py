@@ -12,8 +12,8 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import np_to_triton_dtype
 
+from core.settings import settings
 from export.manifest import read_manifest
-from medstack.settings import settings
 from workers.triton_predictor import ModelNotServed, served_version
 
 

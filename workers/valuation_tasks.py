@@ -27,8 +27,8 @@ from typing import Any
 from celery import Task
 from celery.exceptions import SoftTimeLimitExceeded
 
-from medstack.artifacts import ArtifactStore
-from medstack.db import JobState
+from core.artifacts import ArtifactStore
+from core.db import JobState
 from workers.celery_app import celery_app
 from workers.job_record import JobCancelled, ProgressRecorder, claim, finish
 from workers.recovery import Heartbeat

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from fastapi.responses import JSONResponse
 
+from core.artifacts import ArtifactStore
+from core.db import Job
 from gateway.schemas import JobPublic
 from gateway.submission import Submitted
-from medstack.artifacts import ArtifactStore
-from medstack.db import Job
 
 
 def job_public(job: Job, store: ArtifactStore) -> JobPublic:

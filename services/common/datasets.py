@@ -41,7 +41,7 @@ from typing import IO, Literal
 
 import numpy as np
 
-from medstack.settings import settings
+from core.settings import settings
 from services.common.volume import Volume, VolumeError, read_volume
 
 __all__ = [

@@ -125,7 +125,7 @@ def build_phantom(case: str) -> Phantom:
 
 
 def phantom_cache_dir() -> Path:
-    from medstack.settings import settings
+    from core.settings import settings
 
     return Path(settings.data_dir).parent / "report" / "phantoms"
 

@@ -9,7 +9,7 @@ import time
 import httpx
 import pytest
 
-from medstack.triton import stop_process_group
+from core.triton import stop_process_group
 from tests.conftest import BOOTSTRAP_KEY, create_api_key, start_gateway
 
 pytestmark = pytest.mark.integration

@@ -10,7 +10,7 @@ import zipfile
 import numpy as np
 import pytest
 
-from medstack.triton import stop_process_group
+from core.triton import stop_process_group
 from tests.conftest import create_api_key, start_gateway
 
 pytestmark = pytest.mark.integration

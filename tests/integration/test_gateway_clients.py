@@ -10,7 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 from tests.conftest import create_api_key, write_small_ct
 
 pytestmark = pytest.mark.integration

@@ -14,8 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 from sqlalchemy.engine import make_url
 
-from medstack.db import Base, alembic_config, engine_for, schema_revision
-from medstack.settings import REPO_ROOT
+from core.db import Base, alembic_config, engine_for, schema_revision
+from core.settings import REPO_ROOT
 from tests.conftest import POSTGRES_ADMIN_URL
 
 pytestmark = pytest.mark.integration
@@ -36,7 +36,7 @@ def fresh_pg(postgres_url: str):
 
 
 def test_processes_migrating_at_once_leave_one_correct_schema(fresh_pg: str) -> None:
-    code = ("import sys; from medstack.db import engine_for, schema_revision; "
+    code = ("import sys; from core.db import engine_for, schema_revision; "
             "print(schema_revision(engine_for(sys.argv[1])))")
     procs = [subprocess.Popen([sys.executable, "-c", code, fresh_pg], cwd=REPO_ROOT, stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True) for _ in range(3)]

@@ -12,8 +12,8 @@ from pathlib import Path
 import httpx
 import pytest
 
+from core.triton import stop_process_group
 from export.manifest import latest_manifest
-from medstack.triton import stop_process_group
 from tests.conftest import create_api_key, start_gateway, write_dicom_series_zip, write_small_ct
 
 pytestmark = pytest.mark.integration

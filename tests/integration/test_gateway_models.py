@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
+from core.settings import settings
+from core.triton import TritonServer, prepare_runtime, stop_process_group
 from export.manifest import latest_manifest
-from medstack.settings import settings
 from medstack.stack import free_port
-from medstack.triton import TritonServer, prepare_runtime, stop_process_group
 from tests.conftest import BOOTSTRAP_KEY, create_api_key, start_gateway
 
 pytestmark = pytest.mark.integration

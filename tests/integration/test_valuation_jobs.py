@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from medstack.artifacts import ArtifactStore
-from medstack.db import Job, JobState, session_factory
+from core.artifacts import ArtifactStore
+from core.db import Job, JobState, session_factory
 from medstack.stack import _spawn, _wait, worker_command
 from services.valuation.data import load_npz, organ_patches, save_npz
 from services.valuation.job import OUTPUTS, ValuationParams, run_valuation

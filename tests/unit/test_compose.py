@@ -1,7 +1,7 @@
 """compose.yaml is a valid Compose file and agrees with the code it deploys.
 
 No Docker engine on build machines: the file is checked against the Compose specification's JSON
-schema (vendored by check-jsonschema), parsed, and compared with ``medstack.settings``, the gateway
+schema (vendored by check-jsonschema), parsed, and compared with ``core.settings``, the gateway
 settings and the Celery queues. ``docker compose config`` runs too where the client has compose.
 """
 
@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medstack.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 COMPOSE = REPO_ROOT / "compose.yaml"
 APP_SERVICES = ("gateway", "worker-volumes", "worker-batch")
@@ -117,9 +117,8 @@ def test_ports_match_settings(services: dict[str, Any]) -> None:
 
 
 def test_app_environment_names_settings_that_exist(services: dict[str, Any]) -> None:
-    from gateway.config import GatewaySettings
 
-    known = set(Settings.model_fields) | set(GatewaySettings.model_fields)
+    known = set(Settings.model_fields)
     for name in APP_SERVICES:
         for variable in _env(services[name]):
             field = variable.removeprefix("MEDSTACK_").removesuffix("_FILE").lower()

@@ -15,7 +15,7 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
-from medstack.settings import REPO_ROOT
+from core.settings import REPO_ROOT
 
 DEPLOY = REPO_ROOT / "deploy"
 DOCKERFILES = {"app": DEPLOY / "Dockerfile", "triton": DEPLOY / "triton" / "Dockerfile"}

@@ -15,7 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
-from medstack.settings import REPO_ROOT, Settings
+from core.settings import REPO_ROOT, Settings
 
 K8S = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES_VERSIONS = ("1.29.0", "1.37.0")  # oldest we support, newest the validator knows
@@ -149,10 +149,9 @@ def test_redis_and_postgres_are_external(objects: list[dict[str, Any]]) -> None:
 
 
 def test_config_names_settings_and_matches_the_cluster(objects: list[dict[str, Any]]) -> None:
-    from gateway.config import GatewaySettings
 
     data = _of_kind(objects, "ConfigMap")["medstack-config"]["data"]
-    known = set(Settings.model_fields) | set(GatewaySettings.model_fields)
+    known = set(Settings.model_fields)
     for variable in data:
         assert variable.removeprefix("MEDSTACK_").removesuffix("_FILE").lower() in known, variable
     assert data["MEDSTACK_TRITON_HOST"] in _of_kind(objects, "Service")

@@ -16,8 +16,8 @@ import pytest
 
 from bench.perf_analyzer import parse_csv, request_shape, variant_repository
 from bench.report import markdown_table, number, order_sections, parse_table, read_section, write_section
+from core.settings import REPO_ROOT
 from loadtest import outcomes
-from medstack.settings import REPO_ROOT
 
 LOCUSTFILE = REPO_ROOT / "loadtest" / "locustfile.py"
 

@@ -10,9 +10,8 @@ from pydantic import ValidationError
 from sqlalchemy import text
 from typer.testing import CliRunner
 
-from gateway.config import GatewaySettings
-from medstack.db import ApiKey, engine_for, session_factory
-from medstack.keys import (
+from core.db import ApiKey, engine_for, session_factory
+from core.keys import (
     BOOTSTRAP_ID,
     KeyNotFound,
     create_key,
@@ -24,7 +23,7 @@ from medstack.keys import (
     parse_scopes,
     revoke_key,
 )
-from medstack.settings import settings
+from core.settings import Settings, settings
 
 
 @pytest.fixture
@@ -85,10 +84,10 @@ def test_bootstrap_key_is_created_rotated_and_revoked(db_url: str) -> None:
 
 def test_gateway_settings_refuse_weak_or_production_bootstrap_keys() -> None:
     with pytest.raises(ValidationError, match="at least 24"):
-        GatewaySettings(bootstrap_key="changeme")
+        Settings(bootstrap_key="changeme")
     with pytest.raises(ValidationError, match="development only"):
-        GatewaySettings(bootstrap_key="k3Yp9QzL0mWv7RtX2bN5cJ8d", environment="production")
-    assert GatewaySettings(bootstrap_key="").bootstrap_key is None
+        Settings(bootstrap_key="k3Yp9QzL0mWv7RtX2bN5cJ8d", environment="production")
+    assert Settings(bootstrap_key="").bootstrap_key is None
 
 
 def test_cli_create_list_revoke(db_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -112,7 +111,7 @@ def test_cli_create_list_revoke(db_url: str, monkeypatch: pytest.MonkeyPatch) ->
 
 
 def test_a_local_script_can_make_itself_a_key(db_url: str) -> None:
-    from medstack.keys import create_local_key
+    from core.keys import create_local_key
 
     key = create_local_key("demo", "segmentation,jobs", url=db_url)
     with session_factory(db_url)() as db:

@@ -10,7 +10,7 @@ from alembic.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from sqlalchemy import create_engine, inspect, text
 
-from medstack.db import Base, alembic_config, engine_for, schema_revision, session_factory, upgrade_schema
+from core.db import Base, alembic_config, engine_for, schema_revision, session_factory, upgrade_schema
 
 HEAD = ScriptDirectory.from_config(alembic_config("sqlite://")).get_current_head()  # the newest migration
 
@@ -46,7 +46,7 @@ def test_a_database_from_before_migrations_is_adopted_with_its_jobs(tmp_path: Pa
             "INSERT INTO jobs VALUES ('j1', 'segmentation', 'reference_hutissue', 'succeeded', 'done', 1.0, 5, "
             "'abc', NULL, '{\"input\": \"input.nii.gz\"}', NULL, NULL, 1, '2026-01-01 00:00:00', NULL, NULL)"))
     old.dispose()
-    from medstack.db import Job
+    from core.db import Job
 
     with session_factory(f"sqlite:///{path}")() as db:
         job = db.get(Job, "j1")

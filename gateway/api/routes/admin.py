@@ -9,12 +9,12 @@ from fastapi import APIRouter, Query, status
 from fastapi import Path as PathParam
 from sqlalchemy import select
 
+from core.db import AuditRecord
+from core.keys import BOOTSTRAP_ID, KeyNotFound, Scope, create_key, list_keys, revoke_key
 from gateway.auth import key_cache, require
 from gateway.deps import DbSession
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import AuditPublic, AuditsPublic, KeyCreate, KeyCreated, KeyPublic, KeysPublic
-from medstack.db import AuditRecord
-from medstack.keys import BOOTSTRAP_ID, KeyNotFound, Scope, create_key, list_keys, revoke_key
 
 router = APIRouter(
     prefix="/v1/admin", tags=["admin"], dependencies=[require(Scope.ADMIN)],

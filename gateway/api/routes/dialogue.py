@@ -28,14 +28,14 @@ from redis.exceptions import RedisError
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.auth import CurrentKey, require
 from gateway.capabilities import DIALOGUE, require_available
 from gateway.catalog import manifests
 from gateway.deps import Triton
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import SHA
-from medstack.keys import Scope
-from medstack.settings import settings
 from services.dialogue.safety import NOTICE, Hedger, red_flags, urgent_reply
 
 router = APIRouter(

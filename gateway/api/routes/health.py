@@ -15,16 +15,16 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from sqlalchemy import func, select, text
 from starlette.concurrency import run_in_threadpool
 
+from core.db import Job, session_factory
+from core.keys import Scope
+from core.settings import settings
 from gateway import broker
 from gateway.auth import require
 from gateway.catalog import manifests
-from gateway.config import config
 from gateway.deps import Triton
 from gateway.observability import registry
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import Liveness, Readiness
-from medstack.db import Job, session_factory
-from medstack.keys import Scope
 
 router = APIRouter(tags=["health"])
 
@@ -45,7 +45,7 @@ async def readyz(triton: Triton) -> Readiness:
     if not all(checks.values()):
         failing = ", ".join(k for k, ok in checks.items() if not ok)
         raise Problem(503, "Not ready", f"not ready: {failing}", kind="not-ready",
-                      headers={"Retry-After": str(config.retry_after_s)}, checks=checks)
+                      headers={"Retry-After": str(settings.retry_after_s)}, checks=checks)
     return Readiness(status="ready", checks=checks)
 
 

@@ -16,6 +16,8 @@ from fastapi.responses import FileResponse
 from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
+from core.db import Job, JobState, utcnow
+from core.keys import Scope
 from gateway import broker
 from gateway.api.responses import job_public
 from gateway.audit import audit_info
@@ -23,8 +25,6 @@ from gateway.auth import Principal, require
 from gateway.deps import CurrentKey, DbSession, Store
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import ArtifactPublic, ArtifactsPublic, JobPublic, JobsPublic
-from medstack.db import Job, JobState, utcnow
-from medstack.keys import Scope
 
 log = logging.getLogger(__name__)
 

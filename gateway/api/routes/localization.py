@@ -16,6 +16,9 @@ from fastapi import Path as PathParam
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from sqlalchemy import select
 
+from core.db import Template
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import form_body, read_form
 from gateway.api.responses import job_answer
 from gateway.auth import require
@@ -25,9 +28,6 @@ from gateway.problems import Problem, problem_responses
 from gateway.schemas import JobPublic, TemplatePublic, TemplatesPublic
 from gateway.submission import JobRequest, check_idempotency_key, submit
 from gateway.uploads import save_volume
-from medstack.db import Template
-from medstack.keys import Scope
-from medstack.settings import settings
 
 router = APIRouter(
     prefix="/v1/localization", tags=["localization"], dependencies=[require(Scope.LOCALIZATION)],

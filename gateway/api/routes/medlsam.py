@@ -9,6 +9,8 @@ from typing import Any
 from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import form_body, read_form
 from gateway.api.responses import job_answer
 from gateway.api.routes.localization import check_templates, split_csv
@@ -19,8 +21,6 @@ from gateway.problems import problem_responses
 from gateway.schemas import JobPublic
 from gateway.submission import JobRequest, check_idempotency_key, submit
 from gateway.uploads import save_volume
-from medstack.keys import Scope
-from medstack.settings import settings
 
 router = APIRouter(
     prefix="/v1/medlsam", tags=["medlsam"], dependencies=[require(Scope.SEGMENTATION)],

@@ -21,17 +21,17 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import validation_problem
 from gateway.audit import audit_info
 from gateway.auth import require
 from gateway.catalog import manifest_of, manifests
-from gateway.config import config
 from gateway.deps import Triton
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import InferRequest, InferResponse, ModelPublic, ModelsPublic, TensorOut
 from gateway.triton_client import TritonRejected, TritonTimeout, TritonUnavailable
 from gateway.uploads import check_content_length, limited, media_type
-from medstack.keys import Scope
 
 router = APIRouter(
     prefix="/v1/models", tags=["models"], dependencies=[require(Scope.MODELS)],
@@ -107,7 +107,7 @@ async def infer(
     output: Annotated[str | None, Query(max_length=64, description="for .npy bodies: which output to return")] = None,
 ) -> Response:
     manifest = _manifest_or_404(name)
-    max_bytes = config.max_infer_mb << 20
+    max_bytes = settings.max_infer_mb << 20
     check_content_length(request, max_bytes, setting="MEDSTACK_MAX_INFER_MB")
     kind = media_type(request)
     if kind not in ("application/json", NPY):
@@ -131,8 +131,8 @@ async def infer(
     try:
         result = await triton.infer(name, inputs, wanted, request_id=getattr(request.state, "request_id", ""))
     except TritonUnavailable as error:
-        raise Problem(503, "Triton unavailable", f"Triton is not answering; retry in {config.retry_after_s} s",
-                      kind="triton-unavailable", headers={"Retry-After": str(config.retry_after_s)}) from error
+        raise Problem(503, "Triton unavailable", f"Triton is not answering; retry in {settings.retry_after_s} s",
+                      kind="triton-unavailable", headers={"Retry-After": str(settings.retry_after_s)}) from error
     except TritonTimeout as error:
         raise Problem(504, "Triton timed out", str(error), kind="upstream-timeout") from error
     except TritonRejected as error:

@@ -14,19 +14,18 @@ from fastapi import APIRouter, Request
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import form_body, read_form
 from gateway.audit import audit_info
 from gateway.auth import require
 from gateway.capabilities import REPORT, require_available
 from gateway.catalog import manifest_of, manifests
-from gateway.config import config
 from gateway.deps import Triton
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import SHA
 from gateway.triton_client import TritonRejected, TritonTimeout, TritonUnavailable
 from gateway.uploads import unsupported
-from medstack.keys import Scope
-from medstack.settings import settings
 
 router = APIRouter(
     prefix="/v1/reports", tags=["reports"], dependencies=[require(Scope.REPORT)],
@@ -120,8 +119,8 @@ async def create_report(request: Request, triton: Triton) -> ReportPublic:
             {"image": image.astype(np.float32), "beam_size": np.array([form.beam_size], dtype=np.int32)},
             ["text", "finding_probs"], request_id=getattr(request.state, "request_id", ""))
     except TritonUnavailable as error:
-        raise Problem(503, "Triton unavailable", f"Triton is not answering; retry in {config.retry_after_s} s",
-                      kind="triton-unavailable", headers={"Retry-After": str(config.retry_after_s)}) from error
+        raise Problem(503, "Triton unavailable", f"Triton is not answering; retry in {settings.retry_after_s} s",
+                      kind="triton-unavailable", headers={"Retry-After": str(settings.retry_after_s)}) from error
     except TritonTimeout as error:
         raise Problem(504, "Triton timed out", str(error), kind="upstream-timeout") from error
     except TritonRejected as error:

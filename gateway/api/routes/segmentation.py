@@ -8,6 +8,8 @@ from typing import Annotated, Any
 from fastapi import APIRouter, Query, Request, status
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import validation_problem
 from gateway.api.responses import job_answer
 from gateway.auth import require
@@ -18,8 +20,6 @@ from gateway.problems import Problem, problem_responses
 from gateway.schemas import JobPublic
 from gateway.submission import JobRequest, check_idempotency_key, submit
 from gateway.uploads import RAW_MEDIA_TYPES, check_content_length, limited, media_type, read_multipart, save_volume
-from medstack.keys import Scope
-from medstack.settings import settings
 
 router = APIRouter(
     prefix="/v1/segmentation", tags=["segmentation"], dependencies=[require(Scope.SEGMENTATION)],

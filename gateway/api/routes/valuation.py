@@ -19,6 +19,8 @@ from fastapi import APIRouter, Request, status
 from pydantic import BaseModel, ConfigDict, Field
 from starlette.concurrency import run_in_threadpool
 
+from core.keys import Scope
+from core.settings import settings
 from gateway.api.forms import form_body, read_form
 from gateway.api.responses import job_answer
 from gateway.archives import inspect_zip
@@ -29,8 +31,6 @@ from gateway.problems import Problem, problem_responses
 from gateway.schemas import JobPublic
 from gateway.submission import JobRequest, check_idempotency_key, submit
 from gateway.uploads import SavedInput, archive_limits, save_stream, unsupported
-from medstack.keys import Scope
-from medstack.settings import settings
 
 router = APIRouter(
     prefix="/v1/valuation", tags=["valuation"], dependencies=[require(Scope.VALUATION)],

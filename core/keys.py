@@ -23,11 +23,11 @@ from enum import StrEnum
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from medstack.db import ApiKey, utcnow
+from core.db import ApiKey, utcnow
+from core.settings import check_bootstrap_key
 
 KEY_PREFIX = "msk_"
 BOOTSTRAP_ID = "bootstrap"
-MIN_BOOTSTRAP_LENGTH = 24
 
 
 class Scope(StrEnum):
@@ -129,14 +129,6 @@ def find_active_key(db: Session, key: str) -> ApiKey | None:
     ).first()
 
 
-def check_bootstrap_key(key: str) -> None:
-    if len(key) < MIN_BOOTSTRAP_LENGTH or len(set(key)) < 8:
-        raise ValueError(
-            f"MEDSTACK_BOOTSTRAP_KEY must be a random string of at least {MIN_BOOTSTRAP_LENGTH} characters "
-            "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
-        )
-
-
 def ensure_bootstrap_key(db: Session, key: str | None) -> ApiKey | None:
     """Make ``key`` the active admin key ``bootstrap``; with ``key`` None, revoke that row."""
     record = db.get(ApiKey, BOOTSTRAP_ID)
@@ -161,7 +153,7 @@ def ensure_bootstrap_key(db: Session, key: str | None) -> ApiKey | None:
 def create_local_key(name: str, scopes: str | Iterable[str], url: str | None = None) -> str:
     """Create a key directly in the configured database and return it: for scripts on the stack's
     own host (``make demo``), which need no admin key to get one."""
-    from medstack.db import session_factory
+    from core.db import session_factory
 
     with session_factory(url).begin() as db:
         _, key = create_key(db, name, scopes)

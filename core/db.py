@@ -35,7 +35,7 @@ from sqlalchemy import (
 from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 
-from medstack.settings import REPO_ROOT, settings
+from core.settings import REPO_ROOT, settings
 
 log = logging.getLogger(__name__)
 
