@@ -52,11 +52,19 @@ def tokenize(texts: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 class MeanPooled(nn.Module):
+    """Sentence embedding as all-MiniLM-L6-v2 defines it: the mean of ``bert``'s last hidden states over the
+    real (unmasked) tokens, L2-normalised. ``bert``: a transformers BERT-style model (here MiniLM, 384-d)."""
+
     def __init__(self, bert: nn.Module) -> None:
         super().__init__()
         self.bert = bert
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        """``input_ids (B, T)`` int64, ``attention_mask (B, T)`` int64 (1 token, 0 padding) → ``(B, H)`` float32
+        unit vectors (``H = 384`` for MiniLM, ``T ≤ 128``).
+
+        E.g. the ``dialogue_encoder`` export example (history and patient text): ``(2, 42)``, ``(2, 42) → (2, 384)``.
+        """
         hidden = self.bert(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         m = attention_mask.unsqueeze(-1).to(hidden.dtype)
         pooled = (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
@@ -86,6 +94,11 @@ class InstructionHead(nn.Module):
         self.action_head = nn.Linear(hidden, len(core.ACTION_NAMES))
 
     def forward(self, emb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``emb (B, dim)`` → (type logits ``(B, 5)`` over ``core.TYPES``, action logits ``(B, 10)`` over
+        ``core.ACTION_NAMES``).
+
+        E.g. ``InstructionHead()`` on a batch of 8 embeddings: ``(8, 384) → (8, 5), (8, 10)``.
+        """
         h = self.trunk(emb)
         return self.type_head(h), self.action_head(h)
 
@@ -100,6 +113,12 @@ class InstructionEncoder(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``input_ids (B, T)``, ``attention_mask (B, T)`` int64 → (``embedding (B, 384)`` float32 unit vectors,
+        ``type_logits (B, 5)``, ``action_logits (B, 10)``); ``T ≤ 128`` (the tokenizer truncates).
+
+        E.g. the export example (history and patient text, padded to 42 tokens):
+        ``(2, 42), (2, 42) → (2, 384), (2, 5), (2, 10)``.
+        """
         emb = self.pooled(input_ids, attention_mask)
         type_logits, action_logits = self.head(emb)
         return emb, type_logits, action_logits

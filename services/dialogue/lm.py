@@ -52,6 +52,10 @@ class LoRALinear(nn.Module):
         self.lora_b = nn.Parameter(torch.zeros(base.out_features, rank))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., in_features) → (..., out_features)``, like ``base``.
+
+        E.g. a wrapped SmolLM2 ``k_proj`` (576 → 192) on a 12-token prompt: ``(1, 12, 576) → (1, 12, 192)``.
+        """
         return self.base(x) + (x @ self.lora_a.t() @ self.lora_b.t()) * self.scale
 
     def merged(self) -> nn.Linear:
@@ -61,12 +65,15 @@ class LoRALinear(nn.Module):
 
 
 class RMSNorm(nn.Module):
+    """Llama's RMS norm: ``weight · x / sqrt(mean(x²) + eps)`` over the last axis (no centring, no bias)."""
+
     def __init__(self, dim: int, eps: float) -> None:
         super().__init__()
         self.weight = nn.Parameter(torch.ones(dim))
         self.eps = eps
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(..., dim) → (..., dim)``; e.g. SmolLM2 hidden states ``(1, 12, 576) → (1, 12, 576)``."""
         return self.weight * (x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps))
 
 
@@ -76,6 +83,9 @@ def _rotate(x: torch.Tensor) -> torch.Tensor:
 
 
 class Block(nn.Module):
+    """One Llama decoder layer: pre-norm grouped-query self-attention with rotary positions and a KV cache,
+    then a pre-norm SwiGLU MLP, each with a residual."""
+
     def __init__(self, cfg: LlamaConfig) -> None:
         super().__init__()
         d, hd = cfg.hidden, cfg.head_dim
@@ -92,6 +102,14 @@ class Block(nn.Module):
 
     def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
                 past_k: torch.Tensor, past_v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One layer over ``S`` new positions after ``P`` cached ones (``Hkv = kv_heads``, ``Dh = head_dim``):
+
+        ``x (B, S, hidden)``, ``cos``/``sin (1, 1, S, Dh)``, ``mask (1, 1, S, P+S)`` additive (0 / -inf),
+        ``past_k``/``past_v (B, Hkv, P, Dh)`` → (``x (B, S, hidden)``, ``k``/``v (B, Hkv, P+S, Dh)``).
+
+        E.g. SmolLM2-135M, a 12-token prompt, empty cache: ``x (1, 12, 576)``, ``past_k (1, 3, 0, 64)`` →
+        ``(1, 12, 576)``, ``(1, 3, 12, 64)``, ``(1, 3, 12, 64)``.
+        """
         b, s, _ = x.shape
         cfg = self.cfg
         h = self.input_layernorm(x)
@@ -154,6 +172,15 @@ class SmolLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, past_key: torch.Tensor, past_value: torch.Tensor,
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """One cached step over ``S`` new tokens after ``P`` cached positions (``L`` layers):
+
+        ``input_ids (B, S)`` int64, ``past_key``/``past_value (B, L, Hkv, P, Dh)`` float32 →
+        (``logits (B, V)`` of the last position, ``present_key``/``present_value (B, L, Hkv, P+S, Dh)``).
+        Start from :meth:`empty_past` (``P = 0``).
+
+        E.g. SmolLM2-135M, the ``dialogue_generator`` export example (last 2 tokens of a 71-token prompt):
+        ``(1, 2)``, ``(1, 30, 3, 69, 64)`` → ``(1, 49152)``, ``(1, 30, 3, 71, 64)``, ``(1, 30, 3, 71, 64)``.
+        """
         h, k, v = self.hidden_states(input_ids, past_key, past_value)
         return self.logits(h[:, -1]), k, v
 

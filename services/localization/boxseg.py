@@ -84,7 +84,11 @@ def _conv(cin: int, cout: int) -> nn.Sequential:
 
 
 class BoxPromptSegmenter(nn.Module):
-    """U-Net (96² in, 4 levels) with a dense box channel and a Fourier-encoded sparse box prompt."""
+    """U-Net (96² in, 4 levels) with a dense box channel and a Fourier-encoded sparse box prompt.
+
+    ``base``: channels of the first level (doubled per level); ``fourier_features``: random Fourier features
+    per box-corner coordinate pair (SAM's prompt encoding), projected to the bottleneck width.
+    """
 
     def __init__(self, base: int = 16, fourier_features: int = 32) -> None:
         super().__init__()
@@ -98,7 +102,12 @@ class BoxPromptSegmenter(nn.Module):
         self.prompt = nn.Sequential(nn.Linear(4 * fourier_features, c[3]), nn.GELU(), nn.Linear(c[3], c[3]))
 
     def forward(self, image: torch.Tensor, box: torch.Tensor) -> torch.Tensor:
-        """image (N, 3, 96, 96), box (N, 4) = (y0, x0, y1, x1) in [0, 1] → mask logits (N, 1, 96, 96)."""
+        """``image (N, 3, H, W)`` float32 (two CT windows in ``[0, 1]`` + the filled box), ``box (N, 4)`` float32
+        ``(y0, x0, y1, x1)`` in crop units ``[0, 1]`` → mask logits ``(N, 1, H, W)``; trained at ``H = W = 96``.
+
+        E.g. the ``segmentation_medlsam`` export example (two slices with the liver box):
+        ``(2, 3, 96, 96)``, ``(2, 4) → (2, 1, 96, 96)``.
+        """
         corners = box.view(-1, 2, 2) * 2 - 1  # two (y, x) corners in [-1, 1]
         projected = 2 * torch.pi * corners @ self.frequencies
         prompt = self.prompt(torch.cat([projected.sin(), projected.cos()], -1).flatten(1))

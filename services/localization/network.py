@@ -21,6 +21,15 @@ def _block(cin: int, cout: int) -> nn.Sequential:
 
 
 class MedLAM(nn.Module):
+    """MedLAM, the localiser of MedLSAM: a 3D encoder/decoder whose bottleneck regresses an RDR 3-vector
+    (relative distance regression) and whose decoder gives MSS features (multi-scale similarity) at ¼, ½ and
+    full resolution.
+
+    ``crop``: side of the cubic input (a multiple of 8; the RDR head is sized for it); ``base``: channels of
+    the first encoder level (doubled per level); ``feature_channels``: widths of the ¼, ½ and full-resolution
+    features.
+    """
+
     def __init__(self, crop: int = 32, base: int = 8, feature_channels: tuple[int, int, int] = (24, 16, 12)) -> None:
         super().__init__()
         c = (base, base * 2, base * 4, base * 8)
@@ -37,7 +46,12 @@ class MedLAM(nn.Module):
         self.dec0 = _block(f_half + c[0], f_full)
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-        """image (N, 1, crop, crop, crop) in [0, 1] → (rdr (N, 3), features at ¼, ½, full resolution)."""
+        """``image (N, 1, c, c, c)`` float32 in ``[0, 1]`` (``c = crop``) → (``rdr (N, 3)``, features
+        ``(N, 24, c/4, c/4, c/4)``, ``(N, 16, c/2, c/2, c/2)``, ``(N, 12, c, c, c)`` with the default widths).
+
+        E.g. the ``localization_medlam`` export example (two 32³ crops):
+        ``(2, 1, 32, 32, 32) → (2, 3), (2, 24, 8, 8, 8), (2, 16, 16, 16, 16), (2, 12, 32, 32, 32)``.
+        """
         e0 = self.enc0(image)
         e1 = self.enc1(self.pool(e0))
         e2 = self.enc2(self.pool(e1))

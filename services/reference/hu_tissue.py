@@ -35,5 +35,9 @@ class HUTissueClassifier(nn.Module):
         self.register_buffer("high", bounds[1:].view(1, -1, 1, 1, 1))
 
     def forward(self, image: torch.Tensor) -> torch.Tensor:
+        """``image (N, 1, D, H, W)`` float32 HU → ``(N, 5, D, H, W)`` float32 logits (any size).
+
+        E.g. a batch of two served patches: ``(2, 1, 64, 128, 128) → (2, 5, 64, 128, 128)``.
+        """
         smoothed = nn.functional.avg_pool3d(image, 3, stride=1, padding=1, count_include_pad=False)
         return torch.minimum(smoothed - self.low, self.high - smoothed) / 100.0

@@ -70,6 +70,11 @@ class VisualExtractor(nn.Module):
         self.proj = nn.ModuleList([nn.Conv2d(c, d_model, 1) for c in (24, 48, POOLED)])
 
     def forward(self, image: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """``image (N, 1, S, S)`` (KiUT passes ``[-1, 1]``) → (3 levels ``(N, 64, d_model)``, pooled ``(N, 96)``);
+        levels are the stride-4, -8 and -16 maps average-pooled to 8×8, pooled is the mean of the stride-16 map.
+
+        E.g. the served model (``d_model=128``): ``(2, 1, 128, 128) → 3 × (2, 64, 128), (2, 96)``.
+        """
         x1 = self.s1(self.stem(image))
         x2 = self.s2(x1)
         x3 = self.s3(x2)
@@ -93,6 +98,10 @@ class SymptomGraph(nn.Module):
         self.w1, self.w2 = nn.Linear(d_model, d_model), nn.Linear(d_model, d_model)
 
     def forward(self, probs: torch.Tensor) -> torch.Tensor:
+        """``probs (N, F)`` finding probabilities in ``[0, 1]`` → ``(N, F, d_model)`` node features.
+
+        E.g. the served model (10 findings, ``d_model=128``): ``(2, 10) → (2, 10, 128)``.
+        """
         p = probs.unsqueeze(-1)
         h = self.nodes + p * self.present + (1 - p) * self.absent
         h = F.relu(self.w1(self.norm_adj @ h))
@@ -118,6 +127,12 @@ class Attention(nn.Module):
     def forward(self, query: torch.Tensor, key: torch.Tensor, value: torch.Tensor,
                 attn_mask: torch.Tensor | None = None, key_padding_mask: torch.Tensor | None = None,
                 need_weights: bool = False) -> tuple[torch.Tensor, None]:
+        """``query (N, Tq, d)``, ``key``/``value (N, Tk, d)``, ``attn_mask (Tq, Tk)`` and ``key_padding_mask (N, Tk)``
+        additive float masks (0 / -inf) or ``None`` → (``(N, Tq, d)``, ``None``); ``need_weights`` is ignored.
+
+        E.g. a decoder's visual cross-attention in the served model (13-token prefix, 64 memory tokens, ``d=128``):
+        ``query (2, 13, 128)``, ``key``/``value (2, 64, 128) → (2, 13, 128)``.
+        """
         d = query.shape[-1]
         hd = d // self.heads
         w, b = self.in_proj_weight, self.in_proj_bias
@@ -135,6 +150,10 @@ class Attention(nn.Module):
 
 
 class DecoderLayer(nn.Module):
+    """One pre-norm KiUT decoder layer: causal self-attention, cross-attention to one visual memory level, and
+    with ``cfg.knowledge`` the injected-knowledge distiller (attention to contextual and clinical knowledge,
+    mixed with the visual result by a softmax gate), then a feed-forward block."""
+
     def __init__(self, cfg: KiUTConfig) -> None:
         super().__init__()
         d, h = cfg.d_model, cfg.heads
@@ -152,6 +171,13 @@ class DecoderLayer(nn.Module):
     def forward(self, x: torch.Tensor, causal: torch.Tensor, pad: torch.Tensor, memory: torch.Tensor,
                 context: torch.Tensor | None, context_pad: torch.Tensor | None,
                 clinical: torch.Tensor | None) -> torch.Tensor:
+        """``x (N, T, d)``, ``causal (T, T)`` and ``pad (N, T)`` additive masks, ``memory (N, 64, d)``,
+        ``context (N, K·L, d)`` + additive ``context_pad (N, K·L)`` and ``clinical (N, F, d)`` (or ``None``s
+        without knowledge) → ``(N, T, d)``.
+
+        E.g. the served model (13-token prefix, K·L = 2·42 = 84, F = 10, ``d=128``): ``x (2, 13, 128)``,
+        ``memory (2, 64, 128)``, ``context (2, 84, 128)``, ``clinical (2, 10, 128) → (2, 13, 128)``.
+        """
         q = self.norms[0](x)
         x = x + self.drop(self.self_attn(q, q, q, attn_mask=causal, key_padding_mask=pad, need_weights=False)[0])
         q = self.norms[1](x)
@@ -166,6 +192,14 @@ class DecoderLayer(nn.Module):
 
 
 class KiUT(nn.Module):
+    """KiUT (Knowledge-injected U-Transformer, arXiv 2306.11345) radiology report generator at CPU size; see the
+    module docstring for the architecture and our own additions.
+
+    Args: ``vocab_size`` V (4 specials + words); ``adjacency`` (F, F) finding co-occurrence weights for the
+    symptom graph; ``kb_tokens`` (R, L) int token ids and ``kb_labels`` (R, F) finding labels of the R training
+    reports that retrieval draws the contextual knowledge from; ``config`` (:class:`KiUTConfig`).
+    """
+
     def __init__(self, vocab_size: int, adjacency: np.ndarray, kb_tokens: np.ndarray, kb_labels: np.ndarray,
                  config: KiUTConfig | None = None) -> None:
         super().__init__()
@@ -275,6 +309,12 @@ class KiUT(nn.Module):
 
     def forward(self, image: torch.Tensor, tokens: torch.Tensor,
                 exclude: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Teacher-forced training pass: ``image (N, 1, S, S)`` float32 in ``[0, 1]``, ``tokens (N, T)`` int64
+        (``T ≤ max_len``), ``exclude (N,)`` int64 knowledge-base row to hide per image (-1 none) →
+        (``logits (N, T, V)``, ``finding_logits (N, F)``).
+
+        E.g. the served model (V = 807, F = 10): ``(2, 1, 128, 128)``, ``(2, 13) → (2, 13, 807), (2, 10)``.
+        """
         enc = self.encode(image, exclude)
         logits = self.decode(tokens, **knowledge_inputs(enc))
         return logits, enc["finding_logits"]
@@ -293,6 +333,13 @@ class EncoderForExport(nn.Module):
         self.model = model
 
     def forward(self, image: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``image (N, 1, S, S)`` float32 in ``[0, 1]`` → ``memory1..3 (N, 64, d)``, ``context (N, K·L, d)``,
+        ``context_pad (N, K·L)`` (1.0 = padding), ``clinical (N, F, d)``, ``finding_probs (N, F)``; needs
+        ``knowledge=True``.
+
+        E.g. the served model (d = 128, K·L = 2·42, F = 10): ``(2, 1, 128, 128)`` → ``3 × (2, 64, 128)``,
+        ``(2, 84, 128)``, ``(2, 84)``, ``(2, 10, 128)``, ``(2, 10)``.
+        """
         e = self.model.encode(image)
         names = ("memory1", "memory2", "memory3", "context", "context_pad", "clinical", "finding_probs")
         return tuple(e[n] for n in names)
@@ -307,5 +354,12 @@ class DecoderStepForExport(nn.Module):
 
     def forward(self, tokens: torch.Tensor, memory1: torch.Tensor, memory2: torch.Tensor, memory3: torch.Tensor,
                 context: torch.Tensor, context_pad: torch.Tensor, clinical: torch.Tensor) -> torch.Tensor:
+        """``tokens (N, T)`` int64 prefix (``<bos>`` first) + the :class:`EncoderForExport` outputs (without
+        ``finding_probs``) → ``(N, V)`` float32 log-probabilities of token ``T + 1``.
+
+        E.g. the served model's export example (13-token prefix, V = 807): ``tokens (2, 13)``,
+        ``memory1..3 (2, 64, 128)``, ``context (2, 84, 128)``, ``context_pad (2, 84)``, ``clinical (2, 10, 128)``
+        → ``(2, 807)``.
+        """
         logits = self.model.decode(tokens, memory1, memory2, memory3, context, context_pad, clinical)
         return torch.log_softmax(logits[:, -1], dim=-1)

@@ -61,6 +61,10 @@ class ConvBlock(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, D, H, W) → (N, out_channels, D, H, W)``, size kept (padded convolutions).
+
+        E.g. the served net's ``stem1`` (``ConvBlock(16, 16, 0.0)``): ``(2, 16, 32, 48, 48) → (2, 16, 32, 48, 48)``.
+        """
         return self.body(x)
 
 
@@ -84,6 +88,11 @@ class DownSample(nn.Module):
         self.conv = PreActConv(in_channels, out_channels)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, D, H, W) → (N, out_channels, D/sd, H/sh, W/sw)`` for ``scale = (sd, sh, sw)``.
+
+        E.g. the served net's ``down1`` (8 → 16 channels, scale ``(1, 2, 2)``):
+        ``(2, 8, 32, 96, 96) → (2, 16, 32, 48, 48)``.
+        """
         return self.conv(self.pool(x))
 
 
@@ -101,6 +110,12 @@ class UpCat(nn.Module):
         self.fuse = PreActConv(2 * skip_channels, out_channels, two_d=two_d)
 
     def forward(self, x: torch.Tensor, skip: torch.Tensor) -> torch.Tensor:
+        """``x (N, in_channels, D/sd, H/sh, W/sw)``, ``skip (N, skip_channels, D, H, W)`` →
+        ``(N, out_channels, D, H, W)`` for ``scale = (sd, sh, sw)``.
+
+        E.g. the served net's ``up1`` (16 → 8 channels, scale ``(1, 2, 2)``): ``x (2, 16, 32, 48, 48)``,
+        ``skip (2, 8, 32, 96, 96) → (2, 8, 32, 96, 96)``.
+        """
         return self.fuse(torch.cat([skip, self.up(x)], dim=1))
 
 
@@ -112,6 +127,11 @@ class DropPath(nn.Module):
         self.p = p
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, ...) → (N, ...)``, same shape; in training each sample is zeroed with probability ``p`` and
+        the others scaled by ``1 / (1 - p)``.
+
+        E.g. on the served net's level-2 tokens: ``(2, 9216, 32) → (2, 9216, 32)``.
+        """
         if not self.training or self.p == 0.0:
             return x
         keep = 1.0 - self.p
@@ -180,7 +200,12 @@ class WindowAttention(nn.Module):
         self.proj_drop = nn.Dropout(proj_drop)
 
     def forward(self, x: torch.Tensor, mask: torch.Tensor | None) -> torch.Tensor:
-        # x: (B·nW, N, C); mask: (nW, N, N) or None
+        """``x (B·nW, N, C)`` tokens grouped by window (``N = wd·wh·ww``), ``mask (nW, N, N)`` additive (0 or -100)
+        or ``None`` → ``(B·nW, N, C)``.
+
+        E.g. the served net's level 2 (window 4³, 144 windows on 16×24×24, ``dim=32``, 2 heads) at batch 2:
+        ``x (288, 64, 32)``, ``mask (144, 64, 64) → (288, 64, 32)``.
+        """
         n, c = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(-1, n, 3, self.heads, c // self.heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0] * self.scale, qkv[1], qkv[2]
@@ -218,7 +243,10 @@ class SwinBlock(nn.Module):
         self.register_buffer("attn_mask", mask, persistent=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # x: (B, D·H·W, C)
+        """``(B, D·H·W, C) → (B, D·H·W, C)`` with ``(D, H, W) == size`` (tokens in z, y, x order).
+
+        E.g. the served net's level 2 (size ``(16, 24, 24)``, ``dim=32``): ``(2, 9216, 32) → (2, 9216, 32)``.
+        """
         d, h, w = self.size
         pd, ph, pw = self.padded
         wd, wh, ww = self.win
@@ -253,6 +281,10 @@ class SwinLayer(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, C, D, H, W) → (B, C, D, H, W)`` with ``(D, H, W) == size``.
+
+        E.g. the served net's level 2: ``(2, 32, 16, 24, 24) → (2, 32, 16, 24, 24)``.
+        """
         c, d, h, w = x.shape[1], x.shape[2], x.shape[3], x.shape[4]
         t = x.flatten(2).transpose(1, 2)
         for block in self.blocks:
@@ -270,6 +302,10 @@ class PCTBlock(nn.Module):
         self.swin = SwinLayer(dim, heads, size, window, depth, dropout, drop_path)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(B, dim, D, H, W) → (B, dim, D, H, W)`` with ``(D, H, W) == size``.
+
+        E.g. the served net's ``enc2``: ``(2, 32, 16, 24, 24) → (2, 32, 16, 24, 24)``.
+        """
         return self.conv(x) + self.swin(x)
 
 
@@ -386,6 +422,11 @@ class PCTNet(nn.Module):
         self.head = nn.Sequential(nn.BatchNorm3d(c0), nn.PReLU(), nn.Conv3d(c0, out_channels, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, D, H, W)`` float32 → ``(N, out_channels, D, H, W)`` class logits, with
+        ``(D, H, W) == input_size`` (a ``ValueError`` otherwise, except while tracing, compiling or exporting).
+
+        E.g. the served model (:data:`CPU_CONFIG`, 12 classes): ``(2, 1, 32, 96, 96) → (2, 12, 32, 96, 96)``.
+        """
         if not (torch.jit.is_tracing() or torch.compiler.is_compiling() or torch.onnx.is_in_onnx_export()):
             if tuple(x.shape[2:]) != self.input_size:
                 raise ValueError(f"PCTNet expects spatial size {self.input_size}, got {tuple(x.shape[2:])}")

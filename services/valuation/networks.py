@@ -60,10 +60,17 @@ class SmallCNN(nn.Module):
         self.fc = nn.Linear(4 * width, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` float32 → ``(N, num_classes)`` logits.
+
+        E.g. the organ-patch set (1 channel, 10 classes) at batch size 64: ``(64, 1, 32, 32) → (64, 10)``.
+        """
         return self.fc(self.block3(self.block2(self.block1(x))))
 
 
 class _BasicBlock(nn.Module):
+    """ResNet basic block: two 3×3 conv–BN (the first with ``stride``), ReLU in between and after the sum with
+    the shortcut (identity, or 1×1 conv–BN when the stride or width changes)."""
+
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
         self.conv1 = nn.Conv2d(cin, cout, 3, stride=stride, padding=1, bias=False)
@@ -76,6 +83,11 @@ class _BasicBlock(nn.Module):
             self.shortcut = nn.Sequential(nn.Conv2d(cin, cout, 1, stride=stride, bias=False), nn.BatchNorm2d(cout))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, cin, H, W) → (N, cout, ⌈H/stride⌉, ⌈W/stride⌉)``.
+
+        E.g. the first block of ``layer2`` at width 16 (``_BasicBlock(16, 32, 2)``):
+        ``(64, 16, 32, 32) → (64, 32, 16, 16)``.
+        """
         out = self.relu(self.bn1(self.conv1(x)))
         return self.relu(self.bn2(self.conv2(out)) + self.shortcut(x))
 
@@ -103,6 +115,10 @@ class ResNet18W(nn.Module):
         return nn.Sequential(_BasicBlock(cin, cout, stride), _BasicBlock(cout, cout, 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``(N, in_channels, H, W)`` float32 → ``(N, num_classes)`` logits.
+
+        E.g. the organ-patch set (1 channel, 10 classes) at batch size 64: ``(64, 1, 32, 32) → (64, 10)``.
+        """
         x = self.relu(self.bn1(self.conv1(x)))
         x = self.layer4(self.layer3(self.layer2(self.layer1(x))))
         return self.fc(torch.flatten(self.pool(x), 1))
