@@ -2,6 +2,7 @@
 
     medstack up | down | status | logs [COMPONENT]
     medstack export [NAME...] [--tensorrt] [--if-missing]
+    medstack evaluate [FAMILY...] [--quick]
 """
 
 from __future__ import annotations
@@ -114,6 +115,39 @@ def export_models(
         )
     if failed:
         raise typer.Exit(1)
+
+
+@app.command("evaluate")
+def evaluate_families(
+    families: Annotated[list[str] | None, typer.Argument(help="families to evaluate (default: all registered)")] = None,
+    quick: Annotated[bool, typer.Option("--quick", help="small slices, checked against the recorded figures; "
+                                        "writes nothing")] = False,
+) -> None:
+    """Held-out evaluation of each family beside its trivial baselines (docs/results/<family>.json)."""
+    from medstack import evaluate
+
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        chosen = evaluate.resolve(families or [])
+    except KeyError as error:
+        raise typer.BadParameter(str(error.args[0])) from error
+    if not quick:
+        for evaluation in chosen:
+            document = evaluate.run_full(evaluation, typer.echo)
+            typer.echo(evaluate.table(document))
+        return
+    found: list[evaluate.Regression] = []
+    for evaluation in chosen:
+        try:
+            found += evaluate.run_quick(evaluation, typer.echo)
+        except FileNotFoundError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+    for regression in found:
+        typer.echo(f"REGRESSION {regression}", err=True)
+    if found:
+        raise typer.Exit(1)
+    typer.echo(f"no regression in {', '.join(e.family for e in chosen)}")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,66 @@
+"""The evaluation registry's arithmetic and bookkeeping (medstack evaluate), on made-up figures."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from medstack import evaluate
+from services.common.comparisons import compare, paired_ci95
+
+
+def test_paired_interval_brackets_the_mean_difference() -> None:
+    ours, baseline = [0.8, 0.9, 0.7, 0.85, 0.75], [0.5, 0.6, 0.6, 0.55, 0.5]
+    low, high = paired_ci95(ours, baseline)
+    mean_diff = sum(o - b for o, b in zip(ours, baseline, strict=True)) / len(ours)
+    assert low <= mean_diff <= high and low > 0
+
+
+def test_one_sample_has_no_interval_and_lengths_must_match() -> None:
+    assert paired_ci95([0.5], [0.4]) is None
+    with pytest.raises(ValueError):
+        paired_ci95([0.5, 0.6], [0.4])
+
+
+def test_compare_knows_which_direction_wins() -> None:
+    lower = compare("wall distance", "mm", ours=[3.0, 4.0], baseline=[2.0, 2.5], baseline_name="copy",
+                    higher_is_better=False)
+    assert lower.ours == 3.5 and lower.baseline == 2.25 and not lower.ours_wins
+    higher = compare("dice", "Dice", ours=[0.9, math.nan, 0.8], baseline=[0.5, 0.4, 0.6], baseline_name="atlas")
+    assert higher.ours == pytest.approx(0.85) and higher.ours_wins and higher.samples == "2 samples"
+
+
+def _recorded(ours: float, higher_is_better: bool = True, tolerance: float = 0.02) -> dict:
+    comparison = compare("m", "x", ours=[ours, ours], baseline=[0.0, 0.0], baseline_name="b",
+                         higher_is_better=higher_is_better)
+    return {"quick": {"tolerance": tolerance, "comparisons": [comparison.as_dict()]}}
+
+
+@pytest.mark.parametrize(("recorded", "now", "higher", "fails"), [
+    (0.80, 0.79, True, False),   # within tolerance
+    (0.80, 0.70, True, True),    # fell
+    (0.80, 0.95, True, False),   # improved
+    (3.0, 3.5, False, True),     # lower is better and it rose
+    (3.0, 2.0, False, False),
+])
+def test_guard_fails_only_on_a_drop_beyond_tolerance(recorded: float, now: float, higher: bool, fails: bool) -> None:
+    current = [compare("m", "x", ours=[now, now], baseline=[0.0, 0.0], baseline_name="b", higher_is_better=higher)]
+    assert bool(evaluate.regressions("f", current, _recorded(recorded, higher))) is fails
+
+
+def test_guard_fails_when_a_recorded_comparison_disappears() -> None:
+    assert evaluate.regressions("f", [], _recorded(0.5))
+
+
+def test_table_marks_a_loss() -> None:
+    document = {"command": "medstack evaluate f", "git_commit": "abc", "date": "2026-12-06", "family": "f",
+                "data": "d", "comparisons": [compare("m", "x", ours=[0.1, 0.2], baseline=[0.5, 0.6],
+                                                     baseline_name="copy").as_dict()]}
+    row = evaluate.table(document).splitlines()[-1]
+    assert row.startswith("| m | x ↑ | 0.15 | copy | 0.55 |") and row.endswith("**no** |")
+
+
+def test_unknown_family_names_the_registered_ones() -> None:
+    with pytest.raises(KeyError, match="registered"):
+        evaluate.resolve(["no-such-family"])
