@@ -53,3 +53,10 @@ def test_the_check_sees_an_upward_import(tmp_path: Path) -> None:
     module = tmp_path / "m.py"
     module.write_text("def f():\n    from gateway.main import app\n    import medstack.cli\n")
     assert imported_packages(module) == {(2, "gateway"), (3, "medstack")}
+
+
+def test_readme_layout_names_every_top_level_package() -> None:
+    readme = (REPO_ROOT / "README.md").read_text()
+    packages = [p.parent.name for p in REPO_ROOT.glob("*/__init__.py")]
+    missing = [name for name in packages if f"`{name}/`" not in readme.split("## Layout", 1)[1]]
+    assert not missing, f"README's layout table lacks {missing}"
