@@ -1,5 +1,5 @@
 """The real chest CR (MONOCHROME1, 1955×1841) of pydicom's test data, through the dataset fetcher
-(services/common/datasets.py: ``pydicom_chest_cr``, sha256-pinned)."""
+(services/common/datasets/pinned.toml: ``pydicom_chest_cr``, sha256-pinned)."""
 
 from __future__ import annotations
 
