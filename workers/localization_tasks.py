@@ -1,36 +1,32 @@
 """Celery tasks of few-shot localization: register a template, localize, MedLSAM-segment.
 
-Thin: they load the upload and the templates, call workers/localization_job.py with Triton-backed
-predictors, and store the template or the result. Run through job_runner like every Triton job.
+Thin: each wires a job function of ``services/localization/job.py`` to the runner with Triton-backed
+predictors; what is left here is what touches Triton or the template rows.
 """
 
 from __future__ import annotations
 
-import json
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 from celery import Task
 
 from core.artifacts import ArtifactStore
+from core.capabilities import LOCALIZATION, LOCALIZATION_TEMPLATES, MEDLSAM
 from core.db import Job, Template, session_factory
 from core.settings import settings
+from services.localization.job import (
+    register_template,
+    run_localization,
+    run_medlsam,
+    template_embeddings,
+)
 from services.localization.medlam import Predict, StructureEmbedding
 from services.localization.medlsam import SegPredict
 from workers.celery_app import celery_app
 from workers.job_record import Claim, ProgressRecorder
-from workers.job_runner import JobInputError, run_triton_job
-from workers.localization_job import (
-    PREVIEW_NAME,
-    RESULT_NAME,
-    localize_structures,
-    read_embedding,
-    segment_boxes,
-    template_features,
-    write_box_preview,
-    write_outputs,
-)
-from workers.segmentation_job import load_input
+from workers.job_runner import run_job
 from workers.triton_models import TritonModel
 
 MEDLAM_MODEL = "localization_medlam"
@@ -51,103 +47,64 @@ def _seg_predict(model: TritonModel) -> SegPredict:
     return predict
 
 
-def _model_facts(model: TritonModel) -> dict[str, str]:
-    return {"name": model.name, "version": model.version, "sha256": model.manifest()["sha256"]}
-
-
-@celery_app.task(bind=True, name="workers.localization_tasks.embed_template")
+@celery_app.task(bind=True, name=LOCALIZATION_TEMPLATES.task)
 def embed_template(self: Task, job_id: str) -> dict[str, Any] | None:
-    return run_triton_job(self, job_id, _embed_template)
+    return run_job(self, job_id, _embed_template)
 
 
 def _embed_template(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
     params = claimed.params
-    progress("loading", 0.0)
-    original, _ = load_input(ArtifactStore().path(job_id, params["input"]), params.get("series_uid"))
-    medlam = TritonModel(claimed.model, settings.triton_grpc_url)
-    try:
-        progress("embedding", 0.2)
-        features = template_features(original, params["points"], _medlam_predict(medlam))
-        model = _model_facts(medlam)
-    finally:
-        medlam.close()
+    with TritonModel(claimed.model, settings.triton_grpc_url) as medlam:
+        features, shape_ijk = register_template(ArtifactStore().path(job_id, params["input"]), params["points"],
+                                                _medlam_predict(medlam), progress, params.get("series_uid"))
+        model = medlam.facts()
     with session_factory().begin() as db:
         job = db.get(Job, job_id)
         # the template takes the job's id: a redelivered task rewrites the same row, never a second
         db.merge(Template(id=job_id, name=params["name"], model=model["name"], model_version=model["version"],
                           model_sha256=model["sha256"], api_key_id=job.api_key_id if job else None,
                           input_sha256=job.input_sha256 if job else "", features=features,
-                          params={"structures": params["points"], "shape_ijk": list(original.shape[::-1])}))
+                          params={"structures": params["points"], "shape_ijk": shape_ijk}))
     return {"template_id": job_id, "name": params["name"], "structures": sorted(params["points"]), "model": model}
 
 
-def _templates(ids: list[str], structures: list[str], model: dict[str, str]) -> list[dict[str, StructureEmbedding]]:
-    """The templates' embeddings of ``structures``; refuses templates embedded by another model."""
-    loaded = []
+def _templates(ids: Sequence[str], structures: Sequence[str], model: dict[str, str]) -> list[
+        dict[str, StructureEmbedding]]:
+    """The stored templates' embeddings of ``structures`` (checked by `template_embeddings`)."""
     with session_factory()() as db:
-        for template_id in ids:
-            template = db.get(Template, template_id)
-            if template is None or template.features is None:
-                raise JobInputError("template-not-found", f"template {template_id} does not exist (any more)")
-            if template.model_sha256 != model["sha256"]:
-                raise JobInputError("template-stale", f"template {template_id} was embedded by another version of "
-                                    f"{model['name']}; register it again")
-            missing = [s for s in structures if s not in template.params.get("structures", {})]
-            if missing:
-                raise JobInputError("structure-not-in-template", f"template {template_id} has no points for "
-                                    f"{', '.join(missing)}")
-            loaded.append({s: read_embedding(template.features, s) for s in structures})
-    return loaded
+        rows = [(template_id, db.get(Template, template_id)) for template_id in ids]
+        return [template_embeddings(template_id, row.features if row else None, row.model_sha256 if row else None,
+                                    row.params.get("structures", {}) if row else (), structures, model)
+                for template_id, row in rows]
 
 
-def _localize(job_id: str, claimed: Claim, progress: ProgressRecorder) -> tuple[dict[str, Any], Any, Any]:
-    params = claimed.params
-    progress("loading", 0.0)
-    original, series = load_input(ArtifactStore().path(job_id, params["input"]), params.get("series_uid"))
-    medlam = TritonModel(MEDLAM_MODEL, settings.triton_grpc_url)
-    try:
-        model = _model_facts(medlam)
-        templates = _templates(params["template_ids"], params["structures"], model)
-        progress("localizing", 0.1)
-        boxes = localize_structures(original, templates, params["structures"], _medlam_predict(medlam))
-    finally:
-        medlam.close()
-    result = {"model": model, "template_ids": params["template_ids"], "shots": len(templates),
-              "coordinates": "box_voxel: voxel indices (i, j, k) of the uploaded volume; box_mm, points_mm: "
-                             "millimetres in the DICOM patient frame (LPS)",
-              "structures": boxes}
-    return result, original, series
-
-
-@celery_app.task(bind=True, name="workers.localization_tasks.localize")
+@celery_app.task(bind=True, name=LOCALIZATION.task)
 def localize(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
-        result, original, _ = _localize(job_id, claimed, progress)
-        out = ArtifactStore().job_dir(job_id)
-        out.mkdir(parents=True, exist_ok=True)
-        write_box_preview(original, result["structures"], out / PREVIEW_NAME)
-        (out / RESULT_NAME).write_text(json.dumps(result, indent=2))
-        progress("done", 1.0)
-        return result | {"artifacts": [RESULT_NAME, PREVIEW_NAME]}
+        params, store = claimed.params, ArtifactStore()
+        with TritonModel(MEDLAM_MODEL, settings.triton_grpc_url) as medlam:
+            model = medlam.facts()
+            return run_localization(
+                store.path(job_id, params["input"]), store.job_dir(job_id),
+                _templates(params["template_ids"], params["structures"], model), params["structures"],
+                _medlam_predict(medlam), model=model, template_ids=params["template_ids"], progress=progress,
+                series_uid=params.get("series_uid"))
 
-    return run_triton_job(self, job_id, work)
+    return run_job(self, job_id, work)
 
 
-@celery_app.task(bind=True, name="workers.localization_tasks.medlsam_segment")
+@celery_app.task(bind=True, name=MEDLSAM.task)
 def medlsam_segment(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
-        result, original, series = _localize(job_id, claimed, progress)
-        segmenter = TritonModel(claimed.model, settings.triton_grpc_url)
-        try:
-            progress("segmenting", 0.4)
-            mask = segment_boxes(original, result["structures"], _seg_predict(segmenter))
-            result["segmenter"] = _model_facts(segmenter)
-        finally:
-            segmenter.close()
-        progress("writing", 0.9)
-        artifacts = write_outputs(ArtifactStore().job_dir(job_id), original, mask, list(result["structures"]),
-                                  result, result["segmenter"], series, bool(claimed.params.get("output_dicom_seg")))
-        progress("done", 1.0)
-        return result | {"artifacts": artifacts}
+        params, store = claimed.params, ArtifactStore()
+        with (TritonModel(MEDLAM_MODEL, settings.triton_grpc_url) as medlam,
+              TritonModel(claimed.model, settings.triton_grpc_url) as segmenter):
+            model = medlam.facts()
+            return run_medlsam(
+                store.path(job_id, params["input"]), store.job_dir(job_id),
+                _templates(params["template_ids"], params["structures"], model), params["structures"],
+                _medlam_predict(medlam), _seg_predict(segmenter), model=model, segmenter=segmenter.facts(),
+                template_ids=params["template_ids"], progress=progress, series_uid=params.get("series_uid"),
+                dicom_seg=bool(params.get("output_dicom_seg")))
 
-    return run_triton_job(self, job_id, work)
+    return run_job(self, job_id, work)

@@ -18,6 +18,7 @@ from collections.abc import Callable
 import redis
 from sqlalchemy import select
 
+from core.capabilities import CAPABILITIES
 from core.db import Job, JobState, session_factory
 from core.settings import settings
 
@@ -26,6 +27,9 @@ log = logging.getLogger(__name__)
 HEARTBEAT_TTL_S = 20
 HEARTBEAT_EVERY_S = 5
 SCAN_EVERY_S = 10
+
+# the Celery task that runs each kind of job (core/capabilities.py); the scanner requeues by kind
+TASK_BY_KIND = {c.job_kind: c.task for c in CAPABILITIES if c.job_kind and c.task}
 
 
 def _key(job_id: str) -> str:
@@ -101,6 +105,15 @@ def requeue_orphans(enqueue: Callable[[str, str], object], client: redis.Redis |
         requeued.append(job_id)
         log.warning("job %s: worker lost, queued again", job_id)
     return requeued
+
+
+def requeue_by_kind(send_task: Callable[..., object], job_id: str, kind: str) -> None:
+    """Send ``job_id`` to the task of its kind again (``send_task``: the Celery app's)."""
+    name = TASK_BY_KIND.get(kind)
+    if name is None:
+        log.error("job %s: no task for kind %r; left for the broker's redelivery", job_id, kind)
+        return
+    send_task(name, args=[job_id], task_id=f"{job_id}-requeued")
 
 
 def start_orphan_scanner(enqueue: Callable[[str, str], object]) -> threading.Thread:

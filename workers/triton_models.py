@@ -27,6 +27,10 @@ class TritonModel:
     def manifest(self) -> dict[str, Any]:
         return read_manifest(settings.model_repository / self.name / self.version)
 
+    def facts(self) -> dict[str, str]:
+        """Name, version and sha256 of the served model, as results quote them."""
+        return {"name": self.name, "version": self.version, "sha256": self.manifest()["sha256"]}
+
     def __call__(self, **inputs: np.ndarray) -> dict[str, np.ndarray]:
         tensors = []
         for name, array in inputs.items():
@@ -44,3 +48,9 @@ class TritonModel:
 
     def close(self) -> None:
         self._client.close()
+
+    def __enter__(self) -> TritonModel:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

