@@ -44,6 +44,13 @@ class Capability:
     def all_models(self) -> tuple[str, ...]:
         return self.models + self.model_choices
 
+    @property
+    def model(self) -> str | None:
+        """The model the capability exists for, recorded on its jobs: the last of ``models``, which are
+        listed in the order they are called (MedLSAM: MedLAM's boxes, then the MedLSAM segmenter). None
+        where the client picks among ``model_choices`` or no Triton model is called."""
+        return self.models[-1] if self.models else None
+
 
 SEGMENTATION = Capability(
     "segmentation", Scope.SEGMENTATION, "/v1/segmentation", "whole-volume CT segmentation (PCT-Net)",
@@ -100,3 +107,19 @@ def queues() -> list[str]:
 def capabilities_of_model(model: str) -> list[str]:
     """Names of the capabilities that call ``model`` (for ``GET /v1/models`` grouping)."""
     return [c.name for c in CAPABILITIES if model in c.all_models]
+
+
+def _code(names: tuple[str, ...]) -> str:
+    return ", ".join(f"`{n}`" for n in names)
+
+
+def markdown_table() -> str:
+    """The capability table of ``docs/api.md``, rendered from ``CAPABILITIES`` (a unit test compares them)."""
+    rows = ["| capability | routes | scope | job kind | worker task (queue) | Triton models |",
+            "|---|---|---|---|---|---|"]
+    for c in CAPABILITIES:
+        models = [f"`{m}`" for m in c.models] + ([f"one of {_code(c.model_choices)}"] if c.model_choices else [])
+        task = f"`{c.task}` (`{c.queue}`)" if c.task else "— (synchronous)"
+        rows.append(f"| {c.name}: {c.summary} | `{c.route_prefix}` | `{c.scope.value}` | "
+                    f"{f'`{c.job_kind}`' if c.job_kind else '—'} | {task} | {' and '.join(models) or '—'} |")
+    return "\n".join(rows) + "\n"

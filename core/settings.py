@@ -57,8 +57,6 @@ class Settings(BaseSettings):
     gateway_port: int = 8080
     # default fits a 512x512x800 int16 CT uncompressed (400 MiB) with room for headers
     max_upload_mb: int = 512
-    # segmentation models in order of preference; the first one served is the default
-    segmentation_models: tuple[str, ...] = ("segmentation_pctnet", "reference_hutissue")
 
     # Gateway only: deployment, auth, rate limits, Triton call policy, upload limits, logging
     environment: Literal["development", "production"] = "development"

@@ -54,6 +54,8 @@ def manifest_of(name: str, version: str | int | None = None) -> dict[str, Any] |
         return None
 
 
-def segmentation_models() -> list[str]:
-    present = manifests()
-    return [name for name in settings.segmentation_models if name in present]
+def provenance(name: str, version: str | None = None) -> dict[str, str]:
+    """``{"name", "version", "sha256"}`` of a served model (at ``version``; default the latest), as answers quote it."""
+    manifest = manifest_of(name, version) or {}
+    return {"name": name, "version": str(manifest.get("version", version or "")),
+            "sha256": str(manifest.get("sha256", ""))}

@@ -14,11 +14,11 @@ from fastapi import FastAPI
 from core.settings import settings
 from gateway import openapi, prestart, problems
 from gateway.api.main import api_router
-from gateway.api.routes.health import job_counts
 from gateway.audit import AuditWriter
 from gateway.middleware import RequestContextMiddleware
 from gateway.observability import JobStateCollector, configure_logging, registry
 from gateway.ratelimit import RateLimiter
+from gateway.records import job_counts
 from gateway.triton_client import TritonClient
 
 DESCRIPTION = """\

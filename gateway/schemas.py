@@ -1,13 +1,19 @@
-"""Public API schemas, apart from persistence models; each family named ``XCreate``/``XPublic``/``XsPublic``."""
+"""Public API schemas, apart from persistence models; each family named ``XCreate``/``XPublic``/``XsPublic``.
+
+``XCreate`` is what a client sends (a JSON body, or the fields of an upload form: ``gateway/api/forms.py``
+reads and documents those), ``XPublic`` what it gets back.
+"""
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
 
 from core.db import ApiKey, AuditRecord, Job, Template
+from services.dialogue.safety import NOTICE
 
 JOB_ID = "0f8e4c1a-5b6d-4e2f-9a7b-3c1d2e4f5a6b"
 SHA = "242f37384f27b41b36f5cfd4620bfe937a9b627243b86298db0db4c5725ebcea"
@@ -115,6 +121,7 @@ class ModelPublic(BaseModel):
         "outputs": [{"name": "logits", "dtype": "float32", "shape": [-1, 5, -1, -1, -1]}],
         "parity": {"max_abs": 7.6e-06, "ok": True}, "validation_metrics": {},
         "preprocessing": {"classes": ["air", "lung", "fat", "soft_tissue", "bone"], "patch_size": [64, 128, 128]},
+        "capabilities": ["segmentation"],
     })
 
     name: str
@@ -127,13 +134,15 @@ class ModelPublic(BaseModel):
     parity: dict[str, Any] = Field(description="ONNX Runtime vs PyTorch check at export")
     validation_metrics: dict[str, Any]
     preprocessing: dict[str, Any] = Field(default_factory=dict)
+    capabilities: list[str] = Field(default_factory=list, description="the capabilities that call this model "
+                                    "(core/capabilities.py); empty for a model served for direct inference only")
 
     @classmethod
-    def from_manifest(cls, name: str, m: dict[str, Any], ready: bool | None) -> ModelPublic:
+    def from_manifest(cls, name: str, m: dict[str, Any], ready: bool | None, capabilities: list[str]) -> ModelPublic:
         return cls(name=name, version=m["version"], sha256=m["sha256"], ready=ready,
                    description=m.get("description", ""), inputs=m["inputs"], outputs=m["outputs"],
                    parity=m.get("parity", {}), validation_metrics=m.get("validation_metrics", {}),
-                   preprocessing=m.get("preprocessing", {}))
+                   preprocessing=m.get("preprocessing", {}), capabilities=capabilities)
 
 
 class ModelsPublic(BaseModel):
@@ -268,7 +277,75 @@ class AuditsPublic(BaseModel):
     data: list[AuditPublic]
 
 
+# ---- segmentation -------------------------------------------------------------------------------
+
+
+class SegmentationJobCreate(BaseModel):
+    """Form fields of a segmentation job; query parameters when the volume is the raw body."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    model: str | None = Field(None, max_length=64, description="served segmentation model; default: the best")
+    priority: int = Field(5, ge=0, le=9, description="0 (background) … 9 (most urgent)")
+    transaction_id: str | None = Field(None, max_length=100, description="same role as the Idempotency-Key header")
+    series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$",
+                                   description="for a zip holding several series: the SeriesInstanceUID to segment")
+    largest_component: bool = Field(False, description="keep only the largest connected component of each structure")
+
+
 # ---- localization -------------------------------------------------------------------------------
+
+
+class TemplateCreate(BaseModel):
+    """Form fields of a template; ``points`` is a JSON object: structure → six extreme points (voxel x, y, z)
+    in the order left, right, anterior, posterior, inferior, superior."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=128, examples=["liver-template-01"])
+    points: str = Field(min_length=2, max_length=100_000, description="JSON: {structure: [[x, y, z] × 6]}",
+                        examples=['{"liver": [[120, 88, 30], [210, 140, 31], [160, 60, 44], [170, 190, 40], '
+                                  '[150, 120, 12], [165, 125, 71]]}'])
+
+    @field_validator("points")
+    @classmethod
+    def _six_points_each(cls, value: str) -> str:
+        try:
+            parsed = json.loads(value)
+        except json.JSONDecodeError as error:
+            raise ValueError("points must be JSON") from error
+        if not isinstance(parsed, dict) or not parsed:
+            raise ValueError("points must map structure names to six [x, y, z] points")
+        for structure, pts in parsed.items():
+            ok = isinstance(pts, list) and len(pts) == 6 and all(
+                isinstance(p, list) and len(p) == 3 and all(isinstance(c, int | float) for c in p) for p in pts)
+            if not ok:
+                raise ValueError(f"structure {structure!r} needs six [x, y, z] points")
+        return value
+
+
+class LocalizationJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    structures: str = Field(min_length=1, max_length=2000, description="comma-separated structure names",
+                            examples=["liver,spleen,left_kidney"])
+    template_ids: str = Field(min_length=1, max_length=4000, description="comma-separated template ids (1–5 shot)",
+                              examples=["6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"])
+    priority: int = Field(5, ge=0, le=9)
+    transaction_id: str | None = Field(None, max_length=100)
+
+
+class MedlsamJobCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    structures: str = Field(min_length=1, max_length=2000, description="comma-separated structure names",
+                            examples=["liver,spleen"])
+    template_ids: str = Field(min_length=1, max_length=4000, description="comma-separated localization templates",
+                              examples=["6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"])
+    output_dicom_seg: bool = Field(False, description="also write a DICOM SEG (input must be a DICOM series)")
+    priority: int = Field(5, ge=0, le=9)
+    transaction_id: str | None = Field(None, max_length=100)
+
 
 
 class TemplatePublic(BaseModel):
@@ -308,7 +385,123 @@ class Liveness(BaseModel):
 
 class Readiness(BaseModel):
     model_config = _example({"status": "ready",
-                             "checks": {"triton": True, "broker": True, "database": True, "models": True}})
+                             "checks": {"triton": True, "broker": True, "database": True, "models": True},
+                             "capabilities": {"segmentation": True, "report": False, "valuation": True}})
 
     status: Literal["ready"]
     checks: dict[str, bool]
+    capabilities: dict[str, bool] = Field(default_factory=dict, description="per capability of the registry: its "
+                                          "models are built and its worker task installed (informational: a "
+                                          "capability that cannot run does not make the gateway unready)")
+
+
+# ---- reports ------------------------------------------------------------------------------------
+
+
+class ReportCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    indication: str | None = Field(None, max_length=500, description="clinical question, without identifiers",
+                                   examples=["cough and fever for 3 days"])
+    view: str | None = Field(None, pattern="^(PA|AP|LATERAL)$", examples=["PA"])
+    beam_size: int = Field(3, ge=1, le=5, description="1: greedy decoding; 2–5: beam search")
+
+
+class Finding(BaseModel):
+    name: str = Field(examples=["cardiomegaly"])
+    probability: float = Field(ge=0, le=1, examples=[0.12])
+
+
+class ReportPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "text": "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
+        "findings": [{"name": "cardiomegaly", "probability": 0.12}, {"name": "pleural_effusion", "probability": 0.04}],
+        "model": {"name": "report_generate", "version": "1", "sha256": SHA},
+        "fhir": {"resourceType": "DiagnosticReport", "status": "preliminary"},
+    }]})
+
+    text: str
+    findings: list[Finding]
+    model: dict[str, str] = Field(description="name, version and sha256 of the model that wrote the report")
+    models: dict[str, dict[str, str]] = Field(default_factory=dict,
+                                              description="version and sha256 of the encoder and decoder it called")
+    image: dict[str, str] = Field(default_factory=dict, description="what was read from the upload")
+    fhir: dict[str, Any] = Field(description="the same report as a FHIR R4 DiagnosticReport")
+
+
+# ---- dialogue -----------------------------------------------------------------------------------
+
+
+class SessionCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [{"language": "en"}]})
+
+    language: Literal["en"] = Field("en", description="the consultation model speaks English only")
+    context: str | None = Field(None, max_length=2000, description="optional setting, e.g. 'triage'; no identifiers")
+
+
+class MessageCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid", json_schema_extra={"examples": [
+        {"content": "I have had a blocked nose and pain around my cheeks for three days.", "stream": False}]})
+
+    content: str = Field(min_length=1, max_length=4000)
+    stream: bool = Field(False, description="true: answer as Server-Sent Events (`meta`, one `token` event per "
+                         "token piece, then `message` with the stored answer)")
+
+
+class MessagePublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "role": "assistant", "created_at": "2026-11-29T18:00:03Z",
+        "content": "These symptoms may fit acute sinusitis, but a doctor needs to examine you to be sure.",
+        "notice": NOTICE, "red_flags": [],
+        "instruction": {"type": "diagnosis", "action": "inform_diagnosis", "slots": {"condition": ["acute sinusitis"]}},
+        "model": {"name": "dialogue_generate", "version": "1", "sha256": SHA},
+    }]})
+
+    role: Literal["user", "assistant"]
+    content: str
+    created_at: datetime
+    notice: str | None = Field(None, description="assistant messages: not a diagnosis")
+    red_flags: list[str] = Field(default_factory=list)
+    instruction: dict[str, Any] | None = Field(None, description="the predicted dialogue type, action and slots")
+    model: dict[str, str] | None = None
+
+
+class SessionPublic(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{
+        "id": "c2f1e0d9b8a7", "language": "en", "created_at": "2026-11-29T18:00:00Z", "messages": []}]})
+
+    id: str
+    language: str
+    created_at: datetime
+    messages: list[MessagePublic]
+
+    @classmethod
+    def from_session(cls, session: dict[str, Any]) -> SessionPublic:
+        return cls(id=session["id"], language=session["language"], created_at=session["created_at"],
+                   messages=[MessagePublic(**m) for m in session["messages"]])
+
+
+# ---- valuation ----------------------------------------------------------------------------------
+
+
+class ValuationJobCreate(BaseModel):
+    """Form fields; those left out take the worker's defaults (docs/valuation.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dataset: Literal["upload", "organ_patches", "digits"] = Field(
+        "upload", description="'upload': the file part; otherwise a built-in set (then send no file)")
+    task: Literal["classification"] = "classification"
+    model_family: Literal["small_cnn", "resnet18_w"] = "small_cnn"
+    width: int | None = Field(None, ge=2, le=64, description="channels of the first block (default 8)")
+    epochs: int | None = Field(None, ge=1, le=200, description="default 12")
+    seed: int | None = Field(None, ge=0, le=2**31 - 1)
+    seeds: int | None = Field(None, ge=1, le=10, description="repeats with seed, seed+1, … (default 3)")
+    method: Literal["data_si", "gradnorm", "both"] | None = None
+    optimizer: Literal["sgd", "adam"] | None = None
+    lr: float | None = Field(None, gt=0, le=10)
+    batch_size: int | None = Field(None, ge=8, le=1024)
+    test_fraction: float | None = Field(None, ge=0.05, le=0.5)
+    threads: int | None = Field(None, ge=1, le=16, description="torch CPU threads in the worker")
+    priority: int = Field(5, ge=0, le=9)
+    transaction_id: str | None = Field(None, max_length=100)

@@ -25,17 +25,17 @@ from dataclasses import dataclass
 from typing import Any
 
 from fastapi import Request
-from sqlalchemy import select
-from sqlalchemy.exc import IntegrityError
 from starlette.concurrency import run_in_threadpool
 
 from core.artifacts import ArtifactStore
-from core.db import Job, session_factory
+from core.capabilities import Capability
+from core.db import Job
 from core.settings import settings
 from gateway.audit import audit_info
 from gateway.auth import Principal
 from gateway.catalog import manifest_of
 from gateway.problems import Problem
+from gateway.records import delete_job, insert_job, job_by_idempotency_key
 from gateway.uploads import SavedInput
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,13 @@ class JobRequest:
     queue: str
 
 
+def job_request(capability: Capability, params: dict[str, Any], *, model: str | None = None, priority: int = 5,
+                idempotency_key: str | None = None) -> JobRequest:
+    """A job of ``capability`` (its job kind, task and queue from the registry) on ``model`` (default: its own)."""
+    return JobRequest(capability.job_kind or capability.name, model or capability.model or "", priority, params,
+                      idempotency_key, capability.task or "", capability.queue or "")
+
+
 @dataclass(frozen=True)
 class Submitted:
     job: Job
@@ -82,30 +89,6 @@ def _request_digest(spec: JobRequest, saved: SavedInput) -> str:
     canonical = json.dumps({"kind": spec.kind, "model": spec.model, "priority": spec.priority,
                             "params": spec.params, "input_sha256": saved.sha256}, sort_keys=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()
-
-
-def _existing(scoped_key: str) -> Job | None:
-    with session_factory()() as db:
-        return db.scalars(select(Job).where(Job.idempotency_key == scoped_key)).first()
-
-
-def _insert(job: Job) -> Job | None:
-    """Insert; None when another request took the idempotency key first."""
-    with session_factory()() as db:
-        db.add(job)
-        try:
-            db.commit()
-        except IntegrityError:
-            db.rollback()
-            return None
-    return job
-
-
-def _delete(job_id: str) -> None:
-    with session_factory().begin() as db:
-        job = db.get(Job, job_id)
-        if job is not None:
-            db.delete(job)
 
 
 def _replay_or_conflict(existing: Job, digest: str, client_key: str) -> Submitted:
@@ -137,7 +120,7 @@ async def submit(
 
     scoped = f"{principal.id}:{spec.idempotency_key}" if spec.idempotency_key else None
     if scoped is not None:
-        existing = await run_in_threadpool(_existing, scoped)
+        existing = await run_in_threadpool(job_by_idempotency_key, scoped)
         if existing is not None:
             shutil.rmtree(directory, ignore_errors=True)
             audit.job_id = existing.id
@@ -150,10 +133,10 @@ async def submit(
         idempotency_key=scoped, api_key_id=principal.id,
         request_sha256=digest, request_id=request_id,
     )
-    inserted = await run_in_threadpool(_insert, job)
+    inserted = await run_in_threadpool(insert_job, job)
     if inserted is None:  # lost a race for the same idempotency key
         shutil.rmtree(directory, ignore_errors=True)
-        existing = await run_in_threadpool(_existing, scoped or "")
+        existing = await run_in_threadpool(job_by_idempotency_key, scoped or "")
         if existing is None:
             raise Problem(409, "Conflict", "a concurrent request changed this job; retry", kind="conflict")
         audit.job_id = existing.id
@@ -163,7 +146,7 @@ async def submit(
         await run_in_threadpool(_enqueue, spec, job.id, request_id)
     except Exception as error:
         log.error("job %s: broker refused the task (%s); job withdrawn", job.id, type(error).__name__)
-        await run_in_threadpool(_delete, job.id)
+        await run_in_threadpool(delete_job, job.id)
         shutil.rmtree(directory, ignore_errors=True)
         raise Problem(503, "Broker unavailable", "the job queue (Redis) did not accept the job; retry later",
                       kind="broker-unavailable", headers={"Retry-After": str(settings.retry_after_s)}) from error

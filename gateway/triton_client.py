@@ -4,7 +4,8 @@ The channel is opened once at start-up and reused by every request (HTTP/2 multi
 Calls carry a timeout; ``UNAVAILABLE`` (Triton restarting, connection refused) is retried with
 exponential backoff; when retries run out the caller gets ``TritonUnavailable``, which routes turn
 into 503 + ``Retry-After`` while the gateway itself stays up. The channel reconnects on its own
-once Triton is back (reconnect backoff capped at 2 s).
+once Triton is back (reconnect backoff capped at 2 s). ``triton_problem`` is the one mapping from a
+failed Triton call to the problem a route answers with.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -20,7 +22,9 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
 from tritonclient.utils import InferenceServerException, np_to_triton_dtype
 
+from core.settings import settings
 from gateway.observability import TRITON_LATENCY
+from gateway.problems import Problem
 
 log = logging.getLogger(__name__)
 
@@ -28,16 +32,53 @@ MAX_MESSAGE = 2**31 - 1
 _RETRYABLE = ("StatusCode.UNAVAILABLE",)
 
 
-class TritonUnavailable(RuntimeError):
+class TritonError(Exception):
+    """A Triton call failed; one of the three kinds below."""
+
+
+class TritonUnavailable(TritonError, RuntimeError):
     """Triton did not answer (down, restarting, or unreachable) after the retries."""
 
 
-class TritonTimeout(RuntimeError):
+class TritonTimeout(TritonError, RuntimeError):
     """Triton accepted the call but did not answer in time."""
 
 
-class TritonRejected(ValueError):
+class TritonRejected(TritonError, ValueError):
     """Triton refused the request itself (wrong tensor name, shape or type)."""
+
+
+_STREAM_UNAVAILABLE = ("UNAVAILABLE", "DEADLINE", "CANCELLED")
+
+
+def triton_problem(error: TritonError | InferenceServerException, model: str = "") -> Problem:
+    """The answer to a failed Triton call: 503 (down, ``Retry-After``), 504 (timed out), 422 (rejected); a
+    stream's error (``InferenceServerException``, from ``TritonClient.stream``) is 503 either way."""
+    retry_after = {"Retry-After": str(settings.retry_after_s)}
+    if isinstance(error, InferenceServerException):
+        if any(s in str(error.status()) for s in _STREAM_UNAVAILABLE):
+            return Problem(503, "Triton unavailable", f"{model} did not answer: {error.message()}",
+                           kind="triton-unavailable", headers=retry_after)
+        return Problem(503, "Generation failed", f"{model}: {(error.message() or str(error)).splitlines()[0]}",
+                       kind="generation-failed")
+    if isinstance(error, TritonTimeout):
+        return Problem(504, "Triton timed out", str(error), kind="upstream-timeout")
+    if isinstance(error, TritonRejected):
+        text = str(error).strip()
+        return Problem(422, "Triton rejected the request", text.splitlines()[0][:300] if text else "rejected",
+                       kind="inference-rejected")
+    return Problem(503, "Triton unavailable", f"Triton is not answering; retry in {settings.retry_after_s} s",
+                   kind="triton-unavailable", headers=retry_after)
+
+
+def _tensors(inputs: dict[str, np.ndarray]) -> list[InferInput]:
+    """KServe v2 input tensors; the datatype follows the array's (an object array of bytes is BYTES)."""
+    tensors = []
+    for name, array in inputs.items():
+        tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
+        tensor.set_data_from_numpy(np.ascontiguousarray(array))
+        tensors.append(tensor)
+    return tensors
 
 
 @dataclass(frozen=True)
@@ -111,11 +152,7 @@ class TritonClient:
 
     async def infer(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str] | None = None,
                     request_id: str = "") -> InferenceResult:
-        tensors = []
-        for name, array in inputs.items():
-            tensor = InferInput(name, list(array.shape), np_to_triton_dtype(array.dtype))
-            tensor.set_data_from_numpy(np.ascontiguousarray(array))
-            tensors.append(tensor)
+        tensors = _tensors(inputs)
         requested = [InferRequestedOutput(n) for n in outputs] if outputs else None
         response = await self._call(
             "inference", model,
@@ -127,6 +164,24 @@ class TritonClient:
         message = response.get_response()
         arrays = {o.name: response.as_numpy(o.name) for o in message.outputs}
         return InferenceResult(model, str(message.model_version), arrays)
+
+    async def stream(self, model: str, inputs: dict[str, np.ndarray], outputs: list[str],
+                     timeout_s: float) -> AsyncIterator[dict[str, np.ndarray]]:
+        """The responses of a decoupled model to one request, each as ``{output: array}``; an error
+        response raises ``InferenceServerException``. Close it (``contextlib.aclosing``) to cancel."""
+        tensors, requested = _tensors(inputs), [InferRequestedOutput(n) for n in outputs]
+
+        async def requests() -> AsyncIterator[dict[str, Any]]:
+            yield {"model_name": model, "inputs": tensors, "outputs": requested}
+
+        responses = self.client.stream_infer(requests(), stream_timeout=timeout_s)
+        try:
+            async for result, error in responses:
+                if error is not None:
+                    raise error
+                yield {name: result.as_numpy(name) for name in outputs}
+        finally:
+            responses.cancel()
 
     async def close(self) -> None:
         if self._client is not None:

@@ -112,7 +112,7 @@ class SavedInput:
     size: int
 
 
-async def _chunks_of(upload: UploadFile) -> AsyncIterator[bytes]:
+async def chunks_of(upload: UploadFile) -> AsyncIterator[bytes]:
     while chunk := await upload.read(CHUNK):
         yield chunk
 
@@ -158,8 +158,8 @@ async def save_volume(source: UploadFile | AsyncIterator[bytes], directory: Path
     The zip's *medical* content (which series, CT or MR, gaps) is the worker's to judge, as it is for
     a truncated gzip: it answers with a typed job error. The gateway refuses what is unsafe to open.
     """
-    max_bytes = max_bytes or _max_upload()
-    chunks = _chunks_of(source) if isinstance(source, UploadFile) else source
+    max_bytes = max_bytes or max_upload_bytes()
+    chunks = chunks_of(source) if isinstance(source, UploadFile) else source
     saved = await save_stream(chunks, directory, stem, max_bytes)
     if saved.name.endswith(".zip"):
         try:
@@ -175,7 +175,5 @@ def archive_limits() -> ArchiveLimits:
                          settings.archive_max_ratio)
 
 
-def _max_upload() -> int:
-    from core.settings import settings
-
+def max_upload_bytes() -> int:
     return settings.max_upload_mb << 20

@@ -9,7 +9,7 @@ import httpx
 import pytest
 import redis
 
-from gateway.api.routes.dialogue import MAX_MESSAGES, SESSION_TTL_S
+from gateway.dialogue_sessions import MAX_MESSAGES, SESSION_TTL_S
 from services.dialogue import core
 from services.dialogue.safety import NOTICE
 from tests.conftest import create_api_key

@@ -7,6 +7,8 @@ import logging
 
 import pytest
 
+from core.capabilities import SEGMENTATION, Capability
+from core.keys import Scope
 from gateway.audit import outcome_of
 from gateway.observability import JsonFormatter, new_request_id, request_id_var
 from gateway.problems import MEDIA_TYPE, Problem, problem_responses
@@ -68,22 +70,25 @@ def test_request_id_travels_to_celery_as_a_header(monkeypatch: pytest.MonkeyPatc
 
     sent: dict = {}
     monkeypatch.setattr(celery_app, "send_task", lambda name, **kw: sent.update(name=name, **kw))
-    spec = submission.JobRequest("segmentation", "reference_hutissue", 9, {}, None,
-                                 "workers.tasks.segment_volume", "volumes")
+    spec = submission.job_request(SEGMENTATION, {}, model="reference_hutissue", priority=9)
     submission._enqueue(spec, "job-1", "req-1")
-    assert sent["name"] == "workers.tasks.segment_volume" and sent["args"] == ["job-1"]
+    assert sent["name"] == SEGMENTATION.task == "workers.segmentation_tasks.segment_volume"
+    assert sent["args"] == ["job-1"]
     assert sent["headers"] == {"request_id": "req-1"} and sent["task_id"] == "job-1"
     assert (sent["queue"], sent["priority"], sent["ignore_result"]) == ("volumes", 0, True)
 
 
 def test_missing_models_and_worker_tasks_are_503() -> None:
-    from gateway.capabilities import Capability, require_available, task_installed
+    from gateway.capabilities import require_available, task_installed
 
-    assert task_installed("workers.tasks.segment_volume")
-    assert not task_installed("workers.no_such_module.run") and not task_installed("workers.tasks.no_such_task")
-    for capability, kind, named in ((Capability("x", "no_such_model"), "model-missing", "no_such_model"),
-                                    (Capability("valuation", None, "workers.nope.score"), "worker-task-missing",
-                                     "valuation worker task not installed")):
+    assert task_installed(SEGMENTATION.task or "")
+    assert not task_installed("workers.no_such_module.run")
+    assert not task_installed(f"{SEGMENTATION.task_module}.no_such_task")
+    for capability, kind, named in ((Capability("x", Scope.MODELS, "/v1/x", "x", models=("no_such_model",)),
+                                     "model-missing", "no_such_model"),
+                                    (Capability("valuation", Scope.VALUATION, "/v1/valuation", "v",
+                                                task="workers.nope.score", queue="batch"),
+                                     "worker-task-missing", "valuation worker task not installed")):
         check = require_available(capability).dependency
         with pytest.raises(Problem) as excinfo:
             check()

@@ -7,13 +7,12 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, status
 from fastapi import Path as PathParam
-from sqlalchemy import select
 
-from core.db import AuditRecord
 from core.keys import BOOTSTRAP_ID, KeyNotFound, Scope, create_key, list_keys, revoke_key
 from gateway.auth import key_cache, require
 from gateway.deps import DbSession
 from gateway.problems import Problem, problem_responses
+from gateway.records import audit_records
 from gateway.schemas import AuditPublic, AuditsPublic, KeyCreate, KeyCreated, KeyPublic, KeysPublic
 
 router = APIRouter(
@@ -63,14 +62,7 @@ def get_audit(
                                        json_schema_extra={"format": "date-time"})] = None,
     limit: Annotated[int, Query(ge=1, le=1000)] = 100,
 ) -> AuditsPublic:
-    query = select(AuditRecord)
-    if api_key_id is not None:
-        query = query.where(AuditRecord.api_key_id == api_key_id)
-    if job_id is not None:
-        query = query.where(AuditRecord.job_id == job_id)
-    if since is not None:
-        query = query.where(AuditRecord.at >= _utc_time(since))
-    rows = db.scalars(query.order_by(AuditRecord.id.desc()).limit(limit)).all()
+    rows = audit_records(db, api_key_id, job_id, None if since is None else _utc_time(since), limit)
     return AuditsPublic(data=[AuditPublic.from_record(r) for r in rows])
 
 

@@ -13,15 +13,13 @@ from typing import Annotated, Literal
 from fastapi import APIRouter, Depends, Query, Request
 from fastapi import Path as PathParam
 from fastapi.responses import FileResponse
-from sqlalchemy import func, select
 from starlette.concurrency import run_in_threadpool
 
-from core.db import Job, JobState, utcnow
 from core.keys import Scope
-from gateway import broker
+from gateway import broker, records
 from gateway.api.responses import job_public
 from gateway.audit import audit_info
-from gateway.auth import Principal, require
+from gateway.auth import require
 from gateway.deps import CurrentKey, DbSession, Store
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import ArtifactPublic, ArtifactsPublic, JobPublic, JobsPublic
@@ -30,7 +28,6 @@ log = logging.getLogger(__name__)
 
 MEDIA_TYPES = {".json": "application/json", ".png": "image/png", ".gz": "application/gzip", ".dcm": "application/dicom",
                ".csv": "text/csv", ".nii": "application/octet-stream", ".zip": "application/zip"}
-
 
 
 def _audit_job(request: Request) -> None:
@@ -49,13 +46,6 @@ JobId = Annotated[str, PathParam(max_length=64, description="the job's id",
                                  examples=["0f8e4c1a-5b6d-4e2f-9a7b-3c1d2e4f5a6b"])]
 
 
-def _visible(db: DbSession, job_id: str, principal: Principal) -> Job:
-    job = db.get(Job, job_id)
-    if job is None or not (principal.is_admin or job.api_key_id == principal.id):
-        raise Problem(404, "Job not found", f"no job with id {job_id}", kind="job-not-found")
-    return job
-
-
 def _media_type(name: str) -> str:
     return MEDIA_TYPES.get(Path(name).suffix, "application/octet-stream")
 
@@ -68,21 +58,13 @@ def list_jobs(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0, le=1_000_000)] = 0,
 ) -> JobsPublic:
-    query = select(Job)
-    if not principal.is_admin:
-        query = query.where(Job.api_key_id == principal.id)
-    if state is not None:
-        query = query.where(Job.state == state)
-    if kind is not None:
-        query = query.where(Job.kind == kind)
-    count = db.scalar(select(func.count()).select_from(query.subquery())) or 0
-    jobs = db.scalars(query.order_by(Job.created_at.desc(), Job.id).limit(limit).offset(offset)).all()
+    jobs, count = records.list_jobs(db, principal, state, kind, limit, offset)
     return JobsPublic(data=[job_public(j, store) for j in jobs], count=count)
 
 
 @router.get("/{job_id}", summary="State, progress and result links of a job", responses=problem_responses(404))
 def get_job(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> JobPublic:
-    return job_public(_visible(db, job_id, principal), store)
+    return job_public(records.visible_job(db, job_id, principal), store)
 
 
 @router.delete(
@@ -92,21 +74,10 @@ def get_job(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -
     responses=problem_responses(404, 409),
 )
 async def cancel_job(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> JobPublic:
-    job = await run_in_threadpool(_cancel, db, job_id, principal)
+    job = await run_in_threadpool(records.cancel_job, db, job_id, principal)
     if await broker.reachable(timeout_s=0.5):  # else Celery would retry for seconds; the row suffices
         await run_in_threadpool(_revoke, job.id)
     return job_public(job, store)
-
-
-def _cancel(db: DbSession, job_id: str, principal: Principal) -> Job:
-    job = _visible(db, job_id, principal)
-    if job.state in (JobState.SUCCEEDED, JobState.FAILED):
-        raise Problem(409, "Job already finished", f"job {job_id} already {job.state}; nothing to cancel",
-                      kind="job-finished", state=job.state)
-    if job.state != JobState.CANCELLED:
-        job.state, job.stage, job.finished_at = JobState.CANCELLED, "cancelled", utcnow()
-        db.commit()
-    return job
 
 
 def _revoke(job_id: str) -> None:
@@ -121,7 +92,7 @@ def _revoke(job_id: str) -> None:
 
 @router.get("/{job_id}/artifacts", summary="Result files of a job", responses=problem_responses(404))
 def list_artifacts(job_id: JobId, db: DbSession, store: Store, principal: CurrentKey) -> ArtifactsPublic:
-    _visible(db, job_id, principal)
+    records.visible_job(db, job_id, principal)
     names = [n for n in store.list(job_id) if not n.startswith("input")]
     return ArtifactsPublic(data=[
         ArtifactPublic(name=n, size_bytes=store.path(job_id, n).stat().st_size, media_type=_media_type(n),
@@ -143,7 +114,7 @@ def get_artifact(
     job_id: JobId, db: DbSession, store: Store, principal: CurrentKey,
     name: Annotated[str, PathParam(max_length=128, examples=["mask.nii.gz"])],
 ) -> FileResponse:
-    _visible(db, job_id, principal)
+    records.visible_job(db, job_id, principal)
     # inputs are the client's own data: not served back
     if name.startswith("input") or name not in store.list(job_id):
         raise Problem(404, "Artifact not found", f"job {job_id} has no artifact {name!r}", kind="artifact-not-found")

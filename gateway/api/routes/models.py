@@ -21,6 +21,7 @@ from fastapi import APIRouter, Path, Query, Request, Response
 from pydantic import ValidationError
 from tritonclient.utils import np_to_triton_dtype, triton_to_np_dtype
 
+from core.capabilities import capabilities_of_model
 from core.keys import Scope
 from core.settings import settings
 from gateway.api.forms import validation_problem
@@ -30,7 +31,7 @@ from gateway.catalog import manifest_of, manifests
 from gateway.deps import Triton
 from gateway.problems import Problem, problem_responses
 from gateway.schemas import InferRequest, InferResponse, ModelPublic, ModelsPublic, TensorOut
-from gateway.triton_client import TritonRejected, TritonTimeout, TritonUnavailable
+from gateway.triton_client import InferenceResult, TritonError, triton_problem
 from gateway.uploads import check_content_length, limited, media_type
 
 router = APIRouter(
@@ -45,13 +46,13 @@ ModelName = Annotated[str, Path(max_length=64, description="served model name", 
 async def _ready_versions(triton: Triton) -> dict[str, dict[str, str]] | None:
     try:
         return await triton.model_states()
-    except (TritonUnavailable, TritonTimeout, TritonRejected):
+    except TritonError:
         return None
 
 
 def _public(name: str, manifest: dict[str, Any], states: dict[str, dict[str, str]] | None) -> ModelPublic:
     ready = None if states is None else states.get(name, {}).get(str(manifest["version"])) == "READY"
-    return ModelPublic.from_manifest(name, manifest, ready)
+    return ModelPublic.from_manifest(name, manifest, ready, capabilities_of_model(name))
 
 
 def _manifest_or_404(name: str) -> dict[str, Any]:
@@ -107,6 +108,21 @@ async def infer(
     output: Annotated[str | None, Query(max_length=64, description="for .npy bodies: which output to return")] = None,
 ) -> Response:
     manifest = _manifest_or_404(name)
+    kind, inputs, wanted = await _read_inputs(request, name, manifest, output)
+    audit = audit_info(request)
+    audit.input_sha256 = _digest(inputs)
+    try:
+        result = await triton.infer(name, inputs, wanted, request_id=getattr(request.state, "request_id", ""))
+    except TritonError as error:
+        raise triton_problem(error) from error
+    served = manifest_of(name, result.version) or manifest
+    audit.model_used(name, result.version, served.get("sha256"))
+    return _answer(kind, result, served.get("sha256", ""), wanted[0])
+
+
+async def _read_inputs(request: Request, name: str, manifest: dict[str, Any], output: str | None
+                       ) -> tuple[str, dict[str, np.ndarray], list[str]]:
+    """The body's media type, its input tensors (checked against the manifest) and the outputs wanted."""
     max_bytes = settings.max_infer_mb << 20
     check_content_length(request, max_bytes, setting="MEDSTACK_MAX_INFER_MB")
     kind = media_type(request)
@@ -115,7 +131,6 @@ async def infer(
                       kind="unsupported-media-type")
     body = b"".join([c async for c in limited(request.stream(), max_bytes, setting="MEDSTACK_MAX_INFER_MB")])
     specs = {t["name"]: t for t in manifest["inputs"]}
-    audit = audit_info(request)
     if kind == NPY:
         if len(specs) != 1:
             raise Problem(422, "Invalid request", f"{name} takes {len(specs)} inputs; send JSON",
@@ -127,38 +142,27 @@ async def infer(
         inputs = {t.name: _tensor(t.name, t.shape, t.datatype, t.data) for t in parsed.inputs}
         wanted = parsed.outputs or [o["name"] for o in manifest["outputs"]]
     _check_inputs(name, inputs, specs, {o["name"] for o in manifest["outputs"]}, wanted)
-    audit.input_sha256 = _digest(inputs)
-    try:
-        result = await triton.infer(name, inputs, wanted, request_id=getattr(request.state, "request_id", ""))
-    except TritonUnavailable as error:
-        raise Problem(503, "Triton unavailable", f"Triton is not answering; retry in {settings.retry_after_s} s",
-                      kind="triton-unavailable", headers={"Retry-After": str(settings.retry_after_s)}) from error
-    except TritonTimeout as error:
-        raise Problem(504, "Triton timed out", str(error), kind="upstream-timeout") from error
-    except TritonRejected as error:
-        raise Problem(422, "Triton rejected the request", _first_line(str(error)), kind="inference-rejected") from error
-    served = manifest_of(name, result.version) or manifest
-    audit.model_used(name, result.version, served.get("sha256"))
+    return kind, inputs, wanted
+
+
+def _answer(kind: str, result: InferenceResult, sha256: str, first: str) -> Response:
+    """``.npy`` of the first wanted output (model in ``X-Model-*`` headers), or every output as JSON."""
     for out_name, array in result.outputs.items():
         if array is None or array.size == 0:
             # the python-backend stub answers empty tensors when its numpy is too new
             raise Problem(502, "Empty output", f"Triton returned an empty {out_name!r}", kind="empty-output")
     if kind == NPY:
         buffer = io.BytesIO()
-        np.save(buffer, result.outputs[wanted[0]], allow_pickle=False)
+        np.save(buffer, result.outputs[first], allow_pickle=False)
         return Response(buffer.getvalue(), media_type=NPY, headers={
-            "X-Model-Name": name, "X-Model-Version": result.version, "X-Model-Sha256": served.get("sha256", "")})
+            "X-Model-Name": result.model, "X-Model-Version": result.version, "X-Model-Sha256": sha256})
     # built without re-validating every number, serialised once by pydantic-core (NaN → null)
     answer = InferResponse.model_construct(
-        model_name=name, model_version=result.version, model_sha256=served.get("sha256", ""),
+        model_name=result.model, model_version=result.version, model_sha256=sha256,
         outputs=[TensorOut.model_construct(name=n, shape=list(a.shape), datatype=_datatype(a),
                                            data=a.ravel().tolist()) for n, a in result.outputs.items()],
     )
     return Response(answer.model_dump_json(), media_type="application/json")
-
-
-def _first_line(text: str) -> str:
-    return text.strip().splitlines()[0][:300] if text.strip() else "rejected"
 
 
 def _parse_json(body: bytes) -> InferRequest:

@@ -13,58 +13,42 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
-from fastapi import APIRouter, Request, status
-from pydantic import BaseModel, ConfigDict, Field
+from fastapi import Request, status
 from starlette.concurrency import run_in_threadpool
+from starlette.datastructures import UploadFile
 
-from core.keys import Scope
-from core.settings import settings
-from gateway.api.forms import form_body, read_form
+from core.capabilities import VALUATION
+from gateway.api.forms import form_body, read_upload
 from gateway.api.responses import job_answer
 from gateway.archives import inspect_zip
-from gateway.auth import require
-from gateway.capabilities import VALUATION, require_available
+from gateway.capabilities import capability_router, require_available
 from gateway.deps import CurrentKey, IdempotencyKey, Store
 from gateway.problems import Problem, problem_responses
-from gateway.schemas import JobPublic
-from gateway.submission import JobRequest, check_idempotency_key, submit
-from gateway.uploads import SavedInput, archive_limits, save_stream, unsupported
+from gateway.schemas import JobPublic, ValuationJobCreate
+from gateway.submission import check_idempotency_key, job_request, submit
+from gateway.uploads import SavedInput, archive_limits, chunks_of, max_upload_bytes, save_stream, unsupported
 
-router = APIRouter(
-    prefix="/v1/valuation", tags=["valuation"], dependencies=[require(Scope.VALUATION)],
-    responses=problem_responses(401, 403, 429),
-)
-
-
-class ValuationJobCreate(BaseModel):
-    """Form fields; those left out take the worker's defaults (docs/valuation.md)."""
-
-    model_config = ConfigDict(extra="forbid")
-
-    dataset: Literal["upload", "organ_patches", "digits"] = Field(
-        "upload", description="'upload': the file part; otherwise a built-in set (then send no file)")
-    task: Literal["classification"] = "classification"
-    model_family: Literal["small_cnn", "resnet18_w"] = "small_cnn"
-    width: int | None = Field(None, ge=2, le=64, description="channels of the first block (default 8)")
-    epochs: int | None = Field(None, ge=1, le=200, description="default 12")
-    seed: int | None = Field(None, ge=0, le=2**31 - 1)
-    seeds: int | None = Field(None, ge=1, le=10, description="repeats with seed, seed+1, … (default 3)")
-    method: Literal["data_si", "gradnorm", "both"] | None = None
-    optimizer: Literal["sgd", "adam"] | None = None
-    lr: float | None = Field(None, gt=0, le=10)
-    batch_size: int | None = Field(None, ge=8, le=1024)
-    test_fraction: float | None = Field(None, ge=0.05, le=0.5)
-    threads: int | None = Field(None, ge=1, le=16, description="torch CPU threads in the worker")
-    priority: int = Field(5, ge=0, le=9)
-    transaction_id: str | None = Field(None, max_length=100)
+router = capability_router(VALUATION, "valuation")
 
 
 def _sniff_dataset(head: bytes) -> str:
     if head[:4] == b"PK\x03\x04":
         return ".zip"
     raise unsupported("a dataset is an .npz file or a zip of images with labels.csv")
+
+
+async def save_dataset(upload: UploadFile | None, dataset: str, directory: Path) -> SavedInput:
+    """The uploaded dataset (stored as ``input.npz`` when every member is an array), or a built-in set's name."""
+    if upload is None:
+        return SavedInput("", hashlib.sha256(dataset.encode()).hexdigest(), 0)
+    saved = await save_stream(chunks_of(upload), directory, "input", max_upload_bytes(), sniff=_sniff_dataset)
+    summary = await run_in_threadpool(inspect_zip, directory / saved.name, archive_limits())
+    if summary.files and summary.npy_files == summary.files:  # every member an array: an .npz
+        (directory / saved.name).rename(directory / "input.npz")
+        return SavedInput("input.npz", saved.sha256, saved.size)
+    return saved
 
 
 @router.post(
@@ -80,33 +64,13 @@ def _sniff_dataset(head: bytes) -> str:
 )
 async def create_job(request: Request, principal: CurrentKey, store: Store,
                      idempotency_key: IdempotencyKey = None) -> Any:
-    max_bytes = settings.max_upload_mb << 20
-    upload, form, raw = await read_form(request, ValuationJobCreate, max_bytes, file_required=False)
-    try:
-        if (upload is None) == (form.dataset == "upload"):
+    async with read_upload(request, ValuationJobCreate, max_upload_bytes(), file_required=False) as upload:
+        form = upload.options
+        if (upload.file is None) == (form.dataset == "upload"):
             raise Problem(422, "Invalid request", "send a dataset file with dataset='upload', or name a built-in "
                           "dataset without a file", kind="validation-error")
-
-        async def save(directory: Path) -> SavedInput:
-            if upload is None:
-                return SavedInput("", hashlib.sha256(form.dataset.encode()).hexdigest(), 0)
-
-            async def chunks() -> Any:
-                while chunk := await upload.read(1 << 20):
-                    yield chunk
-
-            saved = await save_stream(chunks(), directory, "input", max_bytes, sniff=_sniff_dataset)
-            summary = await run_in_threadpool(inspect_zip, directory / saved.name, archive_limits())
-            if summary.files and summary.npy_files == summary.files:  # every member an array: an .npz
-                (directory / saved.name).rename(directory / "input.npz")
-                return SavedInput("input.npz", saved.sha256, saved.size)
-            return saved
-
-        params = form.model_dump(exclude={"priority", "transaction_id"}, exclude_none=True)
-        spec = JobRequest("valuation", form.model_family, form.priority, params,
-                          check_idempotency_key(idempotency_key, form.transaction_id), VALUATION.task or "",
-                          VALUATION.queue)
-        submitted = await submit(request, principal, spec, store, save)
-    finally:
-        await raw.close()
+        spec = job_request(VALUATION, form.model_dump(exclude={"priority", "transaction_id"}, exclude_none=True),
+                           model=form.model_family, priority=form.priority,
+                           idempotency_key=check_idempotency_key(idempotency_key, form.transaction_id))
+        submitted = await submit(request, principal, spec, store, lambda d: save_dataset(upload.file, form.dataset, d))
     return job_answer(submitted, store)
