@@ -277,17 +277,22 @@ class AuditsPublic(BaseModel):
     data: list[AuditPublic]
 
 
-# ---- segmentation -------------------------------------------------------------------------------
-
-
-class SegmentationJobCreate(BaseModel):
-    """Form fields of a segmentation job; query parameters when the volume is the raw body."""
+class JobCreate(BaseModel):
+    """The fields every job form has besides its own."""
 
     model_config = ConfigDict(extra="forbid")
 
-    model: str | None = Field(None, max_length=64, description="served segmentation model; default: the best")
     priority: int = Field(5, ge=0, le=9, description="0 (background) … 9 (most urgent)")
     transaction_id: str | None = Field(None, max_length=100, description="same role as the Idempotency-Key header")
+
+
+# ---- segmentation -------------------------------------------------------------------------------
+
+
+class SegmentationJobCreate(JobCreate):
+    """Form fields of a segmentation job; query parameters when the volume is the raw body."""
+
+    model: str | None = Field(None, max_length=64, description="served segmentation model; default: the best")
     series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$",
                                    description="for a zip holding several series: the SeriesInstanceUID to segment")
     largest_component: bool = Field(False, description="keep only the largest connected component of each structure")
@@ -324,27 +329,15 @@ class TemplateCreate(BaseModel):
         return value
 
 
-class LocalizationJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
+class LocalizationJobCreate(JobCreate):
     structures: str = Field(min_length=1, max_length=2000, description="comma-separated structure names",
                             examples=["liver,spleen,left_kidney"])
     template_ids: str = Field(min_length=1, max_length=4000, description="comma-separated template ids (1–5 shot)",
                               examples=["6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"])
-    priority: int = Field(5, ge=0, le=9)
-    transaction_id: str | None = Field(None, max_length=100)
 
 
-class MedlsamJobCreate(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-
-    structures: str = Field(min_length=1, max_length=2000, description="comma-separated structure names",
-                            examples=["liver,spleen"])
-    template_ids: str = Field(min_length=1, max_length=4000, description="comma-separated localization templates",
-                              examples=["6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"])
+class MedlsamJobCreate(LocalizationJobCreate):
     output_dicom_seg: bool = Field(False, description="also write a DICOM SEG (input must be a DICOM series)")
-    priority: int = Field(5, ge=0, le=9)
-    transaction_id: str | None = Field(None, max_length=100)
 
 
 
@@ -484,10 +477,8 @@ class SessionPublic(BaseModel):
 # ---- valuation ----------------------------------------------------------------------------------
 
 
-class ValuationJobCreate(BaseModel):
+class ValuationJobCreate(JobCreate):
     """Form fields; those left out take the worker's defaults (docs/valuation.md)."""
-
-    model_config = ConfigDict(extra="forbid")
 
     dataset: Literal["upload", "organ_patches", "digits"] = Field(
         "upload", description="'upload': the file part; otherwise a built-in set (then send no file)")
@@ -503,5 +494,3 @@ class ValuationJobCreate(BaseModel):
     batch_size: int | None = Field(None, ge=8, le=1024)
     test_fraction: float | None = Field(None, ge=0.05, le=0.5)
     threads: int | None = Field(None, ge=1, le=16, description="torch CPU threads in the worker")
-    priority: int = Field(5, ge=0, le=9)
-    transaction_id: str | None = Field(None, max_length=100)
