@@ -4,7 +4,10 @@
 
 writes ``<repo>/<name>/<version>/{model.onnx, model.py, manifest.json}`` and the model's configs
 (see export/triton_config.py). Each export is a new version folder; Triton's version policy
-decides which versions are served.
+decides which versions are served. The manifest records the git commit and whether tracked files
+differed from it (``dirty``); refusing a dirty tree is ``medstack export``'s job
+(``export.manifest.require_clean_tree``), so tests export toy models into temporary repositories
+from any working tree.
 """
 
 from __future__ import annotations
@@ -22,7 +25,7 @@ import onnxruntime
 import torch
 
 from export import tensorrt
-from export.manifest import git_commit, sha256_file, versions, write_manifest
+from export.manifest import git_provenance, sha256_file, versions, write_manifest
 from export.onnx_export import check_parity, export_onnx, simplify
 from export.spec import ExportSpec
 from export.triton_config import CONFIG_FILES, Flavour, render_config
@@ -108,7 +111,7 @@ def export_model(spec: ExportSpec, repository: Path, build_tensorrt: bool = Fals
         "validation_metrics": spec.validation_metrics(),
         "parity": parity.as_dict(),
         "tensorrt_plan_sha256": sha256_file(version_dir / "model.plan") if build_tensorrt else None,
-        "git_commit": git_commit(),
+        **git_provenance(),
         "toolchain": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},
     }
     write_manifest(version_dir, manifest)

@@ -12,7 +12,7 @@ import logging
 import shutil
 from pathlib import Path
 
-from export.manifest import git_commit, sha256_file, versions, write_manifest
+from export.manifest import git_provenance, sha256_file, versions, write_manifest
 from export.pipeline import ExportResult
 from export.spec import PythonModelSpec
 from export.triton_config import CONFIG_FILES, render_python_config
@@ -48,7 +48,7 @@ def export_python_model(spec: PythonModelSpec, repository: Path) -> ExportResult
         "training": spec.training,
         "preprocessing": spec.preprocessing(),
         "validation_metrics": spec.validation_metrics(),
-        "git_commit": git_commit(),
+        **git_provenance(),
     }
     write_manifest(version_dir, manifest)
     log.info("wrote python model %s version %d", spec.name, version)

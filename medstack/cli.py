@@ -82,9 +82,15 @@ def export_models(
     names: Annotated[list[str] | None, typer.Argument(help="models to export (default: all)")] = None,
     tensorrt: Annotated[bool, typer.Option("--tensorrt", help="also build TensorRT plans (GPU hosts)")] = False,
     if_missing: Annotated[bool, typer.Option("--if-missing", help="skip models that have a version")] = False,
+    allow_dirty: Annotated[bool, typer.Option("--allow-dirty", help="export even when tracked files differ from "
+                                              "HEAD; the manifest records dirty: true")] = False,
 ) -> None:
-    """Export models to ONNX, check parity, write the Triton model repository."""
-    from export.manifest import versions
+    """Export models to ONNX, check parity, write the Triton model repository.
+
+    Refuses when tracked files differ from HEAD (a served version must be re-creatable from the commit
+    its manifest names) unless --allow-dirty; nothing to export (--if-missing, all present) never refuses.
+    """
+    from export.manifest import DirtyTreeError, require_clean_tree, versions
     from export.onnx_export import ExportError
     from export.pipeline import export_model
     from export.python_model import export_python_model
@@ -92,11 +98,23 @@ def export_models(
     from export.spec import PythonModelSpec
 
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    failed = False
+    todo = []
     for name in names or model_names():
         if if_missing and versions(settings.model_repository / name):
             typer.echo(f"{name}: present, skipped")
-            continue
+        else:
+            todo.append(name)
+    if todo:
+        try:
+            changed = require_clean_tree(allow_dirty)
+        except DirtyTreeError as error:
+            typer.echo(f"error: {error}", err=True)
+            raise typer.Exit(1) from error
+        if changed:
+            typer.echo(f"warning: exporting from a dirty tree ({len(changed)} changed tracked file(s)); "
+                       "the manifests record dirty: true", err=True)
+    failed = False
+    for name in todo:
         try:
             spec = get_spec(name)
             if isinstance(spec, PythonModelSpec):

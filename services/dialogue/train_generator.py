@@ -1,7 +1,11 @@
-"""LoRA fine-tuning of SmolLM2-135M on the consultation corpus (CPU, one thread, fixed time budget).
+"""LoRA fine-tuning of SmolLM2-135M on the consultation corpus (CPU, one thread, fixed step budget).
 
-    python -m services.dialogue.train_generator --minutes 14                    # with instructions
-    python -m services.dialogue.train_generator --minutes 14 --no-instructions  # the ablation
+    python -m services.dialogue.train_generator --iterations 23                    # with instructions
+    python -m services.dialogue.train_generator --iterations 23 --no-instructions  # the ablation
+
+``--iterations`` (old name ``--max-steps``) is the budget; ``--max-seconds`` (``--minutes`` in minutes, its
+deprecated form) only stops a run early. The adapter's ``meta`` records the iterations done, the seed and
+the data version (pinned weights, corpus seed and sha256).
 
 With instructions the prompt holds the gold instruction and the gold knowledge fact (teacher forcing;
 at test time they come from the instruction predictor and retrieval). Without, the prompt holds no
@@ -12,6 +16,7 @@ uses at test time). Loss on the doctor's reply and the end token only.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import random
 import time
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import torch
 
+from services.common.training import Budget, add_budget_arguments, data_version, provenance
 from services.dialogue import core, corpus, lm
 
 CHECKPOINTS = Path(__file__).parent / "checkpoints"
@@ -32,6 +38,14 @@ def corpus_data(path: Path = Path(".cache/dialogue/corpus.json")) -> dict:
         path.write_text(json.dumps(data))
         return data
     return json.loads(path.read_text())
+
+
+def dialogue_data_version(data: dict, *models: str) -> dict:
+    """The pinned ``models`` (services.common.datasets names) and the corpus: its seed and sha256, and the
+    knowledge base's sha256."""
+    return data_version(*models, corpus_seed=data["seed"],
+                        corpus_sha256=hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest(),
+                        knowledge_base_sha256=hashlib.sha256(corpus.KB_PATH.read_bytes()).hexdigest())
 
 
 class AblationRetriever:
@@ -69,8 +83,9 @@ def encode_batch(tok, prompts: list[str], replies: list[str]) -> tuple[torch.Ten
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--no-instructions", action="store_true")
-    parser.add_argument("--minutes", type=float, default=14.0)
-    parser.add_argument("--max-steps", type=int, default=10_000)
+    add_budget_arguments(parser, iteration_aliases=("--max-steps",))
+    parser.add_argument("--minutes", dest="max_seconds", type=lambda m: float(m) * 60, default=argparse.SUPPRESS,
+                        help="deprecated: --max-seconds, in minutes")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--lr", type=float, default=1e-3)
     parser.add_argument("--last-layers", type=int, default=8)
@@ -94,9 +109,9 @@ def main(argv: list[str] | None = None) -> None:
     params = lm.add_lora(model, args.last_layers, args.rank)
     opt = torch.optim.AdamW(params, lr=args.lr, weight_decay=0.0)
     model.train()
-    started, step, seen, losses = time.time(), 0, 0, []
-    budget = args.minutes * 60
-    while step < args.max_steps and time.time() - started < budget:
+    started, seen, losses = time.time(), 0, []
+    budget = Budget(args.iterations, args.max_seconds)
+    for step in budget.steps():
         batch = train[seen: seen + args.batch]
         seen += args.batch
         if retriever is None:
@@ -115,15 +130,15 @@ def main(argv: list[str] | None = None) -> None:
         opt.step()
         opt.zero_grad()
         losses.append(loss.item())
-        step += 1
-        if step % 5 == 0:
-            print(json.dumps({"step": step, "examples": seen, "loss": round(sum(losses[-5:]) / 5, 4),  # noqa: T201 - CLI output
+        if (step + 1) % 5 == 0:
+            print(json.dumps({"step": step + 1, "examples": seen, "loss": round(sum(losses[-5:]) / 5, 4),  # noqa: T201 - CLI output
                               "elapsed_s": round(time.time() - started)}), flush=True)  # noqa: T201
-    meta = {"with_instructions": with_instructions, "steps": step, "examples": seen, "batch": args.batch,
+    models = ("smollm2_135m",) if with_instructions else ("smollm2_135m", "minilm_l6_v2")
+    meta = {"with_instructions": with_instructions, "steps": budget.completed, "examples": seen, "batch": args.batch,
             "lr": args.lr, "last_layers": args.last_layers, "rank": args.rank, "alpha": 2.0 * args.rank,
-            "minutes": args.minutes, "threads": args.threads, "seed": args.seed,
-            "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
-            "wall_s": round(time.time() - started), "corpus_seed": data["seed"]}
+            "threads": args.threads, "final_loss": round(sum(losses[-10:]) / max(1, len(losses[-10:])), 4),
+            "wall_s": round(time.time() - started), "corpus_seed": data["seed"],
+            **provenance(budget.completed, args.seed, dialogue_data_version(data, *models), budget.record())}
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save({"lora": {k: v.half() for k, v in lm.lora_state(model).items()}, "meta": meta}, out)
     print(json.dumps(meta))  # noqa: T201 - CLI output

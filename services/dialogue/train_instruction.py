@@ -2,7 +2,9 @@
 
     python -m services.dialogue.train_instruction     # ~6,000 training turns, validation for early stopping
 
-The target slots follow from the action (``core.ACTIONS``); their values come from retrieval.
+The target slots follow from the action (``core.ACTIONS``); their values come from retrieval. The budget is
+``--epochs`` over a fixed sample (already a step budget, no wall clock); the head's ``meta`` records the
+iterations (optimiser steps) done, the seed and the data version.
 """
 
 from __future__ import annotations
@@ -16,8 +18,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from services.common.training import provenance
 from services.dialogue import core, corpus, encoder
-from services.dialogue.train_generator import CHECKPOINTS, corpus_data
+from services.dialogue.train_generator import CHECKPOINTS, corpus_data, dialogue_data_version
 
 HEAD = CHECKPOINTS / "instruction_head.pt"
 
@@ -58,7 +61,7 @@ def main(argv: list[str] | None = None) -> None:
     xv, tv, av = featurise(val, cache / f"emb_val_{args.validation}_{args.seed}.pt")
     head = encoder.InstructionHead()
     opt = torch.optim.AdamW(head.parameters(), lr=2e-3, weight_decay=1e-4)
-    best, best_state = -1.0, None
+    best, best_state, steps = -1.0, None, 0
     for epoch in range(args.epochs):
         head.train()
         perm = torch.randperm(len(xt))
@@ -69,6 +72,7 @@ def main(argv: list[str] | None = None) -> None:
             opt.zero_grad()
             loss.backward()
             opt.step()
+            steps += 1
         head.eval()
         with torch.no_grad():
             lt, la = head(xv)
@@ -77,7 +81,8 @@ def main(argv: list[str] | None = None) -> None:
             best, best_state = acc, {k: v.clone() for k, v in head.state_dict().items()}
             best_epoch = epoch
     meta = {"train_turns": len(train), "validation_turns": len(val), "validation_joint_accuracy": round(best, 4),
-            "best_epoch": best_epoch, "epochs": args.epochs, "seed": args.seed, "wall_s": round(time.time() - started)}
+            "best_epoch": best_epoch, "epochs": args.epochs, "wall_s": round(time.time() - started),
+            **provenance(steps, args.seed, dialogue_data_version(data, "minilm_l6_v2"), {"epochs": args.epochs})}
     torch.save({"head": best_state, "meta": meta}, HEAD)
     print(json.dumps(meta))  # noqa: T201 - CLI output
 

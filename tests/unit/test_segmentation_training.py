@@ -12,7 +12,7 @@ import torch
 from services.common.volume import Volume, write_volume
 from services.segmentation import checkpoints
 from services.segmentation.pctnet import PCTNetConfig
-from services.segmentation.train import DatasetLayoutError, dice_ce_loss, finetune, verify_dataset
+from services.segmentation.train import DatasetLayoutError, dice_ce_loss, finetune, main, verify_dataset
 
 TINY = PCTNetConfig(input_size=(8, 32, 32), feature_channels=(4, 8, 16, 16, 16), num_heads=(1, 1, 1),
                     window_size=(2, 2, 2), drop_path=0.0, dropout=(0.0,) * 5)
@@ -70,13 +70,22 @@ def test_verify_dataset_missing_everything(tmp_path: Path) -> None:
 
 def test_finetune_on_user_dataset_writes_checkpoint_folder(tmp_path: Path) -> None:
     root = _dataset(tmp_path / "ds")
-    weights = finetune(tmp_path / "run", None, seconds_budget=60, seed=0, dataset_dir=root, max_iters=2,
+    weights = finetune(tmp_path / "run", None, iterations=2, seed=3, dataset_dir=root, max_seconds=600,
                        batch_size=1, threads=1, model_config=TINY, amp=False)
     config = json.loads((weights.parent / "config.json").read_text())
     metrics = json.loads((weights.parent / "metrics.json").read_text())
     assert config["classes"] == ["background", "organ"] and config["model"]["out_channels"] == 2
-    assert metrics["iterations"] == 2
+    assert metrics["iterations"] == 2 and metrics["stopped_by"] == "iterations"
+    # what a re-run needs: the iterations done, the seed, and which data (here a sha256 over the user's folder)
+    assert config["iterations"] == 2 and config["seed"] == 3
+    assert config["budget"] == {"iterations": 2, "max_seconds": 600, "stopped_by": "iterations"}
+    assert len(config["data_version"]["user_dataset"]["sha256"]) == 64
     model = checkpoints.load_model(weights.parent)
     # init from that checkpoint: everything but nothing is skipped (same class count)
     loaded, skipped = checkpoints.load_matching(model, weights.parent)
     assert loaded and not skipped
+
+
+def test_training_command_takes_iterations_and_keeps_seconds_as_an_upper_bound(tmp_path: Path) -> None:
+    with pytest.raises(SystemExit):  # a wall-clock budget alone is not reproducible
+        main(["segmentation", "--out", str(tmp_path / "run"), "--seconds", "6000"])
