@@ -1,7 +1,7 @@
 """``medstack``: run the embedded stack and build the model repository.
 
     medstack up | down | status | logs [COMPONENT]
-    medstack export [NAME...] [--tensorrt] [--if-missing]
+    medstack export [NAME...] [--tensorrt] [--if-missing] [--allow-dirty]
     medstack evaluate [FAMILY...] [--quick]
 """
 

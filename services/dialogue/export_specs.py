@@ -33,7 +33,7 @@ def _metrics(section: str) -> dict:
 def _training(kind: str) -> dict[str, str]:
     return {
         "command": {"encoder": "python -m services.dialogue.train_instruction",
-                    "generator": "python -m services.dialogue.train_generator --minutes 18"}[kind],
+                    "generator": "python -m services.dialogue.train_generator --iterations 23"}[kind],
         "data": "services/dialogue/data/knowledge_base.json + python -m services.dialogue.corpus (seed 0); "
                 "train conditions only, validation/test conditions held out",
     }
