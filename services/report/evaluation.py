@@ -128,9 +128,13 @@ def run(quick: bool) -> FamilyResult:
     return FamilyResult(data=data_description(n, quick), seeds=[SEED], comparisons=comparisons, details=details)
 
 
+# Tolerance: the quick slice is deterministic (two runs, and 1 vs 2 threads with another batch size, wrote the same
+# 150 texts), so run-to-run noise is 0; the margin is one report's finding flipping (e.g. on another CPU or ONNX
+# Runtime): KiUT names 9 findings in the slice (6 right), and losing one right one costs at most 0.018 CE F1
+# (BLEU-4 at most 0.002, ROUGE-L about 0.003). Two flips fail.
 EVALUATION = FamilyEvaluation(
     family="report",
     run=run,
-    tolerance=0.03,
+    tolerance=0.02,
     served_models=(serving.ENCODER, serving.DECODER, serving.GENERATE),
 )
