@@ -68,5 +68,6 @@ def test_comparisons_pair_medlam_and_copy_per_structure_averaged_over_template_s
     assert wall.higher_is_better is False and wall.ours == pytest.approx(5.3333, abs=1e-3) and not wall.ours_wins
     assert "3 structures" in iou.samples and "2 template sets" in iou.samples
     summary = details(runs, spec)
-    assert summary["structures_where_medlam_beats_copy"]["iou_2shot"] == 0
+    assert summary["structures_where_medlam_beats_copy"] == {"iou_2shot": 0, "iou_1shot": 0, "of": 3}
+    assert summary["per_template_set"]["2"]["structures_where_medlam_beats_copy"]["iou_2shot"] == 0
     assert summary["per_template_set"]["1"]["medlam_iou_pct"] == pytest.approx(40.0)
