@@ -2,9 +2,10 @@
 MedLSAM, valuation).
 
 One execution at a time: an exclusive ``flock`` on ``locks/job.lock`` in the job's artifact folder (the
-OS drops it when its holder dies, so a held lock means a live execution on a host sharing that folder,
-and this delivery drops out at once), and, for executions the lock cannot see, the heartbeat of
-``workers.recovery``: a copy redelivered while another execution still beats for the job drops out too.
+OS drops it when its holder dies, so a lock still held after a few seconds means a live execution on a
+host sharing that folder, and this delivery drops out), and, for executions the lock cannot see, the
+heartbeat of ``workers.recovery``: a copy redelivered while another execution still beats for the job
+drops out too.
 A finished job is not redone; while running the worker heartbeats; cancellation, bad input, the time
 limit, Triton being away (retried with back-off, the job shown as waiting) and unexpected failures
 each end in a definite job state with a typed error.
@@ -15,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import fcntl
 import logging
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -34,22 +36,30 @@ from workers.triton_predictor import ModelNotServed
 log = logging.getLogger(__name__)
 MAX_TRITON_RETRIES = 5
 LOCK = Path("locks") / "job.lock"  # in a sub-folder: never listed as a result file
+# a killed process keeps its locks until the kernel has torn it down (a large address space first),
+# so a delivery sent right after a worker's death waits this long for the lock before dropping out
+LOCK_WAIT_S = 10.0
 
 # work(job_id, claim, progress) -> the result kept in the job row
 Work = Callable[[str, Claim, ProgressRecorder], dict[str, Any]]
 
 
 @contextlib.contextmanager
-def exclusive(path: Path) -> Iterator[bool]:
-    """Non-blocking exclusive lock; yields False when another process holds it. The OS drops the
-    lock when its holder dies, so a killed worker never leaves the job locked."""
+def exclusive(path: Path, wait_s: float = LOCK_WAIT_S) -> Iterator[bool]:
+    """Exclusive lock, tried for up to ``wait_s``; yields False when another process still holds it.
+    The OS drops the lock when its holder dies, so a killed worker never leaves the job locked."""
     path.parent.mkdir(parents=True, exist_ok=True)
+    deadline = time.monotonic() + wait_s
     with path.open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            yield False
-            return
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield False
+                    return
+                time.sleep(0.2)
         try:
             yield True
         finally:

@@ -78,17 +78,20 @@ def _templates(ids: Sequence[str], structures: Sequence[str], model: dict[str, s
                 for template_id, row in rows]
 
 
+def _box_job(job_id: str, params: dict[str, Any], medlam: TritonModel) -> dict[str, Any]:
+    """The arguments the two box jobs (`run_localization`, `run_medlsam`) share."""
+    store, model = ArtifactStore(), medlam.facts()
+    return {"input_path": store.path(job_id, params["input"]), "out_dir": store.job_dir(job_id),
+            "templates": _templates(params["template_ids"], params["structures"], model),
+            "structures": params["structures"], "predict": _medlam_predict(medlam), "model": model,
+            "template_ids": params["template_ids"], "series_uid": params.get("series_uid")}
+
+
 @celery_app.task(bind=True, name=LOCALIZATION.task)
 def localize(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
-        params, store = claimed.params, ArtifactStore()
         with TritonModel(MEDLAM_MODEL, settings.triton_grpc_url) as medlam:
-            model = medlam.facts()
-            return run_localization(
-                store.path(job_id, params["input"]), store.job_dir(job_id),
-                _templates(params["template_ids"], params["structures"], model), params["structures"],
-                _medlam_predict(medlam), model=model, template_ids=params["template_ids"], progress=progress,
-                series_uid=params.get("series_uid"))
+            return run_localization(**_box_job(job_id, claimed.params, medlam), progress=progress)
 
     return run_job(self, job_id, work)
 
@@ -96,15 +99,10 @@ def localize(self: Task, job_id: str) -> dict[str, Any] | None:
 @celery_app.task(bind=True, name=MEDLSAM.task)
 def medlsam_segment(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
-        params, store = claimed.params, ArtifactStore()
         with (TritonModel(MEDLAM_MODEL, settings.triton_grpc_url) as medlam,
               TritonModel(claimed.model, settings.triton_grpc_url) as segmenter):
-            model = medlam.facts()
-            return run_medlsam(
-                store.path(job_id, params["input"]), store.job_dir(job_id),
-                _templates(params["template_ids"], params["structures"], model), params["structures"],
-                _medlam_predict(medlam), _seg_predict(segmenter), model=model, segmenter=segmenter.facts(),
-                template_ids=params["template_ids"], progress=progress, series_uid=params.get("series_uid"),
-                dicom_seg=bool(params.get("output_dicom_seg")))
+            return run_medlsam(**_box_job(job_id, claimed.params, medlam), segment=_seg_predict(segmenter),
+                               segmenter=segmenter.facts(), progress=progress,
+                               dicom_seg=bool(claimed.params.get("output_dicom_seg")))
 
     return run_job(self, job_id, work)
