@@ -18,6 +18,7 @@ from pathlib import Path
 
 import redis
 
+from core.capabilities import queues
 from core.run_folder import RunFolder
 from core.settings import REPO_ROOT, Settings
 from core.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
@@ -89,7 +90,7 @@ def _wait(check: Callable[[], bool], what: str, timeout_s: float, proc: subproce
 def worker_command(settings: Settings, hostname: str = "medstack-worker") -> list[str]:
     return [
         sys.executable, "-m", "celery", "-A", "workers.celery_app", "worker",
-        "--queues", "volumes,batch", "--concurrency", "1", "--loglevel", "INFO",
+        "--queues", ",".join(queues()), "--concurrency", "1", "--loglevel", "INFO",
         "--hostname", f"{hostname}@%h", "--without-gossip", "--without-mingle",
     ]
 
