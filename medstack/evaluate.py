@@ -120,7 +120,8 @@ class Regression:
 
 
 def regressions(family: str, now: list[Comparison], document: dict[str, Any]) -> list[Regression]:
-    """Our quick figures that fell below the recorded quick figures by more than the tolerance."""
+    """Our quick figures that fell below the recorded quick figures by more than the tolerance
+    (the comparison's own where it has one, else the family's)."""
     quick = document["quick"]
     before = {c["name"]: c for c in quick["comparisons"]}
     found = []
@@ -128,9 +129,10 @@ def regressions(family: str, now: list[Comparison], document: dict[str, Any]) ->
         old = before.get(comparison.name)
         if old is None:
             continue
+        tolerance = quick["tolerance"] if old.get("tolerance") is None else old["tolerance"]
         drop = (old["ours"] - comparison.ours) if comparison.higher_is_better else (comparison.ours - old["ours"])
-        if drop > quick["tolerance"]:
-            found.append(Regression(family, comparison.name, old["ours"], comparison.ours, quick["tolerance"]))
+        if drop > tolerance:
+            found.append(Regression(family, comparison.name, old["ours"], comparison.ours, tolerance))
     missing = set(before) - {c.name for c in now}
     found += [Regression(family, name, before[name]["ours"], float("nan"), quick["tolerance"]) for name in missing]
     return found

@@ -44,6 +44,8 @@ class Comparison:
     """One metric of our model beside one baseline, on the same samples.
 
     ``samples`` says what was resampled for ``ci95`` (e.g. "18 structures x 20 queries").
+    ``tolerance``: the regression guard's allowance for this metric when it differs from the
+    family's (e.g. a distance in mm beside Dice figures); None uses the family's.
     """
 
     name: str
@@ -55,6 +57,7 @@ class Comparison:
     seeds: list[int]
     ci95: list[float] | None
     samples: str
+    tolerance: float | None = None
 
     @property
     def ours_wins(self) -> bool:
@@ -65,7 +68,8 @@ class Comparison:
 
 
 def compare(name: str, metric: str, *, ours: Sequence[float], baseline: Sequence[float], baseline_name: str,
-            higher_is_better: bool = True, seeds: Sequence[int] = (0,), samples: str = "") -> Comparison:
+            higher_is_better: bool = True, seeds: Sequence[int] = (0,), samples: str = "",
+            tolerance: float | None = None) -> Comparison:
     """A :class:`Comparison` from paired per-sample scores (means over the finite pairs)."""
     a, b = np.asarray(ours, dtype=np.float64), np.asarray(baseline, dtype=np.float64)
     if a.shape != b.shape or a.size == 0:
@@ -75,6 +79,7 @@ def compare(name: str, metric: str, *, ours: Sequence[float], baseline: Sequence
         name=name, metric=metric, higher_is_better=higher_is_better,
         ours=round(float(a[finite].mean()), 4), baseline_name=baseline_name, baseline=round(float(b[finite].mean()), 4),
         seeds=list(seeds), ci95=paired_ci95(a[finite], b[finite]), samples=samples or f"{int(finite.sum())} samples",
+        tolerance=tolerance,
     )
 
 

@@ -64,3 +64,12 @@ def test_table_marks_a_loss() -> None:
 def test_unknown_family_names_the_registered_ones() -> None:
     with pytest.raises(KeyError, match="registered"):
         evaluate.resolve(["no-such-family"])
+
+
+def test_a_comparison_may_carry_its_own_tolerance() -> None:
+    recorded = {"quick": {"tolerance": 0.01, "comparisons": [
+        compare("hd95", "mm", ours=[10.0, 10.0], baseline=[9.0, 9.0], baseline_name="atlas",
+                higher_is_better=False, tolerance=2.0).as_dict()]}}
+    slightly_worse = [compare("hd95", "mm", ours=[11.0, 11.0], baseline=[9.0, 9.0], baseline_name="atlas",
+                              higher_is_better=False)]
+    assert not evaluate.regressions("f", slightly_worse, recorded)
