@@ -8,8 +8,8 @@ walls averaged over the k templates) on the same structures of the same query wi
 templates. Full: 5 templates, 3 template sets (seeds 5000, 5001, 5002), 18 structures, MedLSAM Dice
 inside the MedLAM and the copied 5-shot boxes. Quick: 2 templates of set 5000, 4 structures.
 
-Units: box IoU and Dice in percent, wall distance in mm, so that the guard's one tolerance
-(``TOLERANCE``: 3 percentage points or 3 mm) means the same order of change in each.
+Units: box IoU and Dice in percent, wall distance in mm; the guard allows ``TOLERANCE`` (5
+percentage points) on IoU and Dice and ``WALL_TOLERANCE_MM`` (1.5 mm) on wall distance.
 """
 
 from __future__ import annotations
@@ -26,12 +26,14 @@ from services.localization.evaluate import Query, evaluate, predictors
 from services.localization.structures import STRUCTURES
 
 BASELINE = "copy the template boxes (no network)"
-# A quick figure may fall this far (percentage points of IoU / Dice, mm of wall distance) below the
-# recorded one. The quick slice is deterministic (fixed templates, anchor seed, one thread): two
-# runs gave identical figures; with two threads instead of one, also identical. The margin covers a
-# one-voxel (5 mm) move of one extreme point in one of the 4 structures on another CPU / BLAS build,
-# which moves a mean IoU by up to ~2 points and a mean wall distance by ~0.2 mm.
-TOLERANCE = 3.0
+# How far a quick figure may fall below the recorded one. The quick slice is deterministic (fixed
+# templates, anchor seed, one thread): two runs gave identical figures, and so did a run with two
+# threads. The margins cover what another CPU / BLAS build could flip: one extreme point moving one
+# voxel (5 mm) in one of the 4 structures moves one box wall by 5 mm, i.e. a structure's IoU by up to
+# ~15 points (pancreas, ~30 mm thick) and the mean over 4 by up to ~4 points, and the mean wall
+# distance (24 walls) by ~0.2 mm. IoU and Dice: 5 percentage points; wall distance: 1.5 mm.
+TOLERANCE = 5.0
+WALL_TOLERANCE_MM = 1.5
 
 
 @dataclass(frozen=True)
@@ -78,7 +80,8 @@ def comparisons(runs: Sequence[dict], spec: Slice) -> list[Comparison]:
                            baseline=per_structure(runs, f"copy_{label}", "iou", 100), seeds=seeds, samples=samples))
         out.append(compare(f"wall distance, {shots}-shot", "wall distance (mm)", higher_is_better=False,
                            ours=per_structure(runs, label, "wall_mm"), baseline_name=BASELINE,
-                           baseline=per_structure(runs, f"copy_{label}", "wall_mm"), seeds=seeds, samples=samples))
+                           baseline=per_structure(runs, f"copy_{label}", "wall_mm"), seeds=seeds, samples=samples,
+                           tolerance=WALL_TOLERANCE_MM))
     out.append(compare(f"MedLSAM Dice, {spec.shots}-shot boxes", "Dice (%)", higher_is_better=True,
                        ours=per_structure(runs, "dice_predicted_box", scale=100),
                        baseline_name=f"MedLSAM in the copied boxes ({BASELINE})",

@@ -67,6 +67,7 @@ def test_comparisons_pair_medlam_and_copy_per_structure_averaged_over_template_s
     wall = found["wall distance, 2-shot"]
     assert wall.higher_is_better is False and wall.ours == pytest.approx(5.3333, abs=1e-3) and not wall.ours_wins
     assert "3 structures" in iou.samples and "2 template sets" in iou.samples
+    assert iou.tolerance is None and wall.tolerance == 1.5  # the family's 5 points; its own 1.5 mm
     summary = details(runs, spec)
     assert summary["structures_where_medlam_beats_copy"] == {"iou_2shot": 0, "iou_1shot": 0, "of": 3}
     assert summary["per_template_set"]["2"]["structures_where_medlam_beats_copy"]["iou_2shot"] == 0
