@@ -18,6 +18,7 @@ import difflib
 import importlib
 import importlib.util
 import json
+import math
 import pkgutil
 import re
 import subprocess
@@ -131,7 +132,7 @@ def regressions(family: str, now: list[Comparison], document: dict[str, Any]) ->
             continue
         tolerance = quick["tolerance"] if old.get("tolerance") is None else old["tolerance"]
         drop = (old["ours"] - comparison.ours) if comparison.higher_is_better else (comparison.ours - old["ours"])
-        if drop > tolerance:
+        if drop > tolerance or math.isnan(comparison.ours):
             found.append(Regression(family, comparison.name, old["ours"], comparison.ours, tolerance))
     missing = set(before) - {c.name for c in now}
     found += [Regression(family, name, before[name]["ours"], float("nan"), quick["tolerance"]) for name in missing]

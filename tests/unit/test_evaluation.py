@@ -49,8 +49,11 @@ def test_guard_fails_only_on_a_drop_beyond_tolerance(recorded: float, now: float
     assert bool(evaluate.regressions("f", current, _recorded(recorded, higher))) is fails
 
 
-def test_guard_fails_when_a_recorded_comparison_disappears() -> None:
+def test_guard_fails_when_a_recorded_comparison_disappears_or_turns_nan() -> None:
     assert evaluate.regressions("f", [], _recorded(0.5))
+    nan = compare("m", "x", ours=[0.5, 0.5], baseline=[0.0, 0.0], baseline_name="b")
+    nan = type(nan)(**{**nan.__dict__, "ours": math.nan})
+    assert evaluate.regressions("f", [nan], _recorded(0.5))
 
 
 def test_table_marks_a_loss() -> None:
