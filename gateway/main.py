@@ -12,7 +12,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 
 from core.settings import settings
-from gateway import openapi, prestart, problems
+from gateway import openapi, prestart, problems, ui
 from gateway.api.main import api_router
 from gateway.audit import AuditWriter
 from gateway.middleware import RequestContextMiddleware
@@ -60,6 +60,7 @@ def create_app() -> FastAPI:
     problems.install(app)
     openapi.install(app)
     app.include_router(api_router)
+    app.include_router(ui.router)  # the web viewer at /ui (static files, docs/ui.md)
     app.add_middleware(RequestContextMiddleware, audit=audit)
     return app
 
