@@ -251,7 +251,14 @@ def measure_test_split(thresholds: dict[str, dict[str, Any]], beam_size: int = 1
     results = [check(text, structured(dict(zip(FINDINGS, map(float, p), strict=True)), thresholds))
                for text, p in zip(texts, probs, strict=True)]
     count = lambda key: {n: sum(n in getattr(r, key) for r in results) for n in ABNORMAL}  # noqa: E731
+    gold = {(i, n) for i in range(len(labels)) for j, n in enumerate(FINDINGS) if n in ABNORMAL and labels[i, j] > 0.5}
+    flags = {(i, n) for i, r in enumerate(results) for n in r.missing + r.contradicted}
+    unseen = {(i, n) for i, n in gold if n not in results[i].unchecked and (i, n) not in flags
+              and not label_text(texts[i])[n]}  # the reference has it, the text does not, and the guard is silent
     return {"decoding": "greedy" if beam_size == 1 else f"beam {beam_size}", "reports": len(results),
+            "flags_missing_or_contradicted": len(flags), "flags_in_reference": len(flags & gold),
+            "reference_findings_omitted_unflagged": len(unseen),
+            "reference_findings_checked": sum(n not in results[i].unchecked for i, n in gold),
             "flagged": sum(not r.ok for r in results),
             "with_missing": sum(bool(r.missing) for r in results),
             "with_contradicted": sum(bool(r.contradicted) for r in results),
@@ -291,9 +298,12 @@ def main(argv: list[str] | None = None) -> int:
     for name, spec in thresholds.items():
         log.info("%-22s threshold %.3f  checked %s  (%s)", name, spec["threshold"], spec["checked"], spec["method"])
     for t in result.get("test_split", []):
-        log.info("test split, %s: %d of %d reports flagged (missing %d, contradicted %d, unsupported %d)",
-                 t["decoding"], t["flagged"], t["reports"], t["with_missing"], t["with_contradicted"],
-                 t["with_unsupported"])
+        log.info("test split, %s: %d of %d reports flagged (missing %d, contradicted %d, unsupported %d); "
+                 "%d of %d missing/contradicted flags are in the reference; %d of %d checked reference findings "
+                 "omitted without a flag", t["decoding"], t["flagged"], t["reports"], t["with_missing"],
+                 t["with_contradicted"], t["with_unsupported"], t["flags_in_reference"],
+                 t["flags_missing_or_contradicted"], t["reference_findings_omitted_unflagged"],
+                 t["reference_findings_checked"])
     return 0
 
 
