@@ -24,6 +24,7 @@ from starlette.formparsers import MultiPartException, MultiPartParser
 from core.settings import settings
 from gateway.archives import ArchiveLimits, inspect_zip
 from gateway.problems import Problem
+from services.common.input_checks import CorruptInputError, InflateLimitError, verify_compressed
 
 CHUNK = 1 << 20
 HEAD = 64 << 10
@@ -155,19 +156,36 @@ async def save_volume(source: UploadFile | AsyncIterator[bytes], directory: Path
                       max_bytes: int | None = None) -> SavedInput:
     """A 3D volume or DICOM-series zip; a zip is checked member by member before it is accepted.
 
-    The zip's *medical* content (which series, CT or MR, gaps) is the worker's to judge, as it is for
-    a truncated gzip: it answers with a typed job error. The gateway refuses what is unsafe to open.
+    Compressed data is inflated with its integrity checks (a gzip member's CRC-32 and length, a zip
+    member's CRC-32): damaged data is 422 ``corrupt-archive``. The zip's *medical* content (which
+    series, CT or MR, gaps) is the worker's to judge: it answers with a typed job error. The gateway
+    refuses what is unsafe to open.
     """
     max_bytes = max_bytes or max_upload_bytes()
     chunks = chunks_of(source) if isinstance(source, UploadFile) else source
     saved = await save_stream(chunks, directory, stem, max_bytes)
-    if saved.name.endswith(".zip"):
-        try:
-            await run_in_threadpool(inspect_zip, directory / saved.name, archive_limits())
-        except BaseException:
-            (directory / saved.name).unlink(missing_ok=True)
-            raise
+    check = inspect_zip if saved.name.endswith(".zip") else verify_compressed_upload
+    try:
+        await run_in_threadpool(check, directory / saved.name, archive_limits())
+    except BaseException:
+        (directory / saved.name).unlink(missing_ok=True)
+        raise
     return saved
+
+
+def verify_compressed_upload(path: Path, limits: ArchiveLimits) -> None:
+    """Inflate a compressed volume (gzip NIfTI, gzip/bzip2 NRRD, zlib MetaImage) with its integrity
+    checks, so that damaged data is refused now (422 ``corrupt-archive``) rather than segmented into
+    garbage later; past the uncompressed limit it is a bomb (413). Uncompressed files pass as they are."""
+    try:
+        verify_compressed(path, limits.max_uncompressed)
+    except CorruptInputError as error:
+        raise Problem(422, "Corrupt archive", str(error).replace(path.name, "the upload"),
+                      kind="corrupt-archive") from None
+    except InflateLimitError:
+        limit_mib = limits.max_uncompressed / (1 << 20)
+        raise Problem(413, "Decompression bomb", f"the upload inflates past {limit_mib:g} MiB "
+                      "(MEDSTACK_ARCHIVE_MAX_UNCOMPRESSED_MB)", kind="decompression-bomb") from None
 
 
 def archive_limits() -> ArchiveLimits:

@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import json
 import os
+import zipfile
+import zlib
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
@@ -20,6 +22,7 @@ import numpy as np
 
 from services.common.dicom_seg import write_segmentation
 from services.common.dicom_series import DicomSeries, read_dicom_zip
+from services.common.input_checks import CORRUPT_KIND, CorruptInputError
 from services.common.preview import write_preview
 from services.common.volume import Volume, read_volume, write_volume
 
@@ -47,11 +50,22 @@ class JobInputError(Exception):
 
 
 def load_input(path: Path, series_uid: str | None = None) -> tuple[Volume, DicomSeries | None]:
-    """A NIfTI/NRRD/MHA file, or a zip holding a DICOM series (then the series is kept for SEG)."""
-    if path.suffix == ".zip":
-        series = read_dicom_zip(path, series_uid)
-        return series.volume, series
-    return read_volume(path), None
+    """A NIfTI/NRRD/MHA file, or a zip holding a DICOM series (then the series is kept for SEG).
+
+    Compressed data is inflated with its integrity checks before an image library reads it
+    (`services.common.input_checks`); damaged data is a `JobInputError` of kind ``corrupt-archive``.
+    """
+    try:
+        if path.suffix == ".zip":
+            series = read_dicom_zip(path, series_uid)
+            return series.volume, series
+        return read_volume(path), None
+    except CorruptInputError as error:
+        raise JobInputError(error.kind, str(error)) from None
+    except (zipfile.BadZipFile, zlib.error, EOFError) as error:  # a zip member's CRC, bad deflate data
+        raise JobInputError(CORRUPT_KIND, f"{path.name}: a member of the zip cannot be read ({error}); the "
+                            "compressed data is damaged: zip the series again and check that the transfer "
+                            "finished") from None
 
 
 def describe_input(path: Path, volume: Volume, series: DicomSeries | None) -> dict[str, Any]:

