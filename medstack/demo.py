@@ -71,6 +71,7 @@ def main() -> int:
     for path in sorted(results.iterdir()):
         _say(f"  {path}")
     _say(f"\nlook at {results / 'preview.png'}; the mask overlays {ct_path} in any viewer.")
+    _say(f"\nweb viewer: {state['gateway_url']}/ui/ (paste the key below; 'Show my input volume…' = {ct_path})")
     _say(f"\nAPI key for your own calls (scopes segmentation, jobs, models): {key}")
     _say(f'  curl -H "Authorization: Bearer {key}" {state["gateway_url"]}/v1/models')
     _say("The stack keeps running: `medstack status`, `medstack logs worker`, `medstack down`.")

