@@ -296,6 +296,9 @@ class SegmentationJobCreate(JobCreate):
     series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$",
                                    description="for a zip holding several series: the SeriesInstanceUID to segment")
     largest_component: bool = Field(False, description="keep only the largest connected component of each structure")
+    allow_modality_mismatch: bool = Field(False, description="research override: run the model on an input that is "
+                                          "not its modality (a DICOM series of another Modality, or a file "
+                                          "without air in HU for a CT model); the result records it")
 
 
 # ---- localization -------------------------------------------------------------------------------
@@ -334,6 +337,9 @@ class LocalizationJobCreate(JobCreate):
                             examples=["liver,spleen,left_kidney"])
     template_ids: str = Field(min_length=1, max_length=4000, description="comma-separated template ids (1–5 shot)",
                               examples=["6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"])
+    allow_modality_mismatch: bool = Field(False, description="research override: run the model on an input that is "
+                                          "not its modality (a DICOM series of another Modality, or a file "
+                                          "without air in HU for a CT model); the result records it")
 
 
 class MedlsamJobCreate(LocalizationJobCreate):

@@ -84,7 +84,8 @@ def _box_job(job_id: str, params: dict[str, Any], medlam: TritonModel) -> dict[s
     return {"input_path": store.path(job_id, params["input"]), "out_dir": store.job_dir(job_id),
             "templates": _templates(params["template_ids"], params["structures"], model),
             "structures": params["structures"], "predict": _medlam_predict(medlam), "model": model,
-            "template_ids": params["template_ids"], "series_uid": params.get("series_uid")}
+            "template_ids": params["template_ids"], "series_uid": params.get("series_uid"),
+            "allow_modality_mismatch": bool(params.get("allow_modality_mismatch"))}
 
 
 @celery_app.task(bind=True, name=LOCALIZATION.task)

@@ -35,6 +35,7 @@ def _segment(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[st
         return run_segmentation(
             store.path(job_id, params["input"]), store.job_dir(job_id), card, predictor, progress=progress,
             largest_component=bool(params.get("largest_component")), series_uid=params.get("series_uid"),
+            allow_modality_mismatch=bool(params.get("allow_modality_mismatch")),
         )
     finally:
         predictor.close()

@@ -18,7 +18,10 @@ Damaged data raises `CorruptInputError` (``kind = "corrupt-archive"``): the gate
 Inflation is streamed (64 KiB of input at a time) and stops past ``max_bytes``
 (`InflateLimitError`), so a bomb costs neither memory nor time.
 
-**Modality** (issue #25, item 6): see `check_modality`.
+**Modality** (issue #25, item 6): `check_modality` — a DICOM series' Modality must match the
+model's (`model_modality`, CT by default), and a file without a modality tag must look like a CT in
+Hounsfield units (air below −200 HU); ``modality-mismatch`` / ``not-ct`` otherwise, unless the job
+sets ``allow_modality_mismatch=true`` (recorded in the result).
 """
 
 from __future__ import annotations
@@ -37,6 +40,9 @@ from services.common.volume import VolumeError
 __all__ = [
     "CorruptInputError",
     "InflateLimitError",
+    "ModalityError",
+    "check_modality",
+    "model_modality",
     "gunzip_chunks",
     "verify_compressed",
 ]
@@ -218,3 +224,80 @@ def _verify_metaimage(f: BinaryIO, name: str, max_bytes: int | None) -> int | No
     if expected is not None and total != expected:
         raise _corrupt(label, f"it inflates to {total} bytes where the header promises {expected}")
     return total
+
+
+# ---- modality: inputs the model was not made for ---------------------------------------------------
+
+DEFAULT_MODALITY = "CT"  # every volume model MedStack serves was trained on CT in Hounsfield units
+OVERRIDE_PARAM = "allow_modality_mismatch"
+AIR_HU = -200.0  # air, lung, bowel gas and the scanner's outside-the-field fill (-1024, -2048) lie below
+MIN_AIR_FRACTION = 0.005  # real CTs measured: 0.44–0.99 (whole scans and every crop the tests use); MR: 0
+_SAMPLE_VOXELS = 1 << 21
+
+
+def model_modality(manifest: dict | None) -> str:
+    """The modality a model was made for: the manifest's ``modality`` (or ``preprocessing.modality``)
+    where an export recorded it, else CT — every volume model exported so far takes HU (their
+    preprocessing windows are in HU), so no re-export is needed."""
+    manifest = manifest or {}
+    value = manifest.get("modality") or (manifest.get("preprocessing") or {}).get("modality")
+    return str(value or DEFAULT_MODALITY).upper()
+
+
+def air_fraction(array: np.ndarray) -> float:
+    """Fraction of voxels below `AIR_HU`, on a regular subsample of at most ~2 M voxels."""
+    step = max(1, round((array.size / _SAMPLE_VOXELS) ** (1 / 3)))
+    sample = array[::step, ::step, ::step]
+    return float(np.count_nonzero(sample < AIR_HU)) / max(sample.size, 1)
+
+
+def check_modality(array: np.ndarray, dicom_modality: str | None, expected: str = DEFAULT_MODALITY,
+                   allow_mismatch: bool = False) -> dict:
+    """Is the input the kind of image the model was made for? Returns the ``input_check`` block a
+    result records; raises `ModalityError` (``modality-mismatch`` or ``not-ct``) unless
+    ``allow_mismatch``, the research override, which the block then records with a warning.
+
+    - DICOM: the series' Modality must equal the model's (``modality-mismatch``).
+    - NIfTI/NRRD/MetaImage (no modality tag), model made for CT: a CT in Hounsfield units has air —
+      around the body, in the lungs or bowel, or the scanner's fill outside the field of view — so at
+      least 0.5 % of the voxels must lie below −200 HU (``not-ct``). An MR has none (magnitude
+      images are ≥ 0), nor has a CT stored without its rescale to HU.
+    """
+    expected = expected.upper()
+    check: dict = {"expected_modality": expected, "modality": dicom_modality, "method": None, "passed": True,
+                   "override": False, "warnings": []}
+    reason, kind = None, None
+    if dicom_modality is not None:
+        check["method"] = "dicom-modality"
+        if dicom_modality.upper() != expected:
+            kind = "modality-mismatch"
+            reason = (f"the DICOM series is {dicom_modality.upper()} but the model was made for {expected} "
+                      "images")
+    elif expected == "CT":
+        fraction = air_fraction(array)
+        check.update(method="hounsfield-air", air_fraction=round(fraction, 4), air_hu=AIR_HU,
+                     min_air_fraction=MIN_AIR_FRACTION)
+        if fraction < MIN_AIR_FRACTION:
+            kind = "not-ct"
+            reason = (f"only {fraction:.2%} of the voxels lie below {AIR_HU:g} HU, where a CT in Hounsfield "
+                      f"units has air (at least {MIN_AIR_FRACTION:.1%}): this looks like an MR or another "
+                      "non-CT image, or a CT stored without its rescale to HU")
+    if reason is None:
+        return check
+    check["passed"] = False
+    if not allow_mismatch:
+        raise ModalityError(kind, f"{reason}. Send a {expected} (in HU), or set {OVERRIDE_PARAM}=true to run "
+                            "the model anyway for research (the result records the override and is not meant "
+                            "for a patient record)")
+    check["override"] = True
+    check["warnings"].append(f"{reason}; run anyway because {OVERRIDE_PARAM}=true: the result is not meant "
+                             "for a patient record")
+    return check
+
+
+class ModalityError(ValueError):
+    """The input is not the modality the model was made for; ``kind`` is ``modality-mismatch`` or ``not-ct``."""
+
+    def __init__(self, kind: str, detail: str) -> None:
+        super().__init__(detail)
+        self.kind = kind

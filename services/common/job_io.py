@@ -22,7 +22,13 @@ import numpy as np
 
 from services.common.dicom_seg import write_segmentation
 from services.common.dicom_series import DicomSeries, read_dicom_zip
-from services.common.input_checks import CORRUPT_KIND, CorruptInputError
+from services.common.input_checks import (
+    CORRUPT_KIND,
+    DEFAULT_MODALITY,
+    CorruptInputError,
+    ModalityError,
+    check_modality,
+)
 from services.common.preview import write_preview
 from services.common.volume import Volume, read_volume, write_volume
 
@@ -66,6 +72,16 @@ def load_input(path: Path, series_uid: str | None = None) -> tuple[Volume, Dicom
         raise JobInputError(CORRUPT_KIND, f"{path.name}: a member of the zip cannot be read ({error}); the "
                             "compressed data is damaged: zip the series again and check that the transfer "
                             "finished") from None
+
+
+def check_input_modality(volume: Volume, series: DicomSeries | None, expected: str = DEFAULT_MODALITY,
+                         allow_mismatch: bool = False) -> dict[str, Any]:
+    """The shared modality check of every volume job (`services.common.input_checks.check_modality`):
+    the ``input_check`` block for the result, or a `JobInputError` ``modality-mismatch`` / ``not-ct``."""
+    try:
+        return check_modality(volume.array, series.modality if series else None, expected, allow_mismatch)
+    except ModalityError as error:
+        raise JobInputError(error.kind, str(error)) from None
 
 
 def describe_input(path: Path, volume: Volume, series: DicomSeries | None) -> dict[str, Any]:

@@ -27,6 +27,7 @@ from services.common.job_io import (
     SUMMARY_NAME,
     JobInputError,
     Progress,
+    check_input_modality,
     load_input,
     no_progress,
     structure_volumes,
@@ -164,23 +165,26 @@ def register_template(input_path: Path, points: Mapping[str, Sequence[Sequence[f
 
 def _boxes(input_path: Path, templates: Templates, structures: Sequence[str], template_ids: Sequence[str],
            predict: Predict, model: Mapping[str, str], progress: Progress,
-           series_uid: str | None) -> tuple[dict[str, Any], Volume, DicomSeries | None]:
+           series_uid: str | None, allow_modality_mismatch: bool = False
+           ) -> tuple[dict[str, Any], Volume, DicomSeries | None]:
     progress("loading", 0.0)
     original, series = load_input(input_path, series_uid)
+    input_check = check_input_modality(original, series, allow_mismatch=allow_modality_mismatch)  # CT models
     progress("localizing", 0.1)
     boxes = localize_structures(original, templates, structures, predict)
     result = {"model": dict(model), "template_ids": list(template_ids), "shots": len(templates),
-              "coordinates": COORDINATES, "structures": boxes}
+              "coordinates": COORDINATES, "input_check": input_check, "structures": boxes}
     return result, original, series
 
 
 def run_localization(input_path: Path, out_dir: Path, templates: Templates, structures: Sequence[str],
                      predict: Predict, *, model: Mapping[str, str], template_ids: Sequence[str] = (),
-                     progress: Progress = no_progress, series_uid: str | None = None) -> dict[str, Any]:
+                     progress: Progress = no_progress, series_uid: str | None = None,
+                     allow_modality_mismatch: bool = False) -> dict[str, Any]:
     """Boxes of ``structures`` from ``templates`` (one shot each); writes ``result.json`` and a
     ``preview.png`` with the boxes outlined, returns the result."""
     result, original, _ = _boxes(input_path, templates, structures, template_ids, predict, model, progress,
-                                 series_uid)
+                                 series_uid, allow_modality_mismatch)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_box_preview(original, result["structures"], out_dir / PREVIEW_NAME)
     result["artifacts"] = [RESULT_NAME, PREVIEW_NAME]
@@ -192,12 +196,12 @@ def run_localization(input_path: Path, out_dir: Path, templates: Templates, stru
 def run_medlsam(input_path: Path, out_dir: Path, templates: Templates, structures: Sequence[str],
                 predict: Predict, segment: SegPredict, *, model: Mapping[str, str], segmenter: Mapping[str, str],
                 template_ids: Sequence[str] = (), progress: Progress = no_progress, series_uid: str | None = None,
-                dicom_seg: bool = False) -> dict[str, Any]:
+                dicom_seg: bool = False, allow_modality_mismatch: bool = False) -> dict[str, Any]:
     """Localize ``structures``, then segment inside each box (MedLSAM): ``mask.nii.gz`` on the input
     grid (label i+1 for structure i), ``preview.png``, ``summary.json`` and, when asked for and the
     input is DICOM, ``seg.dcm``; returns the summary."""
     result, original, series = _boxes(input_path, templates, structures, template_ids, predict, model, progress,
-                                      series_uid)
+                                      series_uid, allow_modality_mismatch)
     progress("segmenting", 0.4)
     mask = segment_boxes(original, result["structures"], segment)
     result["segmenter"] = dict(segmenter)

@@ -19,9 +19,11 @@ from typing import Any
 import numpy as np
 from scipy import ndimage
 
+from services.common.input_checks import DEFAULT_MODALITY, model_modality
 from services.common.job_io import (
     SUMMARY_NAME,
     Progress,
+    check_input_modality,
     describe_input,
     load_input,
     no_progress,
@@ -46,6 +48,7 @@ class ModelCard:
     patch_size: tuple[int, int, int]
     spec: PreprocessingSpec  # orientation, spacing, HU window, pad value: `to_model_grid`'s input
     overlap: float  # sliding-window overlap the model was validated with
+    modality: str = DEFAULT_MODALITY  # what the model was made for (manifest ``modality``, else CT)
 
     @classmethod
     def from_manifest(cls, manifest: dict[str, Any]) -> ModelCard:
@@ -60,6 +63,7 @@ class ModelCard:
             patch_size=tuple(pre["patch_size"]),  # type: ignore[arg-type]
             spec=PreprocessingSpec.from_manifest(pre),
             overlap=float(pre.get("sliding_window", {}).get("overlap", 0.25)),
+            modality=model_modality(manifest),
         )
 
     @property
@@ -94,10 +98,14 @@ def keep_largest_components(labels: np.ndarray) -> np.ndarray:
 def run_segmentation(
     input_path: Path, out_dir: Path, card: ModelCard, predict: Predictor, progress: Progress = no_progress,
     overlap: float | None = None, batch_size: int = 2, largest_component: bool = False,
-    series_uid: str | None = None,
+    series_uid: str | None = None, allow_modality_mismatch: bool = False,
 ) -> dict[str, Any]:
     """Segment one volume; writes ``mask.nii.gz`` (input geometry), ``summary.json``, ``preview.png``
-    and, for DICOM input, ``seg.dcm`` referencing the source series; returns the summary."""
+    and, for DICOM input, ``seg.dcm`` referencing the source series; returns the summary.
+
+    An input that is not the model's modality (a DICOM series of another Modality, or a file without
+    air in HU for a CT model) fails with ``modality-mismatch`` / ``not-ct`` unless
+    ``allow_modality_mismatch`` (recorded in the summary's ``input_check``)."""
     timings: dict[str, float] = {}
 
     def timed(stage: str, start: float) -> float:
@@ -108,6 +116,7 @@ def run_segmentation(
     t = time.perf_counter()
     progress("loading", 0.0)
     original, series = load_input(input_path, series_uid)
+    input_check = check_input_modality(original, series, card.modality, allow_modality_mismatch)
     t = timed("load", t)
     progress("preprocessing", 0.05)
     model_grid = to_model_grid(original, card.spec)
@@ -132,6 +141,7 @@ def run_segmentation(
     summary = {
         "model": card.facts,
         "input": describe_input(input_path, original, series),
+        "input_check": input_check,
         "structures": structure_volumes(mask, reported),
         "timings_s": timings,
         "artifacts": artifacts,

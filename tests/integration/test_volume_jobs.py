@@ -121,3 +121,18 @@ def test_bad_inputs_end_the_job_with_a_typed_clear_error(stack, tmp_path):
 
 
 
+
+
+def test_a_brain_mr_sent_to_the_ct_model_fails_unless_overridden(stack, tmp_path):
+    """Issue #25: a real brain MR (pyradiomics brain1) used to 'succeed' with an organ mask."""
+    from services.common.datasets import load_pyradiomics
+
+    upload = write_volume(load_pyradiomics("brain1").image, tmp_path / "brain_mr.nrrd")
+    with stack.client() as client:
+        refused = wait_for_job(client, submit(client, upload)["id"])
+        overridden = wait_for_job(client, submit(client, upload, allow_modality_mismatch="true")["id"])
+    assert refused["state"] == "failed" and refused["error"]["type"] == "not-ct", refused
+    assert "allow_modality_mismatch=true" in refused["error"]["detail"]
+    assert overridden["state"] == "succeeded", overridden
+    check = overridden["result"]["input_check"]
+    assert check["override"] is True and check["passed"] is False and check["warnings"]

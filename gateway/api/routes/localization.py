@@ -82,6 +82,8 @@ async def localize(request: Request, principal: CurrentKey, store: Store, db: Db
     async with read_upload(request, LocalizationJobCreate, max_upload_bytes()) as upload:
         form = upload.options
         params = {"structures": split_csv(form.structures), "template_ids": split_csv(form.template_ids)}
+        if form.allow_modality_mismatch:
+            params["allow_modality_mismatch"] = True
         records.check_templates(db, principal, params["template_ids"], params["structures"])
         spec = job_request(LOCALIZATION, params, priority=form.priority,
                            idempotency_key=check_idempotency_key(idempotency_key, form.transaction_id))

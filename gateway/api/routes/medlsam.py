@@ -37,6 +37,8 @@ async def create_job(request: Request, principal: CurrentKey, store: Store, db: 
         form = upload.options
         params = {"structures": split_csv(form.structures), "template_ids": split_csv(form.template_ids),
                   "output_dicom_seg": form.output_dicom_seg}
+        if form.allow_modality_mismatch:
+            params["allow_modality_mismatch"] = True
         check_templates(db, principal, params["template_ids"], params["structures"])
         spec = job_request(MEDLSAM, params, priority=form.priority,
                            idempotency_key=check_idempotency_key(idempotency_key, form.transaction_id))

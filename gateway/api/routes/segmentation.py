@@ -45,7 +45,10 @@ async def create_job(request: Request, principal: CurrentKey, store: Store,
                      idempotency_key: IdempotencyKey = None) -> Any:
     async with read_upload(request, SegmentationJobCreate, max_upload_bytes(), raw_body=True) as upload:
         form = upload.options
-        spec = job_request(SEGMENTATION, {"series_uid": form.series_uid, "largest_component": form.largest_component},
+        params = {"series_uid": form.series_uid, "largest_component": form.largest_component}
+        if form.allow_modality_mismatch:  # only when set: ordinary requests keep their params (and digests)
+            params["allow_modality_mismatch"] = True
+        spec = job_request(SEGMENTATION, params,
                            model=chosen_model(SEGMENTATION, form.model), priority=form.priority,
                            idempotency_key=check_idempotency_key(idempotency_key, form.transaction_id))
         submitted = await submit(request, principal, spec, store, lambda d: save_volume(upload.file, d))
