@@ -43,9 +43,9 @@ from services.localization.geometry import (
     world_box,
 )
 from services.localization.medlam import (
+    CropCache,
     Predict,
     QueryAnchor,
-    RdrCache,
     StructureEmbedding,
     embed_points,
     localize,
@@ -144,7 +144,7 @@ def score_query(case: QueryCase, templates: Templates, predict: Predict, shots: 
     query also MedLSAM Dice in MedLAM's largest-k box and in the true box."""
     grid = to_grid(case.ct)
     anchor = QueryAnchor.of(grid.array, predict, np.random.default_rng(seed))
-    cache = RdrCache(grid.array, predict)
+    cache = CropCache(grid.array, predict)
     fov = world_bounds(case.ct)
     query_body = grid_body_box(grid)
     names = [n for n in (structures or case.truth) if n in case.truth]

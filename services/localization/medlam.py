@@ -32,7 +32,7 @@ Predict = Callable[[np.ndarray], tuple[np.ndarray, np.ndarray, np.ndarray, np.nd
 CUBES = (2, 4, 8)  # cube side per scale (¼, ½, full)
 QUERY_CROPS = 10
 BATCH = 8
-RDR_STEPS = 5  # iterative RDR: re-runs at most, stopping once every point moves less than one voxel
+RDR_STEPS = 3  # iterative RDR: re-runs at most, stopping once every point moves less than one voxel
 MSS_RADII: tuple[int | None, ...] = (None, None, 3)  # search radius (voxels) per scale; None: the whole crop
 
 
@@ -106,29 +106,42 @@ def rdr_points(embedding: StructureEmbedding, anchor: QueryAnchor) -> np.ndarray
     return anchor.centre + offsets_mm / GRID.spacing_mm
 
 
-class RdrCache:
-    """RDR vectors of crops of one query volume, by crop centre (voxel): iterative RDR of several
-    structures and shots revisits the same centres."""
+class CropCache:
+    """The network's outputs for crops of one query volume, by crop centre (voxel): iterative RDR and
+    MSS of several structures and shots revisit the same centres. Calling it gives RDR vectors."""
 
     def __init__(self, volume: np.ndarray, predict: Predict) -> None:
-        self.volume, self.predict, self.known = volume, predict, {}
+        self.volume, self.predict = volume, predict
+        self.known: dict[tuple[int, ...], tuple[np.ndarray, ...]] = {}
 
-    def __call__(self, centres: np.ndarray) -> np.ndarray:
+    def _outputs(self, centres: np.ndarray) -> list[tuple[np.ndarray, ...]]:
         keys = [tuple(int(v) for v in c) for c in np.round(centres)]
         todo = list(dict.fromkeys(k for k in keys if k not in self.known))
         if todo:
             crops = np.stack([crop(self.volume, np.asarray(k), GRID.crop) for k in todo])[:, None]
-            for key, rdr in zip(todo, run_batched(self.predict, crops)[0], strict=True):
-                self.known[key] = rdr
-        return np.stack([self.known[k] for k in keys])
+            outputs = run_batched(self.predict, crops)
+            for i, key in enumerate(todo):
+                self.known[key] = tuple(o[i] for o in outputs)
+        return [self.known[k] for k in keys]
+
+    def __call__(self, centres: np.ndarray) -> np.ndarray:
+        return np.stack([o[0] for o in self._outputs(centres)])
+
+    def features(self, centres: np.ndarray) -> list[np.ndarray]:
+        """Feature maps at ¼, ½ and full resolution, each (n, C, s, s, s)."""
+        outputs = self._outputs(centres)
+        return [np.stack([o[s] for o in outputs]) for s in (1, 2, 3)]
+
+
+RdrCache = CropCache  # the RDR-only name of the same cache
 
 
 def iterative_rdr(volume: np.ndarray, embedding: StructureEmbedding, anchor: QueryAnchor, predict: Predict,
-                  steps: int = RDR_STEPS, cache: RdrCache | None = None) -> np.ndarray:
+                  steps: int = RDR_STEPS, cache: CropCache | None = None) -> np.ndarray:
     """Whole-volume iterative RDR: from the anchor's one-step estimate, re-run RDR on a crop centred on
     each current point and move by ``R·tanh(s_j − f(crop))`` until every move is below one voxel (or
     ``steps`` re-runs). Points are kept inside the volume (a crop centred outside would show nothing)."""
-    cache = cache or RdrCache(volume, predict)
+    cache = cache or CropCache(volume, predict)
     limit = np.asarray(volume.shape) - 1
     points = np.clip(rdr_points(embedding, anchor), 0, limit)
     for _ in range(steps):
@@ -162,22 +175,43 @@ def _argmax_near(total: torch.Tensor, centre: np.ndarray | None, radius: int) ->
     return np.asarray(np.unravel_index(int(total.argmax()), total.shape))
 
 
+def _full_similarity_near(fmap: np.ndarray, cube: np.ndarray, centre: np.ndarray, radius: int) -> tuple[
+        torch.Tensor, np.ndarray]:
+    """The full-resolution similarity map only within ``radius`` of ``centre`` (the same values as
+    ``_similarity`` there): (window map, its first voxel)."""
+    f = F.normalize(torch.from_numpy(fmap[None]), dim=1)
+    w = torch.from_numpy(cube[None])
+    k = w.shape[-1]
+    padded = F.pad(f, ((k - 1) // 2, k // 2) * 3)
+    size = fmap.shape[-1]
+    lo = np.clip(centre - radius, 0, size - 1).astype(int)
+    hi = np.clip(centre + radius, 0, size - 1).astype(int)
+    block = padded[..., lo[0]:hi[0] + k, lo[1]:hi[1] + k, lo[2]:hi[2] + k]
+    return F.conv3d(block, w)[0, 0] / k**3, lo
+
+
 def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbedding, predict: Predict,
-               radii: Sequence[int | None] = MSS_RADII) -> np.ndarray:
+               radii: Sequence[int | None] = MSS_RADII, cache: CropCache | None = None) -> np.ndarray:
     """Move each point to the best multi-scale feature match within a crop around it, coarse to fine:
     the similarity maps of the scales (¼, ½, full) are added one at a time, and after each the argmax
     is searched within ``radii[s]`` voxels of the previous one (None: anywhere in the crop). The
     default lets the ¼ + ½ maps choose anywhere and the full-resolution map only near that choice
-    (fine texture repeats across a 160 mm crop; a 2³ cube at ¼ alone is too coarse to choose)."""
+    (fine texture repeats across a 160 mm crop; a 2³ cube at ¼ alone is too coarse to choose); the
+    full-resolution correlation is then computed only in that window."""
     points = np.round(points)
-    crops = np.stack([crop(volume, p, GRID.crop) for p in points])[:, None]
-    _, *features = run_batched(predict, crops)
+    features = (cache or CropCache(volume, predict)).features(points)
     size = GRID.crop
     refined = points.copy()
     for j in range(len(points)):
         total = torch.ones((size,) * 3)
         best = None
-        for fmap, cube, radius in zip(features, embedding.cubes, radii, strict=True):
+        for s, (fmap, cube, radius) in enumerate(zip(features, embedding.cubes, radii, strict=True)):
+            if s == 2 and radius is not None and best is not None:  # the finest scale, in its window only
+                window, lo = _full_similarity_near(fmap[j], cube[j], best, radius)
+                hi = lo + np.asarray(window.shape)
+                local = total[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]] + window
+                best = lo + np.asarray(np.unravel_index(int(local.argmax()), local.shape))
+                continue
             total = total + _similarity(fmap[j], cube[j], size)
             best = _argmax_near(total, best if radius is not None else None, radius or 0)
         # +1: an even cube's centre sits half a voxel before the point it was cut around, and
@@ -188,12 +222,13 @@ def mss_refine(volume: np.ndarray, points: np.ndarray, embedding: StructureEmbed
 
 def localize(volume: np.ndarray, embedding: StructureEmbedding, anchor: QueryAnchor, predict: Predict,
              refine: bool = True, rdr_steps: int = RDR_STEPS,
-             cache: RdrCache | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
+             cache: CropCache | None = None) -> tuple[np.ndarray, tuple[np.ndarray, np.ndarray]]:
     """Six points and the box (lo, hi) of a structure in a query volume on the MedLAM grid: iterative
     RDR (``rdr_steps`` re-runs at most; 0 = the single step from the anchor), then coarse-to-fine MSS."""
+    cache = cache or CropCache(volume, predict)
     points = iterative_rdr(volume, embedding, anchor, predict, rdr_steps, cache)
     if refine:
-        points = mss_refine(volume, points, embedding, predict)
+        points = mss_refine(volume, points, embedding, predict, cache=cache)
     lo, hi = box_from_points(points)
     limit = np.asarray(volume.shape) - 1
     return points, (np.clip(lo, 0, limit), np.clip(hi, 0, limit))
