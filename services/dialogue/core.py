@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Callable
 
 import numpy as np
 
@@ -80,16 +81,110 @@ def instruction_text(dtype: str, action: str, field: str | None) -> str:
     return f"type={dtype}; action={action}; target={FIELD_LABELS[field] if field else 'none'}"
 
 
-def build_prompt(history: list[dict], instruction: str | None, knowledge: list[str]) -> str:
-    """The generator's prompt in SmolLM2's chat format; ``instruction`` None = the ablation."""
+PROMPT_TOKEN_BUDGET = 320  # the whole prompt; the corpus's prompts take 109 (median) to 159 (max) tokens
+KNOWLEDGE_TOKEN_BUDGET = 96  # the knowledge facts; the corpus's gold facts take at most 33
+TRIMMED = "…"  # marks where a patient message was cut
+
+
+def build_prompt(history: list[dict], instruction: str | None, knowledge: list[str],
+                 count_tokens: Callable[[str], int] | None = None, budget: int = PROMPT_TOKEN_BUDGET,
+                 report: dict | None = None) -> str:
+    """The generator's prompt in SmolLM2's chat format; ``instruction`` None = the ablation.
+
+    With ``count_tokens`` (the generator tokenizer's count: the Triton model and the evaluation both
+    pass it) the prompt keeps to ``budget`` tokens, so a long message cannot make prefill slow
+    (issue #25: 4,000 digits were ~4,000 prompt tokens, 14 s). The rule, in this order:
+
+    1. the system sentence and the instruction are always kept;
+    2. knowledge facts are kept whole, in retrieval order, while they fit ``KNOWLEDGE_TOKEN_BUDGET``
+       (a first fact longer than that keeps its beginning);
+    3. the last ``HISTORY_TURNS`` utterances are added newest first, each whole, while they fit what
+       is left; the first that does not fit and every older one are dropped — except the newest
+       utterance (the patient's message), which is never dropped: it keeps its *last* words that fit,
+       after a "…".
+
+    Prompts of the corpus are far under the budget and come out unchanged. ``report``, when given, is
+    filled with ``prompt_tokens``, ``utterances_dropped``, ``message_trimmed``, ``facts_dropped``.
+    """
     system = SYSTEM
     if instruction:
         system += f"\nInstruction: {instruction}"
+    lines = [f"{speaker(t['role'])}: {t['text']}" for t in history[-HISTORY_TURNS:]]
+    if count_tokens is None:
+        return _assemble(system, knowledge, lines)
+    kept = _fit_knowledge(knowledge, count_tokens)
+    target, prompt, facts_dropped = budget, "", len(knowledge) - len(kept)
+    for _ in range(4):  # token merges across the joins may cost a token or two more than the parts
+        chosen, trimmed = _fit_lines(lines, count_tokens, target - count_tokens(_assemble(system, kept, [])))
+        prompt = _assemble(system, kept, chosen)
+        total = count_tokens(prompt)
+        if total <= budget:
+            break
+        target -= total - budget
+    if report is not None:
+        report.update(prompt_tokens=count_tokens(prompt), utterances_dropped=len(lines) - len(chosen),
+                      message_trimmed=trimmed, facts_dropped=facts_dropped)
+    return prompt
+
+
+def _assemble(system: str, knowledge: list[str], lines: list[str]) -> str:
     if knowledge:
         system += "\nKnowledge: " + " | ".join(knowledge)
-    dialogue = "\n".join(f"{speaker(t['role'])}: {t['text']}" for t in history[-HISTORY_TURNS:])
+    dialogue = "\n".join(lines)
     return (f"<|im_start|>system\n{system}<|im_end|>\n<|im_start|>user\n{dialogue}<|im_end|>\n"
             "<|im_start|>assistant\n")
+
+
+def _fit_knowledge(knowledge: list[str], count_tokens: Callable[[str], int]) -> list[str]:
+    kept: list[str] = []
+    for fact in knowledge:
+        if count_tokens(" | ".join([*kept, fact])) > KNOWLEDGE_TOKEN_BUDGET:
+            if not kept:  # one overlong fact: its beginning (the condition and field come first)
+                end = _longest(len(fact), lambda n, fact=fact: count_tokens(fact[:n]) <= KNOWLEDGE_TOKEN_BUDGET)
+                kept.append(fact[:end])
+            break
+        kept.append(fact)
+    return kept
+
+
+def _fit_lines(lines: list[str], count_tokens: Callable[[str], int], room: int) -> tuple[list[str], bool]:
+    """Newest first, whole lines while they fit ``room`` (one token per newline); the newest line
+    keeps its tail when it does not fit. Returns (lines in order, whether the newest was cut)."""
+    chosen: list[str] = []
+    for i, line in enumerate(reversed(lines)):
+        cost = count_tokens(line) + (1 if chosen else 0)
+        if cost <= room:
+            chosen.insert(0, line)
+            room -= cost
+            continue
+        if i == 0:
+            return [_tail(line, count_tokens, room)], True
+        break
+    return chosen, False
+
+
+def _tail(line: str, count_tokens: Callable[[str], int], room: int) -> str:
+    """'Patient: …<the last words of the message that fit room tokens>'."""
+    head, _, text = line.partition(": ")
+    prefix = f"{head}: {TRIMMED}"
+    keep = _longest(len(text), lambda n: count_tokens(prefix + text[len(text) - n:]) <= room)
+    tail = text[len(text) - keep:]
+    space = tail.find(" ")
+    if 0 <= space < 20 and space + 1 < len(tail) and keep < len(text):  # start on a word, not inside one
+        tail = tail[space + 1:]
+    return prefix + tail
+
+
+def _longest(limit: int, fits: Callable[[int], bool]) -> int:
+    """The largest n in [0, limit] with fits(n) (fits is monotone: shorter text, fewer tokens)."""
+    low, high = 0, limit
+    while low < high:
+        middle = (low + high + 1) // 2
+        if fits(middle):
+            low = middle
+        else:
+            high = middle - 1
+    return low
 
 
 def normalise(v: np.ndarray) -> np.ndarray:

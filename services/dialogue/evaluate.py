@@ -25,7 +25,7 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -100,12 +100,19 @@ def kb_embeddings(kb: dict, cache_dir: Path | None = None) -> tuple[np.ndarray, 
     return conditions, facts
 
 
+def token_counter() -> Callable[[str], int]:
+    """The generator tokenizer's count, as the Triton model's prompt budget uses it."""
+    tok = lm.tokenizer()
+    return lambda text: len(tok.encode(text).ids)
+
+
 class Planner:
     """What the Triton model does before decoding: instruction, retrieval, prompt (PyTorch encoder)."""
 
     def __init__(self, kb: dict) -> None:
         self.kb, self.head = kb, load_head()
         self.cond_emb, self.fact_emb = kb_embeddings(kb)
+        self.count_tokens = token_counter()
 
     def __call__(self, history: list[dict], instructions: bool) -> tuple[str, dict]:
         emb = encoder.encode([core.history_text(history), core.patient_text(history) or " "])
@@ -119,7 +126,8 @@ class Planner:
         else:
             found = core.retrieve(self.kb, self.cond_emb, patient, history, None, self.fact_emb)
             instruction = None
-        return core.build_prompt(history, instruction, found["knowledge"]), {"action": action, **found}
+        return (core.build_prompt(history, instruction, found["knowledge"], self.count_tokens),
+                {"action": action, **found})
 
 
 def load_generators(instructed: Sequence[bool]) -> dict[bool, lm.SmolLM]:
@@ -142,6 +150,7 @@ def generate_responses(turns: list[dict], systems: Sequence[str], max_new_tokens
     generators = load_generators([SYSTEMS[s][0] for s in systems])
     tok = lm.tokenizer()
     end = tok.token_to_id(lm.END)
+    count_tokens = planner.count_tokens
     out: dict[str, dict] = {}
     for name in systems:
         instructed, gold = SYSTEMS[name]
@@ -150,7 +159,7 @@ def generate_responses(turns: list[dict], systems: Sequence[str], max_new_tokens
             started = time.perf_counter()
             if gold:  # upper reference: the corpus's own instruction and knowledge fact
                 prompt = core.build_prompt(t["history"], core.instruction_text(t["type"], t["action"], t["field"]),
-                                           t["knowledge"])
+                                           t["knowledge"], count_tokens)
                 hits.append(True)
             else:
                 prompt, found = planner(t["history"], instructed)

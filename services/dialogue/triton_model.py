@@ -56,6 +56,9 @@ class TritonPythonModel:
             raise RuntimeError(f"{model}: {response.error().message()}")
         return [pb_utils.get_output_tensor_by_name(response, name).as_numpy() for name in outputs]
 
+    def count_tokens(self, text):
+        return len(self.gen_tok.encode(text).ids)
+
     def _embed(self, text):
         ids = np.array([self.enc_tok.encode(text).ids], dtype=np.int64)
         emb, type_logits, action_logits = self._infer(
@@ -76,9 +79,10 @@ class TritonPythonModel:
         else:
             found = core.retrieve(self.kb, self.cond_emb, patient_emb, history, None, self.fact_emb)
             instruction = None
-        prompt = core.build_prompt(history, instruction, found["knowledge"])
+        budget = {}  # the prompt keeps to core.PROMPT_TOKEN_BUDGET generator tokens (long messages trimmed)
+        prompt = core.build_prompt(history, instruction, found["knowledge"], self.count_tokens, report=budget)
         meta = {"type": dtype, "action": action, "slots": found["slots"], "knowledge": found["knowledge"],
-                "condition": found["condition"], "instruction": instruction}
+                "condition": found["condition"], "instruction": instruction, "prompt": budget}
         return prompt, meta
 
     def generate(self, prompt, max_new_tokens, out):
