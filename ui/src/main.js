@@ -106,6 +106,9 @@ for (const button of document.querySelectorAll('#tabs button')) {
   button.addEventListener('click', () => {
     for (const b of document.querySelectorAll('#tabs button')) b.classList.toggle('active', b === button)
     for (const tab of document.querySelectorAll('.tab')) tab.hidden = tab.id !== `tab-${button.dataset.tab}`
+    // the report takes the right-hand side; segmentation and dialogue keep the viewer there
+    $('#report-out').hidden = button.dataset.tab !== 'report'
+    $('#result-view').hidden = button.dataset.tab === 'report'
   })
 }
 
@@ -453,8 +456,12 @@ $('#report-form').addEventListener('submit', async (event) => {
         el('td', {}, f.name.replaceAll('_', ' ')), el('td', { class: 'num' }, Number(f.probability).toFixed(2)),
         el('td', { class: 'num' }, Number(f.threshold).toFixed(2)),
         el('td', {}, f.present === null ? 'not validated' : (f.present ? 'yes' : 'no'))))))
-    out.replaceChildren(preview ?? '', el('p', { id: 'report-text' }, report.text), findings,
-      ...(report.warnings || []).map((w) => el('p', { class: 'warning' }, w)))
+    const check = report.input_check || {}
+    out.replaceChildren(
+      preview ?? el('p', { class: 'muted' }, `${file.name}: DICOM ${check.modality ?? ''} ${check.view_position ?? ''} — the browser does not ` +
+        'draw DICOM pixels; the report was written from them'),
+      el('div', { class: 'side' }, el('h3', {}, 'Report'), el('p', { id: 'report-text' }, report.text),
+        el('h3', {}, 'Findings'), findings, ...(report.warnings || []).map((w) => el('p', { class: 'warning' }, w))))
   } catch (error) {
     out.replaceChildren(el('p', { class: 'job-error', id: 'report-error' }, problemText(error)))
   }
