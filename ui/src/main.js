@@ -514,7 +514,13 @@ $('#dialogue-form').addEventListener('submit', async (event) => {
     for await (const { event: kind, data } of sseEvents(response)) {
       const payload = JSON.parse(data || 'null')
       if (kind === 'token') answer.append(typeof payload === 'string' ? payload : (payload?.text ?? ''))
-      else if (kind === 'message' && payload?.content) answer.textContent = payload.content
+      else if (kind === 'meta' && payload?.red_flags?.length) {
+        log.insertBefore(el('p', { class: 'job-error' }, `red flags: ${payload.red_flags.join(', ')}`), answer)
+      } else if (kind === 'error') answer.append(el('span', { class: 'job-error' }, ` ${payload?.title ?? 'error'}`))
+      else if (kind === 'message' && payload?.content) {
+        answer.textContent = payload.content
+        if (payload.notice) answer.after(el('p', { class: 'muted notice' }, payload.notice))
+      }
     }
   } catch (error) {
     answer.textContent = problemText(error)
