@@ -24,7 +24,6 @@ from core.db import AuditRecord, session_factory
 
 log = logging.getLogger(__name__)
 
-# routes that are probes or documentation, not API use
 # health, metrics, API docs and the web UI's static files: no key, no patient data, nothing to audit
 UNAUDITED = frozenset({"/livez", "/readyz", "/metrics", "/docs", "/docs/oauth2-redirect", "/redoc", "/openapi.json",
                        "/ui", "/ui/{path:path}"})
