@@ -5,6 +5,7 @@ in-process ONNX Runtime session or a PyTorch module all fit, so the stitching is
 
     inferer = SlidingWindow(roi_size=(64, 128, 128), overlap=0.5, batch_size=2)
     logits = inferer(volume, predict)      # (D, H, W) -> (C, D, H, W)
+    labels = inferer.argmax(volume, predict)   # (D, H, W) uint8, streamed: one z-slab of logits held
 """
 
 from __future__ import annotations
@@ -71,15 +72,71 @@ class SlidingWindow:
 
     def __call__(self, volume: np.ndarray, predict: Predictor, progress: Progress | None = None) -> np.ndarray:
         """Blend window logits of a (D, H, W) volume into (C, D, H, W) float32 logits."""
+        original, volume, axis_w, weight = self._prepare(volume)
+        logits: np.ndarray | None = None  # allocated once the class count is known
+        for w, patch_logits in self._predictions(volume, predict, progress):
+            if logits is None:
+                logits = np.zeros((patch_logits.shape[0], *volume.shape), dtype=np.float32)
+            logits[(slice(None), *w)] += patch_logits * weight
+        assert logits is not None  # windows is never empty
+        self._normalise(logits, axis_w)
+        return logits[(slice(None), *(slice(0, n) for n in original))]
+
+    def argmax(self, volume: np.ndarray, predict: Predictor, progress: Progress | None = None) -> np.ndarray:
+        """The (D, H, W) uint8 argmax of the blended logits, streamed slab by slab along z.
+
+        Equal, voxel for voxel, to ``argmax_classes(self(volume, predict))`` (the same additions in the
+        same order, the same normalisation), but only the z-slab the current windows cover is held in
+        float32: (C, roi_z, H, W) instead of (C, D, H, W) — for 5 classes on a 512×512×800 CT with
+        64-slice windows 0.34 GB instead of 4.2 GB. Planes before the current windows' start are
+        final (windows come in z-major order), so they are normalised, reduced to labels and dropped.
+        """
+        original, volume, axis_w, weight = self._prepare(volume)
+        depth, rz = volume.shape[0], self.roi_size[0]
+        totals = self._totals(volume.shape, axis_w)
+        plane = totals[1][:, None] * totals[2][None, :]
+        labels = np.zeros(volume.shape, dtype=np.uint8)
+        slab: np.ndarray | None = None  # planes [base, base + rz) of the blended logits
+        base = 0
+
+        def finish(stop: int) -> None:  # planes [base, stop) are complete: normalise, argmax, store
+            assert slab is not None
+            for z in range(base, min(stop, depth)):
+                planes = slab[:, z - base]
+                planes /= totals[0][z] * plane
+                labels[z] = np.argmax(planes, axis=0)
+
+        for w, patch_logits in self._predictions(volume, predict, progress):
+            start = w[0].start
+            if slab is None:
+                slab = np.zeros((patch_logits.shape[0], rz, *volume.shape[1:]), dtype=np.float32)
+                base = start
+            elif start > base:
+                finish(start)
+                shift = start - base
+                for z in range(rz - shift):  # plane by plane: no temporary copy of the slab
+                    slab[:, z] = slab[:, z + shift]
+                slab[:, max(0, rz - shift) :] = 0
+                base = start
+            slab[(slice(None), slice(start - base, start - base + rz), w[1], w[2])] += patch_logits * weight
+        finish(base + rz)
+        return labels[tuple(slice(0, n) for n in original)]
+
+    def _prepare(self, volume: np.ndarray) -> tuple[tuple[int, ...], np.ndarray, list[np.ndarray], np.ndarray]:
         if volume.ndim != 3:
             raise ValueError(f"volume must be 3D (D, H, W), got shape {volume.shape}")
         original = volume.shape
         volume = self._pad(volume)
-        windows = self.windows(volume.shape)
         axis_w = [axis_weights(r) if self.gaussian else np.ones(r, np.float32) for r in self.roi_size]
         weight = axis_w[0][:, None, None] * axis_w[1][None, :, None] * axis_w[2][None, None, :]
+        return original, volume, axis_w, weight
 
-        logits: np.ndarray | None = None  # allocated once the class count is known
+    def _predictions(self, volume: np.ndarray, predict: Predictor, progress: Progress | None
+                     ) -> Iterator[tuple[tuple[slice, slice, slice], np.ndarray]]:
+        """(window, its (C, d, h, w) logits) in z-major window order, one batch in flight while the
+        caller stitches the previous one: the predictor (a server, or a runtime that releases the
+        GIL) works while numpy adds up weights."""
+        windows = self.windows(volume.shape)
         batches = list(_chunks(windows, self.batch_size))
 
         def run(batch: list[tuple[slice, slice, slice]]) -> np.ndarray:
@@ -89,23 +146,25 @@ class SlidingWindow:
                 raise ValueError(f"predictor returned {out.shape} for patches {patches.shape}")
             return out
 
-        # one batch in flight while the previous one is stitched: the predictor (a server, or a
-        # runtime that releases the GIL) works while numpy adds up weights
         with ThreadPoolExecutor(max_workers=1) as pool:
             pending = pool.submit(run, batches[0])
             for i, batch in enumerate(batches):
                 out = pending.result()
                 if i + 1 < len(batches):
                     pending = pool.submit(run, batches[i + 1])
-                if logits is None:
-                    logits = np.zeros((out.shape[1], *volume.shape), dtype=np.float32)
-                for w, patch_logits in zip(batch, out, strict=True):
-                    logits[(slice(None), *w)] += patch_logits * weight
+                yield from zip(batch, out, strict=True)
                 if progress is not None:
                     progress(sum(len(b) for b in batches[: i + 1]) / len(windows))
-        assert logits is not None  # windows is never empty
-        self._normalise(logits, axis_w)
-        return logits[(slice(None), *(slice(0, n) for n in original))]
+
+    def _totals(self, shape: tuple[int, ...], axis_w: list[np.ndarray]) -> list[np.ndarray]:
+        """Summed window weight along each axis (the total weight is their outer product)."""
+        totals = []
+        for size, roi, w in zip(shape, self.roi_size, axis_w, strict=True):
+            total = np.zeros(size, np.float32)
+            for start in window_starts(size, roi, self.overlap):
+                total[start : start + roi] += w
+            totals.append(total)
+        return totals
 
     def _normalise(self, logits: np.ndarray, axis_w: list[np.ndarray]) -> None:
         """Divide by the summed window weights, in place.
@@ -113,12 +172,7 @@ class SlidingWindow:
         Windows are the Cartesian product of per-axis starts and the weight map is separable, so
         the total weight is the outer product of three 1D sums: no volume-sized weight buffer.
         """
-        totals = []
-        for size, roi, w in zip(logits.shape[1:], self.roi_size, axis_w, strict=True):
-            total = np.zeros(size, np.float32)
-            for start in window_starts(size, roi, self.overlap):
-                total[start : start + roi] += w
-            totals.append(total)
+        totals = self._totals(logits.shape[1:], axis_w)
         plane = totals[1][:, None] * totals[2][None, :]
         for z, tz in enumerate(totals[0]):
             logits[:, z] /= tz * plane
