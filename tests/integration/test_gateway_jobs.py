@@ -203,7 +203,9 @@ def _damaged_gzip_nifti(path: Path, how: str) -> None:
 def test_refused_uploads_leave_nothing_behind(stack, tmp_path: Path, build, status: int, kind: str) -> None:
     path = tmp_path / "upload.bin"
     build(path)
-    before = set((stack.settings.artifact_dir / "jobs").iterdir())
+    jobs_dir = stack.settings.artifact_dir / "jobs"
+    jobs_dir.mkdir(parents=True, exist_ok=True)  # this test may run before any job has made it
+    before = set(jobs_dir.iterdir())
     with stack.client() as client:
         count = client.get("/v1/jobs").json()["count"]
         response = submit(client, path)
@@ -211,7 +213,7 @@ def test_refused_uploads_leave_nothing_behind(stack, tmp_path: Path, build, stat
         assert response.headers["content-type"].startswith(PROBLEM)
         assert response.json()["type"].endswith("/" + kind)
         assert client.get("/v1/jobs").json()["count"] == count
-    assert set((stack.settings.artifact_dir / "jobs").iterdir()) == before
+    assert set(jobs_dir.iterdir()) == before
 
 
 def test_invalid_requests_are_422_or_415(stack, tmp_path: Path) -> None:
