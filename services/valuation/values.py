@@ -201,6 +201,7 @@ def score_samples(
     chunk: int | None = None,
     budget: int = GRAD_BUDGET,
     progress: Callable[[int, int], None] | None = None,
+    fast_norms: bool = True,
 ) -> SampleScores:
     """Data SI (needs `optimizer`) and gradient norm of every sample, per trainable tensor.
 
@@ -208,6 +209,11 @@ def score_samples(
     gradient is their mean, and Data SI follows; otherwise the full-set gradient comes from a
     batched backward first and the per-sample gradients are reduced chunk by chunk.
     `progress(done, total)` is called after each chunk.
+
+    Without Data SI only the norms are needed: with `fast_norms` (and a model made of Linear, Conv2d
+    and BatchNorm layers) they come from activations and output gradients
+    (`services.valuation.grad_norms`, agreeing with the `torch.func` path to float rounding), never
+    forming a per-sample gradient.
     """
     if data_si and optimizer is None:
         raise ValueError("Data SI needs the optimiser (its state defines the update)")
@@ -217,6 +223,11 @@ def score_samples(
     n_params = sum(p.numel() for p in params.values())
     chunk = chunk or chunk_size_for(model, budget)
     hold_all = data_si and n * n_params <= budget
+    if not data_si and fast_norms:
+        from services.valuation.grad_norms import per_sample_sq_norms, supported
+
+        if supported(model):
+            return _fast_gradnorm_scores(model, x, y, names, chunk, progress, per_sample_sq_norms)
     delta = None
     if data_si and optimizer is not None and not hold_all:
         delta = optimizer_update(optimizer, model, full_gradient(model, x, y))
@@ -244,6 +255,23 @@ def score_samples(
     numels = np.array([p.numel() for p in params.values()], dtype=np.int64)
     groups = [name.split(".", 1)[0] for name in names]
     return SampleScores(names=names, numels=numels, groups=groups, gradnorm=gradnorm, si=si)
+
+
+def _fast_gradnorm_scores(model: nn.Module, x: torch.Tensor, y: torch.Tensor, names: list[str], chunk: int,
+                          progress: Callable[[int, int], None] | None,
+                          norms_of: Callable[..., dict[str, torch.Tensor]]) -> SampleScores:
+    n = x.shape[0]
+    gradnorm = np.zeros((n, len(names)))
+    for start in range(0, n, chunk):
+        norms = norms_of(model, x[start : start + chunk], y[start : start + chunk])
+        stop = start + norms[names[0]].shape[0]
+        for j, name in enumerate(names):
+            gradnorm[start:stop, j] = norms[name].double().numpy()
+        if progress is not None:
+            progress(stop, n)
+    params = trainable_parameters(model)
+    numels = np.array([p.numel() for p in params.values()], dtype=np.int64)
+    return SampleScores(names=names, numels=numels, groups=[k.split(".", 1)[0] for k in names], gradnorm=gradnorm)
 
 
 def group_values(
