@@ -6,10 +6,11 @@ activations `a_i` and output gradients `g_i` of sample i (both per position):
 
 * **Linear** (one position per sample): `‖∇W_i‖² = ‖a_i‖²·‖g_i‖²`; with extra positions (any leading
   dims) the Gram form `Σ_{s,t} (a_is·a_it)(g_is·g_it)`; bias `‖Σ_s g_is‖²`.
-* **Conv2d** (groups = 1): the input is unfolded into patches `A_i (C_in·k·k, L)`, `G_i (C_out, L)`;
-  `‖∇W_i‖² = ‖G_i A_iᵀ‖²` either as that product per sample (costs `C_out·C_in·k²` floats per sample,
-  one layer at a time) or as the Gram form `Σ (A_iᵀA_i) ∘ (G_iᵀG_i)` (costs `L²`), whichever is
-  cheaper in floating-point operations; bias `‖Σ_positions g_i‖²`.
+* **Conv2d** (groups = 1): with the input's patches `A_i (C_in·k·k, L)` and `G_i (C_out, L)`,
+  `‖∇W_i‖² = ‖G_i A_iᵀ‖²`, either as that product — one weight-gradient convolution with the batch as
+  groups, `C_out·C_in·k²` floats per sample for this layer only — or, when there are few positions, as
+  the Gram form `Σ (A_iᵀA_i) ∘ (G_iᵀG_i)` on the unfolded input (`L²` per sample), whichever is cheaper
+  in floating-point operations; bias `‖Σ_positions g_i‖²`.
 * **BatchNorm** (eval mode: running statistics): `∇γ_i = Σ_positions g_i·x̂_i`, `∇β_i = Σ_positions g_i`,
   computed exactly (C values per sample).
 
@@ -86,6 +87,18 @@ def _outer_or_gram(a: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
     return (g.transpose(1, 2) @ a).pow(2).sum((1, 2))
 
 
+def _conv_outer(mod: nn.Conv2d, x: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """`‖G_i A_iᵀ‖²` per sample: the batch as convolution groups, so one weight-gradient call gives each
+    sample's `(C_out, C_in, k, k)` gradient of this layer (held for this layer only), then its norm."""
+    b, c_in = x.shape[:2]
+    weight = mod.weight.detach()
+    per_sample = torch.ops.aten.convolution_backward(
+        g.reshape(1, b * g.shape[1], *g.shape[2:]), x.reshape(1, b * c_in, *x.shape[2:]),
+        weight.repeat(b, 1, 1, 1), None, list(mod.stride), list(mod.padding), list(mod.dilation), False, [0, 0], b,
+        [False, True, False])[1]
+    return per_sample.reshape(b, -1).pow(2).sum(1)
+
+
 def _layer_norms(mod: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, torch.Tensor]:
     b = x.shape[0]
     if isinstance(mod, nn.Linear):
@@ -95,9 +108,13 @@ def _layer_norms(mod: nn.Module, x: torch.Tensor, g: torch.Tensor) -> dict[str, 
             out["bias"] = go.sum(1).pow(2).sum(1)
         return out
     if isinstance(mod, nn.Conv2d):
-        patches = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
         go = g.flatten(2)  # (B, C_out, L)
-        out = {"weight": _outer_or_gram(patches.transpose(1, 2), go.transpose(1, 2))}
+        s, i, o = go.shape[2], mod.weight[0].numel(), go.shape[1]
+        if s * s * (i + o) < s * i * o:  # few positions: the Gram form, on the unfolded input
+            patches = F.unfold(x, mod.kernel_size, dilation=mod.dilation, padding=mod.padding, stride=mod.stride)
+            out = {"weight": _gram(patches.transpose(1, 2), go.transpose(1, 2))}
+        else:
+            out = {"weight": _conv_outer(mod, x, g)}
         if mod.bias is not None:
             out["bias"] = go.sum(2).pow(2).sum(1)
         return out
