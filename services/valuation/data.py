@@ -43,6 +43,8 @@ __all__ = [
     "organ_patches",
     "save_npz",
     "verify",
+    "with_class_imbalance",
+    "with_label_noise",
 ]
 
 # at most this many input floats (N·C·H·W) in one job: 200 MB as float32
@@ -321,6 +323,40 @@ def digits(test_fraction: float = 0.25, seed: int = 0) -> ClassificationSet:
     test = _stratified_test(y, test_fraction, seed)
     return verify(ClassificationSet("digits", x, y, ids, test, [str(i) for i in range(10)],
                                     notes={"source": "sklearn.datasets.load_digits"}))
+
+
+def with_label_noise(ds: ClassificationSet, rate: float, seed: int = 0) -> ClassificationSet:
+    """A copy with `rate` of the *training* labels replaced by another class, uniformly (seeded); the
+    held-out labels stay clean. `notes["noisy_ids"]` lists the corrupted samples' ids."""
+    if not 0 <= rate < 1:
+        raise ValueError(f"rate must be in [0, 1), got {rate}")
+    rng = np.random.default_rng(seed)
+    k = len(ds.class_names)
+    pool = np.flatnonzero(~ds.test)
+    flip = np.sort(rng.choice(pool, size=int(round(rate * pool.size)), replace=False))
+    y = ds.y.copy()
+    y[flip] = (y[flip] + rng.integers(1, k, size=flip.size)) % k  # never the true class
+    notes = {**ds.notes, "label_noise": {"rate": rate, "seed": seed, "training_labels_changed": int(flip.size)},
+             "noisy_ids": [str(i) for i in ds.ids[flip]]}
+    return ClassificationSet(f"{ds.name}-noise{round(100 * rate)}", ds.x, y, ds.ids, ds.test, ds.class_names,
+                             ds.groups, notes)
+
+
+def with_class_imbalance(ds: ClassificationSet, ratio: float, seed: int = 0) -> ClassificationSet:
+    """A copy whose *training* split keeps, of class k (0-based, K classes), a seeded random share
+    `ratio^(-k/(K-1))` of its samples (class 0 all, the last class 1/ratio); the held-out split is unchanged."""
+    if ratio < 1:
+        raise ValueError(f"ratio must be ≥ 1, got {ratio}")
+    rng = np.random.default_rng(seed)
+    k = len(ds.class_names)
+    keep = ds.test.copy()
+    for c in range(k):
+        pool = np.flatnonzero(~ds.test & (ds.y == c))
+        n = max(1, int(round(pool.size * ratio ** (-c / max(1, k - 1)))))
+        keep[rng.choice(pool, size=min(n, pool.size), replace=False)] = True
+    out = ds._subset(keep, f"{ds.name}-imbalance{ratio:g}")
+    out.notes["class_imbalance"] = {"ratio": ratio, "seed": seed}
+    return out
 
 
 # class name → TotalSegmentator structures (prefix match when the name ends in "*")
