@@ -145,3 +145,29 @@ def test_organ_patches_from_the_real_ct_split_by_slab() -> None:
     lung, vertebra = ds.class_names.index("lung"), ds.class_names.index("vertebra")
     centre = ds.x[:, 0, 14:18, 14:18].mean(axis=(1, 2))
     assert centre[ds.y == lung].mean() < -0.6 < 0.1 < centre[ds.y == vertebra].mean()
+
+
+def test_label_noise_changes_only_training_labels_to_another_class() -> None:
+    from services.valuation.data import digits, with_label_noise
+
+    ds = digits()
+    noisy = with_label_noise(ds, 0.2, seed=3)
+    changed = noisy.y != ds.y
+    assert not changed[ds.test].any()
+    assert changed.sum() == round(0.2 * (~ds.test).sum())
+    assert sorted(noisy.notes["noisy_ids"]) == sorted(ds.ids[changed].tolist())
+    np.testing.assert_array_equal(with_label_noise(ds, 0.2, seed=3).y, noisy.y)  # seeded
+
+
+def test_class_imbalance_thins_training_classes_only() -> None:
+    from services.valuation.data import digits, with_class_imbalance
+
+    ds = digits()
+    imb = with_class_imbalance(ds, 10.0)
+    assert imb.test.sum() == ds.test.sum()
+    counts = np.bincount(imb.y[~imb.test], minlength=10)
+    full = np.bincount(ds.y[~ds.test], minlength=10)
+    assert counts[0] == full[0] and abs(counts[9] - full[9] / 10) <= 1
+    assert (np.diff(counts / full) <= 1e-9).all()
+    with pytest.raises(ValueError):
+        with_class_imbalance(ds, 0.5)
