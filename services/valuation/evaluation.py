@@ -16,7 +16,7 @@ Quick: digits in the same setting, seeds 0 and 1, gradient-norm selection only (
 scoring); its runs are those of seeds 0 and 1 in the full run, and deterministic on one thread.
 
 **Regimes where the coreset rule is tested selectively** (issue 19; full run, 5 paired seeds, and seed 0
-of the imbalanced one in the quick slice): in the default setting 82 % (organ patches) of the samples
+of the imbalanced one in the quick slice): in the default setting 77 % (organ patches, 5 seeds) of the samples
 qualify, so the capped coreset is nearly a random draw. The rule keeps samples whose gradient norm
 stays within (0.1, 40) × the epoch mean in ≥ 4 epochs; it only leaves samples out when the model fits
 them within the first few epochs (the paper fine-tunes an ImageNet-pretrained ResNet). Two variants of
