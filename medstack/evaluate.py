@@ -80,6 +80,7 @@ def _document(evaluation: FamilyEvaluation, full: FamilyResult, quick: FamilyRes
     return {
         "family": evaluation.family,
         "command": f"medstack evaluate {evaluation.family}",
+        "served_models": list(evaluation.served_models),
         "git_commit": git_commit(),
         "date": dt.date.today().isoformat(),
         "data": full.data,

@@ -105,6 +105,7 @@ class FamilyEvaluation:
     a small deterministic slice (seconds, not minutes) whose figures are recorded beside the full
     ones, so the regression guard compares like with like. ``tolerance``: how far (absolute, in the
     metric's units) a quick figure may fall below the recorded one before the guard fails.
+    ``served_models``: the Triton models whose weights the evaluation scores (recorded in the JSON).
     """
 
     family: str
