@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from bench.report import write_section
 from services.valuation.networks import build_model
 from services.valuation.values import naive_per_sample_grads, per_sample_grads
 
@@ -81,20 +82,6 @@ def section(rows: list[dict[str, object]], threads: int, batch: int, repeats: in
     return "\n".join(lines)
 
 
-def write(text: str, doc: Path = DOC) -> None:
-    """Replace this benchmark's section of `doc` (other sections are left as they are)."""
-    header = "# Benchmarks\n\nSide-by-side measurements; each section names the command that produced it.\n"
-    current = doc.read_text() if doc.exists() else header
-    if TITLE in current:
-        head, rest = current.split(TITLE, 1)
-        nxt = rest.find("\n## ")
-        tail = rest[nxt + 1 :] if nxt >= 0 else ""
-        current = head + text + ("\n" + tail if tail else "")
-    else:
-        current = current.rstrip("\n") + "\n\n" + text
-    doc.write_text(current.rstrip("\n") + "\n")
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--threads", type=int, default=1)
@@ -104,7 +91,7 @@ def main() -> None:
     args = parser.parse_args()
     rows = run(args.threads, args.batch, args.repeats)
     if not args.no_write:
-        write(section(rows, args.threads, args.batch, args.repeats))
+        write_section(section(rows, args.threads, args.batch, args.repeats), DOC)
         print(f"wrote the section to {DOC}")
 
 
