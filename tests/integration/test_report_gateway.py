@@ -15,6 +15,7 @@ from PIL import Image
 
 from export.manifest import latest_manifest
 from services.report.findings import ABNORMAL, FINDINGS, label_text
+from tests.cr_cases import real_cr_bytes
 
 pytestmark = pytest.mark.integration
 MODELS = ("report_encoder", "report_decoder", "report_generate")
@@ -115,21 +116,8 @@ def test_real_chest_cr_dicom_monochrome1(stack, report_models) -> None:
     assert "pleural_effusion" in [c["coding"][0]["code"] for c in body["fhir"]["conclusionCode"]]
 
 
-def _cr_as(**tags: str) -> bytes:
-    import pydicom
-
-    from services.report.cr import chest_cr_path
-
-    ds = pydicom.dcmread(chest_cr_path())
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
 def test_limb_radiograph_dicom_is_declined(stack, report_models) -> None:
-    response = post(stack, _cr_as(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1")
+    response = post(stack, real_cr_bytes(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1")
     assert response.status_code == 422, response.text
     assert response.headers["content-type"].startswith("application/problem+json")
     problem = response.json()
@@ -139,7 +127,8 @@ def test_limb_radiograph_dicom_is_declined(stack, report_models) -> None:
 
 
 def test_research_override_is_recorded(stack, report_models) -> None:
-    response = post(stack, _cr_as(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1", allow_non_chest="true")
+    response = post(stack, real_cr_bytes(BodyPartExamined="EXTREMITY"), "limb.dcm", beam_size="1",
+                    allow_non_chest="true")
     assert response.status_code == 200, response.text
     body = response.json()
     check_report(body, latest_manifest(report_models / "report_generate"))
@@ -152,7 +141,7 @@ def test_research_override_is_recorded(stack, report_models) -> None:
     ("lateral", {}),
 ])
 def test_lateral_views_are_declined(stack, report_models, rendered_png: bytes, data, fields) -> None:  # noqa: ANN001
-    upload = rendered_png if data is None else _cr_as(ViewPosition="LL")
+    upload = rendered_png if data is None else real_cr_bytes(ViewPosition="LL")
     response = post(stack, upload, "x.dcm" if data else "x.png", **fields)
     assert response.status_code == 422, response.text
     assert response.json()["type"].endswith("/not-chest-radiograph")

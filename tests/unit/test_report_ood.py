@@ -4,7 +4,6 @@ image's distance to the training images with its threshold calibrated on validat
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 
 import numpy as np
@@ -12,6 +11,7 @@ import pytest
 
 from services.report import ood, serving
 from services.report.ood import OODModel, scope_reasons
+from tests.cr_cases import real_cr_bytes
 
 
 @pytest.mark.parametrize(("part", "view", "modality", "declined"), [
@@ -24,23 +24,10 @@ def test_scope_reasons(part: str, view: str, modality: str, declined: bool) -> N
     assert bool(scope_reasons(part, view, modality)) == declined
 
 
-def _cr_bytes(**tags: str) -> bytes:
-    import pydicom
-
-    from services.report.cr import chest_cr_path
-
-    ds = pydicom.dcmread(chest_cr_path())
-    for key, value in tags.items():
-        setattr(ds, key, value)
-    buffer = io.BytesIO()
-    ds.save_as(buffer)
-    return buffer.getvalue()
-
-
 def test_the_real_cr_is_a_chest_and_as_a_limb_is_not() -> None:
-    scope = ood.input_scope(_cr_bytes(), "dicom")
+    scope = ood.input_scope(real_cr_bytes(), "dicom")
     assert scope.chest is True and scope.body_part == "CHEST" and scope.view == "PA" and scope.modality == "CR"
-    limb = ood.input_scope(_cr_bytes(BodyPartExamined="EXTREMITY"), "dicom")
+    limb = ood.input_scope(real_cr_bytes(BodyPartExamined="EXTREMITY"), "dicom")
     assert limb.chest is False and limb.reasons == ("BodyPartExamined is 'EXTREMITY', not CHEST",)
     detail = ood.scope_detail(limb.reasons)
     assert "EXTREMITY" in detail and "allow_non_chest=true" in detail and "frontal (PA or AP) chest" in detail
