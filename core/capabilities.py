@@ -85,6 +85,18 @@ VALUATION = Capability(
     "valuation", Scope.VALUATION, "/v1/valuation", "training-data valuation and coresets (SI, gradient norm)",
     job_kind="valuation", task="workers.valuation_tasks.score_dataset", queue=BATCH_QUEUE,
 )
+# weak supervision (issue #20): a brain segmenter trained from slice-level labels, and the pseudo-label
+# workflow itself as a service; both under the segmentation scope, since both return masks of an image
+UMCAM = Capability(
+    "umcam", Scope.SEGMENTATION, "/v1/umcam", "whole-volume brain extraction on T1 MR, U-Net trained on "
+    "UM-CAM + GSE pseudo-labels", job_kind="umcam", task="workers.umcam_tasks.extract_brain", queue=VOLUMES_QUEUE,
+    models=("umcam_unet",),
+)
+UMCAM_PSEUDO_LABELS = Capability(
+    "umcam pseudo-labels", Scope.SEGMENTATION, "/v1/umcam/pseudo-labels",
+    "UM-CAM maps and GSE pseudo-label masks from slice-level labels", job_kind="umcam_pseudo_labels",
+    task="workers.umcam_tasks.pseudo_labels", queue=VOLUMES_QUEUE, models=("umcam_cam",),
+)
 
 CAPABILITIES: tuple[Capability, ...] = (
     SEGMENTATION, LOCALIZATION_TEMPLATES, LOCALIZATION, MEDLSAM, REPORT, DIALOGUE, VALUATION,

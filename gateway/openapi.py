@@ -19,6 +19,8 @@ TAGS = [
     {"name": "segmentation", "description": "3D segmentation jobs"},
     {"name": "localization", "description": "Few-shot localization: templates and localization jobs"},
     {"name": "medlsam", "description": "Localize-then-segment jobs"},
+    {"name": "umcam", "description": "Weakly supervised brain extraction on T1 MR (UM-CAM): brain-mask jobs and "
+                                     "pseudo-label jobs from slice-level labels"},
     {"name": "reports", "description": "Radiology report generation from an X-ray"},
     {"name": "dialogue", "description": "Consultation dialogue sessions"},
     {"name": "valuation", "description": "Data valuation batch jobs"},

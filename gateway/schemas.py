@@ -14,6 +14,7 @@ from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validat
 
 from core.db import ApiKey, AuditRecord, Job, Template
 from services.dialogue.safety import NOTICE
+from services.umcam.slice_labels import parse_slice_labels
 
 JOB_ID = "0f8e4c1a-5b6d-4e2f-9a7b-3c1d2e4f5a6b"
 SHA = "242f37384f27b41b36f5cfd4620bfe937a9b627243b86298db0db4c5725ebcea"
@@ -289,6 +290,20 @@ class JobCreate(BaseModel):
 # ---- segmentation -------------------------------------------------------------------------------
 
 
+_UID = r"^[0-9][0-9.]*$"
+
+
+class DicomwebSource(BaseModel):
+    """A series on a configured DICOMweb server, instead of an upload (docs/pacs.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    dicomweb: str = Field(min_length=1, max_length=64, description="a server name in MEDSTACK_DICOMWEB_SERVERS",
+                          examples=["pacs"])
+    study_uid: str = Field(max_length=64, pattern=_UID, examples=["1.2.826.0.1.3680043.8.498.1"])
+    series_uid: str = Field(max_length=64, pattern=_UID, examples=["1.2.826.0.1.3680043.8.498.2"])
+
+
 class SegmentationJobCreate(JobCreate):
     """Form fields of a segmentation job; query parameters when the volume is the raw body."""
 
@@ -299,6 +314,18 @@ class SegmentationJobCreate(JobCreate):
     allow_modality_mismatch: bool = Field(False, description="research override: run the model on an input that is "
                                           "not its modality (a DICOM series of another Modality, or a file "
                                           "without air in HU for a CT model); the result records it")
+    destination: str | None = Field(None, min_length=1, max_length=64, description="also C-STORE the DICOM SEG to "
+                                    "this application entity (a name in MEDSTACK_DICOM_DESTINATIONS)")
+
+
+class SegmentationSourceJobCreate(SegmentationJobCreate):
+    """A segmentation job as a JSON body: the series is fetched from a DICOMweb server, not uploaded."""
+
+    model_config = _example({"source": {"dicomweb": "pacs", "study_uid": "1.2.826.0.1.3680043.8.498.1",
+                                        "series_uid": "1.2.826.0.1.3680043.8.498.2"}, "priority": 5})
+
+    source: DicomwebSource = Field(description="fetch this series by WADO-RS; the DICOM SEG is stored back by "
+                                   "STOW-RS when the server's configuration says so (store_results)")
 
 
 # ---- localization -------------------------------------------------------------------------------
@@ -371,6 +398,40 @@ class TemplatePublic(BaseModel):
 
 class TemplatesPublic(BaseModel):
     data: list[TemplatePublic]
+
+
+# ---- UM-CAM (weakly supervised brain extraction, issue #20) -------------------------------------
+
+_MR_OVERRIDE = ("research override: run the model on an input that is not a T1 MR (a DICOM series of another "
+                "Modality, or a file with a CT's air below -200); the result records it")
+
+
+class UmcamJobCreate(JobCreate):
+    """Form fields of a brain-extraction job (the U-Net trained on UM-CAM + GSE pseudo-labels)."""
+
+    series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$",
+                                   description="for a zip holding several series: the SeriesInstanceUID to segment")
+    largest_component: bool = Field(True, description="keep only the largest 3D connected component of the brain "
+                                    "mask (drops islands in the scalp or neck)")
+    allow_modality_mismatch: bool = Field(False, description=_MR_OVERRIDE)
+
+
+class UmcamPseudoLabelsCreate(JobCreate):
+    """Form fields of a pseudo-label job: the volume is the file part, its slice-level labels a field."""
+
+    slice_labels: str = Field(min_length=3, max_length=40_000, examples=["[0, 0, 1, 1, 1, 0]"], description=(
+        "JSON list of 0/1, one per slice along the volume's stored slice axis (the third voxel axis of a "
+        "NIfTI/NRRD/MetaImage file; a DICOM series' slices in order along their normal), first entry = first "
+        "slice: 1 = the brain is in that slice. Only slices labelled 1 get UM-CAM seeds; at least one must be 1"))
+    series_uid: str | None = Field(None, max_length=64, pattern=r"^[0-9][0-9.]*$",
+                                   description="for a zip holding several series: the SeriesInstanceUID to use")
+    allow_modality_mismatch: bool = Field(False, description=_MR_OVERRIDE)
+
+    @field_validator("slice_labels")
+    @classmethod
+    def _zeros_and_ones(cls, value: str) -> str:
+        parse_slice_labels(value)
+        return value
 
 
 # ---- health -------------------------------------------------------------------------------------

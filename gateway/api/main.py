@@ -14,9 +14,11 @@ from gateway.api.routes import (
     models,
     reports,
     segmentation,
+    umcam,
     valuation,
 )
 
 api_router = APIRouter()
-for module in (health, models, segmentation, localization, medlsam, reports, dialogue, valuation, jobs, admin):
+for module in (health, models, segmentation, localization, medlsam, umcam, reports, dialogue, valuation, jobs,
+               admin):
     api_router.include_router(module.router)

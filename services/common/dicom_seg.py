@@ -20,7 +20,7 @@ _TYPES = {
     "liver": codes.SCT.Liver, "spleen": codes.SCT.Spleen, "kidney": codes.SCT.Kidney, "lung": codes.SCT.Lung,
     "heart": codes.SCT.Heart, "aorta": codes.SCT.Aorta, "stomach": codes.SCT.Stomach,
     "pancreas": codes.SCT.Pancreas, "bone": codes.SCT.Bone, "vertebra": codes.SCT.Bone, "fat": codes.SCT.AdiposeTissue,
-    "soft_tissue": codes.SCT.SoftTissue, "air": codes.SCT.Air,
+    "soft_tissue": codes.SCT.SoftTissue, "air": codes.SCT.Air, "brain": codes.SCT.Brain,
 }
 
 

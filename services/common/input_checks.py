@@ -20,8 +20,9 @@ Inflation is streamed (64 KiB of input at a time) and stops past ``max_bytes``
 
 **Modality** (issue #25, item 6): `check_modality` — a DICOM series' Modality must match the
 model's (`model_modality`, CT by default), and a file without a modality tag must look like a CT in
-Hounsfield units (air below −200 HU); ``modality-mismatch`` / ``not-ct`` otherwise, unless the job
-sets ``allow_modality_mismatch=true`` (recorded in the result).
+Hounsfield units (air below −200 HU) for a CT model, and must not for an MR model (issue #20);
+``modality-mismatch`` / ``not-ct`` / ``not-mr`` otherwise, unless the job sets
+``allow_modality_mismatch=true`` (recorded in the result).
 """
 
 from __future__ import annotations
@@ -254,7 +255,7 @@ def air_fraction(array: np.ndarray) -> float:
 def check_modality(array: np.ndarray, dicom_modality: str | None, expected: str = DEFAULT_MODALITY,
                    allow_mismatch: bool = False) -> dict:
     """Is the input the kind of image the model was made for? Returns the ``input_check`` block a
-    result records; raises `ModalityError` (``modality-mismatch`` or ``not-ct``) unless
+    result records; raises `ModalityError` (``modality-mismatch``, ``not-ct``, ``not-mr``) unless
     ``allow_mismatch``, the research override, which the block then records with a warning.
 
     - DICOM: the series' Modality must equal the model's (``modality-mismatch``).
@@ -262,6 +263,8 @@ def check_modality(array: np.ndarray, dicom_modality: str | None, expected: str 
       around the body, in the lungs or bowel, or the scanner's fill outside the field of view — so at
       least 0.5 % of the voxels must lie below −200 HU (``not-ct``). An MR has none (magnitude
       images are ≥ 0), nor has a CT stored without its rescale to HU.
+    - The same, model made for MR (the UM-CAM brain models): 0.5 % or more of the voxels below −200
+      is a CT's air (``not-mr``).
     """
     expected = expected.upper()
     check: dict = {"expected_modality": expected, "modality": dicom_modality, "method": None, "passed": True,
@@ -282,11 +285,20 @@ def check_modality(array: np.ndarray, dicom_modality: str | None, expected: str 
             reason = (f"only {fraction:.2%} of the voxels lie below {AIR_HU:g} HU, where a CT in Hounsfield "
                       f"units has air (at least {MIN_AIR_FRACTION:.1%}): this looks like an MR or another "
                       "non-CT image, or a CT stored without its rescale to HU")
+    elif expected == "MR":
+        fraction = air_fraction(array)
+        check.update(method="hounsfield-air", air_fraction=round(fraction, 4), air_hu=AIR_HU,
+                     max_air_fraction=MIN_AIR_FRACTION)
+        if fraction >= MIN_AIR_FRACTION:
+            kind = "not-mr"
+            reason = (f"{fraction:.2%} of the voxels lie below {AIR_HU:g}, as air does in a CT in Hounsfield "
+                      f"units (an MR magnitude image has none; at most {MIN_AIR_FRACTION:.1%} is accepted): "
+                      "this looks like a CT, not an MR")
     if reason is None:
         return check
     check["passed"] = False
     if not allow_mismatch:
-        raise ModalityError(kind, f"{reason}. Send a {expected} (in HU), or set {OVERRIDE_PARAM}=true to run "
+        raise ModalityError(kind, f"{reason}. Send {_what(expected)}, or set {OVERRIDE_PARAM}=true to run "
                             "the model anyway for research (the result records the override and is not meant "
                             "for a patient record)")
     check["override"] = True
@@ -295,8 +307,13 @@ def check_modality(array: np.ndarray, dicom_modality: str | None, expected: str 
     return check
 
 
+def _what(modality: str) -> str:
+    return "a CT in HU" if modality == "CT" else f"an {modality} image"
+
+
 class ModalityError(ValueError):
-    """The input is not the modality the model was made for; ``kind`` is ``modality-mismatch`` or ``not-ct``."""
+    """The input is not the modality the model was made for; ``kind`` is ``modality-mismatch``, ``not-ct``
+    or ``not-mr``."""
 
     def __init__(self, kind: str, detail: str) -> None:
         super().__init__(detail)

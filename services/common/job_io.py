@@ -29,7 +29,7 @@ from services.common.input_checks import (
     ModalityError,
     check_modality,
 )
-from services.common.preview import write_preview
+from services.common.preview import WINDOW_HU, write_preview
 from services.common.volume import Volume, read_volume, write_volume
 
 MASK_NAME = "mask.nii.gz"
@@ -108,15 +108,17 @@ def structure_volumes(mask: Volume, classes: Mapping[int, str]) -> list[dict[str
 
 
 def write_mask_outputs(out_dir: Path, original: Volume, mask: Volume, classes: Mapping[int, str],
-                       model: Mapping[str, str], series: DicomSeries | None, dicom_seg: bool = True) -> list[str]:
+                       model: Mapping[str, str], series: DicomSeries | None, dicom_seg: bool = True,
+                       preview_window: tuple[float, float] | None = WINDOW_HU) -> list[str]:
     """``mask.nii.gz`` (write-then-rename), ``preview.png`` and, for DICOM input with anything
     labelled, ``seg.dcm`` referencing the source series; returns the artifact names, the summary's
-    included (write it with `write_json` last)."""
+    included (write it with `write_json` last). ``preview_window``: `write_preview`'s ``window``
+    (HU for CT; None for MR)."""
     out_dir.mkdir(parents=True, exist_ok=True)
     tmp = out_dir / f".tmp-{MASK_NAME}"
     write_volume(mask, tmp)
     tmp.replace(out_dir / MASK_NAME)
-    write_preview(original, mask, dict(classes), out_dir / PREVIEW_NAME)
+    write_preview(original, mask, dict(classes), out_dir / PREVIEW_NAME, window=preview_window)
     artifacts = [MASK_NAME, SUMMARY_NAME, PREVIEW_NAME]
     if dicom_seg and series is not None and mask.array.any():
         write_segmentation(mask.array, series, dict(classes), dict(model), out_dir / SEG_NAME)

@@ -20,8 +20,8 @@ _PALETTE = np.array(
      [170, 110, 40], [255, 250, 200], [128, 0, 0], [170, 255, 195]], dtype=np.float32)
 
 
-def _grey(slab: np.ndarray) -> np.ndarray:
-    low, high = WINDOW_HU
+def _grey(slab: np.ndarray, window: tuple[float, float]) -> np.ndarray:
+    low, high = window
     return (np.clip((slab.astype(np.float32) - low) / (high - low), 0, 1) * 255).astype(np.float32)
 
 
@@ -37,8 +37,9 @@ def _centre(labels: np.ndarray) -> tuple[int, int, int]:
     return centre[0], centre[1], centre[2]
 
 
-def _panel(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], alpha: float) -> Image.Image:
-    rgb = np.repeat(_grey(image)[..., None], 3, axis=2)
+def _panel(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float], alpha: float,
+           window: tuple[float, float]) -> Image.Image:
+    rgb = np.repeat(_grey(image, window)[..., None], 3, axis=2)
     for value in np.unique(labels):
         if value == 0:
             continue
@@ -50,17 +51,24 @@ def _panel(image: np.ndarray, labels: np.ndarray, pixel_mm: tuple[float, float],
     return panel.resize(size, Image.Resampling.NEAREST)
 
 
-def write_preview(image: Volume, mask: Volume, names: dict[int, str], path: Path, alpha: float = 0.45) -> Path:
-    """Three orthogonal slices of ``image`` with ``mask`` on top, in radiological LPS display order."""
+def write_preview(image: Volume, mask: Volume, names: dict[int, str], path: Path, alpha: float = 0.45,
+                  window: tuple[float, float] | None = WINDOW_HU) -> Path:
+    """Three orthogonal slices of ``image`` with ``mask`` on top, in radiological LPS display order.
+
+    ``window``: the grey range (HU for a CT); None spreads the image's 1st–99th percentile, for
+    images without a fixed scale (MR)."""
     image, mask = reorient(image, "LPS"), reorient(mask, "LPS")
     ct, lab = image.array, mask.array
+    if window is None:
+        low, high = np.percentile(ct[::2, ::2, ::2], (1, 99))
+        window = (float(low), float(max(high, low + 1e-6)))
     sx, sy, sz = image.spacing
     z, y, x = _centre(lab)
     # flip z so the head is up in coronal and sagittal views
     panels = [
-        _panel(ct[z], lab[z], (sy, sx), alpha),
-        _panel(ct[::-1, y, :], lab[::-1, y, :], (sz, sx), alpha),
-        _panel(ct[::-1, :, x], lab[::-1, :, x], (sz, sy), alpha),
+        _panel(ct[z], lab[z], (sy, sx), alpha, window),
+        _panel(ct[::-1, y, :], lab[::-1, y, :], (sz, sx), alpha, window),
+        _panel(ct[::-1, :, x], lab[::-1, :, x], (sz, sy), alpha, window),
     ]
     present = [int(v) for v in np.unique(lab) if v > 0]
     legend_h = 18 * len(present) + 10
