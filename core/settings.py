@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
@@ -25,6 +25,42 @@ def check_bootstrap_key(key: str) -> None:
             f"MEDSTACK_BOOTSTRAP_KEY must be a random string of at least {MIN_BOOTSTRAP_LENGTH} characters "
             "(e.g. `python -c 'import secrets; print(secrets.token_urlsafe(32))'`)"
         )
+
+
+class DicomwebServer(BaseModel):
+    """A DICOMweb server jobs may read from (WADO-RS) and store results to (STOW-RS), by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    url: str = Field(pattern=r"^https?://", description="service root, e.g. http://pacs:8042/dicom-web")
+    username: str | None = None
+    password: SecretStr | None = None
+    store_results: bool = Field(True, description="STOW-RS a succeeded job's DICOM SEG back to this server")
+    timeout_s: float = Field(120.0, gt=0)
+
+
+class DicomNode(BaseModel):
+    """A DICOM application entity MedStack sends results to with C-STORE, by name."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    ae_title: str = Field(min_length=1, max_length=16, pattern=r"^[ -~]*[!-~][ -~]*$")
+    host: str
+    port: int = Field(ge=1, le=65535)
+
+
+class PacsRoute(BaseModel):
+    """A routing rule of the DICOM listener: a series whose attributes match ``match`` (every key a
+    DICOM keyword, every value one accepted value, case-insensitive) becomes a job of ``capability``
+    with ``model`` (default: the capability's own); its result goes to ``destination``. First match wins."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field(min_length=1, max_length=64)
+    match: dict[str, list[str]] = Field(default_factory=dict)
+    capability: Literal["segmentation"] = "segmentation"
+    model: str | None = None
+    destination: str | None = Field(None, description="a name in MEDSTACK_DICOM_DESTINATIONS")
 
 
 class Settings(BaseSettings):
@@ -87,6 +123,24 @@ class Settings(BaseSettings):
     # compression ratio above which a large member counts as a decompression bomb
     archive_max_ratio: float = Field(200.0, gt=1)
 
+    # PACS (docs/pacs.md). Addresses and credentials are configuration, never request fields: a job
+    # names a server or destination, and the worker looks it up here. JSON in the environment, e.g.
+    # MEDSTACK_DICOMWEB_SERVERS='{"pacs": {"url": "http://127.0.0.1:8042/dicom-web", "username": "…"}}'
+    dicomweb_servers: dict[str, DicomwebServer] = Field(default_factory=dict)
+    dicom_destinations: dict[str, DicomNode] = Field(default_factory=dict)
+    # the DICOM listener (C-STORE SCP, `python -m medstack.listener`)
+    listener_ae_title: str = Field("MEDSTACK", min_length=1, max_length=16)
+    listener_host: str = "127.0.0.1"
+    listener_port: int = Field(11112, ge=1, le=65535)
+    # calling AE titles allowed to associate; empty refuses everyone (C-ECHO included)
+    listener_allowed_aes: list[str] = Field(default_factory=list)
+    listener_max_associations: int = Field(4, ge=1)
+    # a series is complete when no instance of it has arrived for this long
+    listener_series_timeout_s: float = Field(30.0, gt=0)
+    listener_routes: list[PacsRoute] = Field(default_factory=list)
+    # the listener submits jobs through the gateway with this key (scope of each route's capability)
+    listener_api_key: SecretStr | None = None
+
     log_format: Literal["json", "text"] = "json"
     log_level: str = "INFO"
     audit: bool = True
@@ -111,6 +165,14 @@ class Settings(BaseSettings):
         if value is not None:
             check_bootstrap_key(value.get_secret_value())
         return value
+
+    @model_validator(mode="after")
+    def _routes_name_destinations(self) -> Settings:
+        for route in self.listener_routes:
+            if route.destination is not None and route.destination not in self.dicom_destinations:
+                raise ValueError(f"listener route {route.name!r} sends to {route.destination!r}, which is not in "
+                                 f"MEDSTACK_DICOM_DESTINATIONS ({', '.join(self.dicom_destinations) or 'empty'})")
+        return self
 
     @model_validator(mode="after")
     def _no_bootstrap_in_production(self) -> Settings:

@@ -88,10 +88,27 @@ def split_csv(text: str) -> list[str]:
     return [item.strip() for item in text.split(",") if item.strip()]
 
 
+def _inlined(schema: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` with its ``$defs`` references replaced by the definitions (a body schema in OpenAPI
+    resolves ``#/...`` against the whole document, not against itself)."""
+    defs = schema.pop("$defs", {})
+
+    def walk(node: Any) -> Any:
+        if isinstance(node, dict):
+            if "$ref" in node:
+                return walk(defs[node["$ref"].rsplit("/", 1)[-1]])
+            return {key: walk(value) for key, value in node.items()}
+        return [walk(value) for value in node] if isinstance(node, list) else node
+
+    return walk(schema)  # type: ignore[no-any-return]
+
+
 def form_body(options: type[BaseModel], file_description: str | None, example: dict[str, Any],
-              file_required: bool = True, raw_example: str | None = None) -> dict[str, Any]:
+              file_required: bool = True, raw_example: str | None = None,
+              json_options: type[BaseModel] | None = None) -> dict[str, Any]:
     """``openapi_extra`` for an upload: the options' JSON schema plus a binary ``file`` part; with
-    ``raw_example``, also a raw ``application/octet-stream`` body and the options as query parameters."""
+    ``raw_example``, also a raw ``application/octet-stream`` body and the options as query parameters;
+    with ``json_options``, also an ``application/json`` body of that model (a request without upload)."""
     schema = options.model_json_schema()
     schema.pop("title", None)
     schema.pop("examples", None)
@@ -105,6 +122,10 @@ def form_body(options: type[BaseModel], file_description: str | None, example: d
         "schema": schema, "example": example,
         **({"encoding": {"file": {"contentType": "application/octet-stream"}}} if file_description else {}),
     }}
+    if json_options is not None:
+        json_schema = _inlined(json_options.model_json_schema())
+        examples = json_schema.pop("examples", [])
+        content["application/json"] = {"schema": json_schema, **({"example": examples[0]} if examples else {})}
     if raw_example is None:
         return {"requestBody": {"required": True, "content": content}}
     content["application/octet-stream"] = {"schema": {"type": "string", "format": "binary"}, "example": raw_example}
