@@ -12,7 +12,7 @@ PIP_FLAGS := --disable-pip-version-check -q
 demo: envs data models ui  ## set up, start the stack, segment a real CT through the gateway
 	$(PY) -m medstack.demo
 
-test: envs data models ui chromium  ## set up, then the whole suite (unit + integration against real services)
+test: envs data models ui chromium pacs-tools  ## set up, then the whole suite (unit + integration against real services)
 	$(PY) -m pytest -q
 
 envs: $(VENV)/.installed $(TRITON_VENV)/.installed
@@ -59,6 +59,21 @@ chromium:
 			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; \
 		else \
 			echo "note: /usr/bin/chromium is missing and apt-get (as root) is not available: the browser tests will skip"; \
+		fi; \
+	fi
+
+# Debian's Orthanc (+ DICOMweb plugin), dcmtk and dicom3tools: the real PACS, modality and DICOM validator of
+# the PACS tests (tests/integration/test_pacs.py, docs/pacs.md). Without apt (or root) those tests skip and say why.
+PACS_PACKAGES := orthanc orthanc-dicomweb dcmtk dicom3tools
+.PHONY: pacs-tools
+pacs-tools:
+	@if ! command -v storescu >/dev/null || ! command -v dciodvfy >/dev/null || \
+		[ ! -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ]; then \
+		if command -v apt-get >/dev/null && [ "$$(id -u)" = 0 ]; then \
+			apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends \
+				$(PACS_PACKAGES); \
+		else \
+			echo "note: $(PACS_PACKAGES) are missing and apt-get (as root) is not available: the PACS tests will skip"; \
 		fi; \
 	fi
 

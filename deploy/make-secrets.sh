@@ -22,3 +22,8 @@ put flower_basic_auth "admin:$(random)"
 # the URLs carry the passwords as they are now on disk
 put database_url "postgresql+psycopg://medstack:$(cat "$dir/postgres_password")@postgres:5432/medstack"
 put redis_url "redis://:$(cat "$dir/redis_password")@redis:6379/0"
+# PACS profile (docs/pacs.md): the bundled Orthanc's password, and the DICOMweb servers jobs may name
+put orthanc_password "$(random)"
+put dicomweb_servers "{\"pacs\": {\"url\": \"http://orthanc:8042/dicom-web\", \"username\": \"medstack\", \"password\": \"$(cat "$dir/orthanc_password")\"}}"
+# empty until `medstack keys create --name dicom-listener --scopes segmentation` (the listener waits for it)
+[ -e "$dir/listener_api_key" ] || { : > "$dir/listener_api_key"; chmod 644 "$dir/listener_api_key"; echo "wrote   $dir/listener_api_key (empty: see compose.yaml)"; }

@@ -211,7 +211,7 @@ class Listener:
 
 
 def api_key(s: Settings) -> str:
-    key = s.listener_api_key or s.bootstrap_key
+    key = s.listener_api_key if s.listener_api_key and s.listener_api_key.get_secret_value() else s.bootstrap_key
     if key is None:
         raise ListenerError("the listener submits jobs through the gateway: set MEDSTACK_LISTENER_API_KEY to a key "
                             "with the routes' scopes (`medstack keys create --name dicom-listener --scopes "

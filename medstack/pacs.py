@@ -97,6 +97,18 @@ def orthanc_config(storage: str, http_port: int, dicom_port: int, ae_title: str,
     }
 
 
+# compose.yaml's `orthanc` service: Orthanc's default ports, the listener service as C-STORE target, the
+# password read from a secret file into ORTHANC_PASSWORD (Orthanc expands ${VAR} in its configuration)
+COMPOSE_CONFIG = Path("deploy/orthanc/orthanc.json")
+COMPOSE_LISTENER = DicomNode(ae_title="MEDSTACK", host="dicom-listener", port=11112)
+
+
+def compose_config() -> dict[str, Any]:
+    """The configuration the compose service runs (``deploy/orthanc/orthanc.json``; a test keeps them equal)."""
+    return orthanc_config("/var/lib/orthanc/db", 8042, 4242, "ORTHANC", "${ORTHANC_PASSWORD}",
+                          {"medstack": COMPOSE_LISTENER}, remote_access=True)
+
+
 class Orthanc:
     """One Orthanc process with its configuration and storage under ``root``."""
 
