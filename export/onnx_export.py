@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -75,17 +76,36 @@ def simplify(path: Path) -> bool:
     return True
 
 
-def check_parity(
-    spec: ExportSpec, model: torch.nn.Module, path: Path, batches: list[dict[str, np.ndarray]], described: str
-) -> Parity:
+def _runner(path: Path, runtime: str) -> Callable[[list[str], dict[str, np.ndarray]], list[np.ndarray]]:
+    """``(output names, feed) -> outputs`` with ONNX Runtime's CPU provider or OpenVINO at fp32."""
+    if runtime == "openvino":
+        import openvino as ov
+
+        compiled = ov.Core().compile_model(str(path), "CPU", {"INFERENCE_PRECISION_HINT": "f32"})
+        request = compiled.create_infer_request()
+
+        def run(names: list[str], feed: dict[str, np.ndarray]) -> list[np.ndarray]:
+            results = request.infer(feed)
+            return [np.array(results[compiled.output(name)]) for name in names]
+
+        return run
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return session.run
+
+
+def check_parity(
+    spec: ExportSpec, model: torch.nn.Module, path: Path, batches: list[dict[str, np.ndarray]], described: str,
+    runtime: str = "onnxruntime",
+) -> Parity:
+    """The ONNX file run by ``runtime`` (fp32) against PyTorch; ``ExportError`` beyond the spec's tolerance."""
+    run = _runner(path, runtime)
     worst_abs = worst_rel = 0.0
     for feed in batches:
         with torch.no_grad():
             expected = model(*(torch.from_numpy(feed[t.name]) for t in spec.inputs))
         if isinstance(expected, torch.Tensor):
             expected = (expected,)
-        got = session.run([t.name for t in spec.outputs], feed)
+        got = run([t.name for t in spec.outputs], feed)
         for want, have in zip(expected, got, strict=True):
             want_np = want.detach().numpy().astype(np.float64)
             if want_np.shape != have.shape:
@@ -96,7 +116,7 @@ def check_parity(
     parity = Parity(worst_abs, worst_rel, spec.parity_atol, spec.parity_rtol, described)
     if not parity.ok:
         raise ExportError(
-            f"{spec.name}: ONNX Runtime differs from PyTorch by max-abs {worst_abs:.3g} "
+            f"{spec.name}: {runtime} differs from PyTorch by max-abs {worst_abs:.3g} "
             f"(tolerance {spec.parity_atol:g}) / relative {worst_rel:.3g} (tolerance {spec.parity_rtol:g})"
         )
     return parity

@@ -27,6 +27,7 @@ import torch
 from export import tensorrt
 from export.manifest import git_provenance, sha256_file, versions, write_manifest
 from export.onnx_export import check_parity, export_onnx, simplify
+from export.precision import decide as decide_precision
 from export.spec import ExportSpec
 from export.triton_config import CONFIG_FILES, Flavour, render_config
 
@@ -43,12 +44,25 @@ class ExportResult:
     manifest: dict[str, Any]
 
 
-def write_configs(spec: ExportSpec, model_dir: Path, with_tensorrt: bool) -> None:
+def write_configs(spec: ExportSpec, model_dir: Path, with_tensorrt: bool, precision: str = "fp32") -> None:
     flavours = [Flavour.CPU, Flavour.GPU, Flavour.EMBEDDED] + ([Flavour.TENSORRT] if with_tensorrt else [])
     for flavour in flavours:
         path = model_dir / CONFIG_FILES[flavour]
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(render_config(spec, flavour))
+        path.write_text(render_config(spec, flavour, precision))
+
+
+def serving_precision(spec: ExportSpec, model: torch.nn.Module, onnx_path: Path,
+                      batches: list[dict[str, np.ndarray]], described: str) -> dict[str, Any]:
+    """The manifest's ``precision`` block (export/precision.py); an OpenVINO-served model's fp32
+    answers are first checked against PyTorch like ONNX Runtime's."""
+    block = decide_precision(spec.runtime, spec.precision, spec.precision_case, onnx_path)
+    if spec.runtime == "openvino":
+        import openvino
+
+        checked = check_parity(spec, model, onnx_path, batches, described, runtime="openvino")
+        block |= {"openvino": openvino.__version__, "fp32_parity": checked.as_dict()}
+    return block
 
 
 def _batch(inputs: dict[str, np.ndarray]) -> int:
@@ -80,17 +94,17 @@ def export_model(spec: ExportSpec, repository: Path, build_tensorrt: bool = Fals
         torch.manual_seed(0)
         export_onnx(spec, model, inputs, onnx_path)
         simplified = simplify(onnx_path)
-        parity = check_parity(
-            spec, model, onnx_path, [inputs, _perturbed(inputs)],
-            described=f"real example inputs (batch {_batch(inputs)}) and the same with 5% noise (batch 1)",
-        )
+        batches = [inputs, _perturbed(inputs)]
+        described = f"real example inputs (batch {_batch(inputs)}) and the same with 5% noise (batch 1)"
+        parity = check_parity(spec, model, onnx_path, batches, described)
+        precision_block = serving_precision(spec, model, onnx_path, batches, described)
         version_dir = model_dir / str(version)
         version_dir.mkdir(parents=True)
         shutil.move(str(onnx_path), version_dir / "model.onnx")
     shutil.copy2(PYTHON_MODEL, version_dir / "model.py")
     if build_tensorrt:
         tensorrt.build_plan(spec, version_dir / "model.onnx", version_dir / "model.plan")
-    write_configs(spec, model_dir, with_tensorrt=build_tensorrt)
+    write_configs(spec, model_dir, with_tensorrt=build_tensorrt, precision=precision_block["served"])
 
     onnx_model = onnx.load(str(version_dir / "model.onnx"), load_external_data=False)
     manifest = {
@@ -110,6 +124,7 @@ def export_model(spec: ExportSpec, repository: Path, build_tensorrt: bool = Fals
         "preprocessing": spec.preprocessing(),
         "validation_metrics": spec.validation_metrics(),
         "parity": parity.as_dict(),
+        "precision": precision_block,
         "tensorrt_plan_sha256": sha256_file(version_dir / "model.plan") if build_tensorrt else None,
         **git_provenance(),
         "toolchain": {"torch": torch.__version__, "onnx": onnx.__version__, "onnxruntime": onnxruntime.__version__},

@@ -74,12 +74,20 @@ class ExportSpec:
     gpu_instances: int = 1
     intra_op_threads: int = 0  # ONNX Runtime threads per instance; 0 = all cores
     num_versions_served: int = 1
+    # the embedded server's CPU runtime and the precision wanted from it (export/precision.py): bf16 is
+    # served only where the CPU has it and the labels on ``precision_case`` agree with fp32's
+    runtime: str = "onnxruntime"
+    precision: str = "fp32"
+    precision_case: Callable[[], Any] | None = None  # -> export.precision.PrecisionCase
 
     def __post_init__(self) -> None:
         if not self.name.replace("_", "").isalnum() or "_" not in self.name:
             raise ValueError(f"model name {self.name!r} must be <family>_<part>, lower_snake")
         if self.batching.max_batch_size < 1:
             raise ValueError("batching.max_batch_size must be >= 1 (batch dimension first)")
+        if self.runtime not in ("onnxruntime", "openvino") or self.precision not in ("fp32", "bf16"):
+            raise ValueError(f"runtime {self.runtime!r} / precision {self.precision!r}: expected onnxruntime or "
+                             "openvino / fp32 or bf16")
 
 
 @dataclass(frozen=True)

@@ -4,7 +4,7 @@ Layout of a model folder (Triton's custom-configuration feature, ``--model-confi
 
     <model>/config.pbtxt            native onnxruntime backend, CPU  (NGC image, default)
     <model>/configs/gpu.pbtxt       native onnxruntime backend, GPU, TensorRT accelerator (FP16)
-    <model>/configs/embedded.pbtxt  python backend running ONNX Runtime (embedded server)
+    <model>/configs/embedded.pbtxt  python backend running ONNX Runtime or OpenVINO (embedded server)
     <model>/configs/tensorrt.pbtxt  tensorrt_plan (only when a plan was built)
     <model>/<version>/model.onnx, model.py, model.plan, manifest.json
 """
@@ -60,8 +60,9 @@ def _parameters(params: dict[str, str]) -> str:
     )
 
 
-def render_config(spec: ExportSpec, flavour: Flavour) -> str:
-    """The config.pbtxt text of ``spec`` for ``flavour``."""
+def render_config(spec: ExportSpec, flavour: Flavour, precision: str = "fp32") -> str:
+    """The config.pbtxt text of ``spec`` for ``flavour``; ``precision`` is what the export decided
+    (export/precision.py), used by the embedded OpenVINO runtime."""
     head = {
         Flavour.CPU: 'backend: "onnxruntime"',
         Flavour.GPU: 'backend: "onnxruntime"',
@@ -89,8 +90,12 @@ def render_config(spec: ExportSpec, flavour: Flavour) -> str:
             f'  parameters {{ key: "trt_engine_cache_path" value: "{TRT_ENGINE_CACHE}" }}\n'
             "} ] } }"
         )
+    if flavour is Flavour.CPU and spec.runtime == "openvino":
+        # the NGC onnxruntime backend's OpenVINO execution provider (fp32: the provider's CPU default)
+        parts.append('optimization { execution_accelerators { cpu_execution_accelerator: [ { name: "openvino" } ] } }')
     if flavour is Flavour.EMBEDDED:
-        parts.append(_parameters({"intra_op_threads": str(spec.intra_op_threads)}))
+        parts.append(_parameters({"intra_op_threads": str(spec.intra_op_threads), "runtime": spec.runtime,
+                                  "precision": precision}))
     elif flavour is Flavour.CPU and spec.intra_op_threads:
         parts.append(_parameters({"intra_op_thread_count": str(spec.intra_op_threads)}))
     return "\n".join(parts) + "\n"

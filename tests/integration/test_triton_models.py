@@ -61,10 +61,15 @@ def test_every_model_round_trips_over_http_and_grpc(triton, model_repository: Pa
         via_grpc = grpc.infer(name, g_in).as_numpy(out_name)
         via_http = http.infer(name, h_in).as_numpy(out_name)
 
+        bf16 = manifest.get("precision", {}).get("served") == "bf16"
         for got in (via_grpc, via_http):
             assert got is not None and got.size > 0, f"{name}: empty output (stub numpy >= 2?)"
             assert got.shape == expected.shape
-            np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
+            if bf16:  # served in bf16 (export/precision.py): close to fp32, the same classes almost everywhere
+                assert np.max(np.abs(got - expected)) <= 0.02 * np.max(np.abs(expected)), name
+                assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.98, name
+            else:
+                np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
         # a different input must give a different answer: the server is not echoing a constant
         assert not np.allclose(via_grpc[0], via_grpc[1])
 
