@@ -72,6 +72,9 @@ class Settings(BaseSettings):
     artifact_dir: Path = Field(REPO_ROOT / ".run" / "artifacts", description="uploaded inputs and results")
     model_repository: Path = Field(REPO_ROOT / "model_repository")
     triton_env: Path = Field(REPO_ROOT / ".venv-triton", description="venv holding nvidia-pytriton, numpy<2")
+    # serve every model in fp32 even where its manifest allows bf16 (export/precision.py); Triton's
+    # python backend reads MEDSTACK_FORCE_FP32 from its environment when it loads a model
+    force_fp32: bool = False
 
     # Triton
     triton_host: str = "127.0.0.1"
