@@ -51,7 +51,7 @@ from services.localization.medlam import (
     localize,
     torch_predictor,
 )
-from services.localization.medlsam import SegPredict, segment_box, torch_seg_predictor
+from services.localization.medlsam import SegPredict, box_on_grid, segment_box, torch_seg_predictor
 from services.localization.models import BOXSEG_CHECKPOINT, MEDLAM_CHECKPOINT, load_boxseg, load_medlam, set_threads
 from services.localization.preprocessing import hu_to_unit, to_grid
 from services.localization.queries import BODY_HU, QueryCase, body_mask, world_bounds
@@ -167,6 +167,8 @@ def score_query(case: QueryCase, templates: Templates, predict: Predict, shots: 
             for method, box in (("medlsam_medlam_box", medlam_box["box_mm"]), ("medlsam_true_box", truth)):
                 rows.append({"query": case.name, "kind": case.kind, "structure": name, "shots": k, "method": method,
                              "dice": segmenter.dice(box, name)})
+            rows.append({"query": case.name, "kind": case.kind, "structure": name, "shots": k,
+                         "method": "filled_medlam_box", "dice": segmenter.filled_box_dice(medlam_box["box_mm"], name)})
     log.info("%s: %d structures scored, %d cut", case.name, len(names), len(case.cut))
     return rows
 
@@ -183,6 +185,16 @@ class _Segmenter:
     def dice(self, box: WorldBox | list, name: str) -> float:
         truth = structure_mask(self.labels, self.names, name)
         mask = segment_box(self.slices, np.asarray(box[0]), np.asarray(box[1]), self.predict) > 0.5
+        return dice(mask, truth)
+
+    def filled_box_dice(self, box: WorldBox | list, name: str) -> float:
+        """The sceptic's baseline for a box-prompted segmenter: the box itself, filled, as the mask."""
+        truth = structure_mask(self.labels, self.names, name)
+        lo, hi = box_on_grid(self.slices, np.asarray(box[0]), np.asarray(box[1]))
+        lo = np.clip(np.ceil(lo - 0.5).astype(int), 0, None)
+        hi = np.minimum(np.floor(hi + 0.5).astype(int), np.asarray(self.slices.shape) - 1)
+        mask = np.zeros(self.slices.shape, bool)
+        mask[lo[0]:hi[0] + 1, lo[1]:hi[1] + 1, lo[2]:hi[2] + 1] = True
         return dice(mask, truth)
 
 
