@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import numpy as np
 from scipy import ndimage
 
-__all__ = ["GSEParams", "dijkstra_distance", "expand_seeds", "fuse_cams", "geodesic_distance", "otsu_threshold",
-           "soft_label", "threshold_cam"]
+__all__ = ["GSEParams", "dijkstra_distance", "expand_seeds", "expand_seeds_batch", "fuse_cams", "geodesic_distance",
+           "otsu_threshold", "soft_label", "soft_labels", "threshold_cam"]
 
 EPS = 1e-6
 
@@ -87,8 +87,9 @@ def threshold_cam(cam: np.ndarray, threshold: float | None = None) -> np.ndarray
 
 
 def _sweep(dist: np.ndarray, image: np.ndarray, lam: float, axis: int, reverse: bool) -> bool:
-    """One raster pass along ``axis``: each line takes the best of its 3 neighbours on the previous
-    line (vectorised across the line). Returns True when any distance fell."""
+    """One raster pass along ``axis`` (-2: rows, -1: columns): each line takes the best of its 3
+    neighbours on the previous line (vectorised across the line and any leading batch axes).
+    Returns True when any distance fell."""
     d = np.moveaxis(dist, axis, 0)
     im = np.moveaxis(image, axis, 0)
     n = d.shape[0]
@@ -99,14 +100,14 @@ def _sweep(dist: np.ndarray, image: np.ndarray, lam: float, axis: int, reverse: 
         prev_d, prev_im, cur_im = d[i + step], im[i + step], im[i]
         best = d[i].copy()
         for shift, spatial in ((0, 1.0), (1, 2.0), (-1, 2.0)):  # straight, two diagonals (squared length)
-            nd = np.roll(prev_d, shift)
-            nim = np.roll(prev_im, shift)
+            nd = np.roll(prev_d, shift, axis=-1)
+            nim = np.roll(prev_im, shift, axis=-1)
             cost = np.sqrt((1 - lam) * spatial + lam * (cur_im - nim) ** 2)
             cand = nd + cost
-            if shift == 1:
-                cand[0] = np.inf
+            if shift == 1:  # no wrap-around at the line's ends
+                cand[..., 0] = np.inf
             elif shift == -1:
-                cand[-1] = np.inf
+                cand[..., -1] = np.inf
             best = np.minimum(best, cand)
         if np.any(best < d[i]):
             d[i] = best
@@ -115,7 +116,8 @@ def _sweep(dist: np.ndarray, image: np.ndarray, lam: float, axis: int, reverse: 
 
 
 def geodesic_distance(image: np.ndarray, seeds: np.ndarray, lam: float = 1.0, max_iterations: int = 20) -> np.ndarray:
-    """Geodesic distance from the seed pixels over an 8-connected 2-D image by raster scans.
+    """Geodesic distance from the seed pixels over an 8-connected 2-D image ``(..., H, W)`` by raster
+    scans (leading axes: independent slices, computed together).
 
     The step between neighbours p, q costs ``sqrt((1 - lam) |p - q|² + lam (I_p - I_q)²)`` (lam = 1:
     intensity change only, as FastGeodis' λ = 1). Four directional passes repeat until nothing
@@ -126,7 +128,7 @@ def geodesic_distance(image: np.ndarray, seeds: np.ndarray, lam: float = 1.0, ma
     dist = np.where(np.asarray(seeds, bool), 0.0, np.inf)
     for _ in range(max_iterations):
         changed = False
-        for axis in (0, 1):
+        for axis in (-2, -1):
             for reverse in (False, True):
                 changed |= _sweep(dist, image, lam, axis, reverse)
         if not changed:
@@ -187,27 +189,39 @@ def _seeds(mask: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
     return fg, bg
 
 
-def soft_label(image: np.ndarray, fused_cam: np.ndarray, params: GSEParams = GSEParams()) -> np.ndarray:
-    """GSE's refined soft label in [0, 1] for one slice (steps 1-5 above); zeros when the map
-    has no foreground."""
-    cam = np.asarray(fused_cam, dtype=np.float32)
-    mask = threshold_cam(cam).astype(bool)
-    if not mask.any():
-        return np.zeros_like(cam)
-    fg, bg = _seeds(mask, params.margin)
-    z = (image - image.mean()) / (image.std() + EPS)
-    d_f = geodesic_distance(z, fg, params.lam)
-    d_b = geodesic_distance(z, bg, params.lam)
+def soft_labels(images: np.ndarray, fused_cams: np.ndarray, params: GSEParams = GSEParams()) -> np.ndarray:
+    """GSE's refined soft labels in [0, 1] for a stack of slices ``(M, H, W)`` (steps 1-5 above;
+    the geodesic distances of all slices are computed together); zeros where a map has no foreground."""
+    images = np.asarray(images, dtype=np.float32)
+    cams = np.asarray(fused_cams, dtype=np.float32)
+    out = np.zeros_like(cams)
+    fg, bg, todo = np.zeros(cams.shape, bool), np.zeros(cams.shape, bool), []
+    for k, cam in enumerate(cams):
+        mask = threshold_cam(cam).astype(bool)
+        if mask.any():
+            fg[k], bg[k] = _seeds(mask, params.margin)
+            todo.append(k)
+    if not todo:
+        return out
+    z = images[todo]
+    z = (z - z.mean(axis=(1, 2), keepdims=True)) / (z.std(axis=(1, 2), keepdims=True) + EPS)
+    d_f = geodesic_distance(z, fg[todo], params.lam)
+    d_b = geodesic_distance(z, bg[todo], params.lam)
     p_f, p_b = np.exp(-params.ratio * d_f), 1.0 - np.exp(-params.ratio * d_b)
-    prob = np.full(cam.shape, 0.5, np.float32)
+    prob = np.full(d_f.shape, 0.5, np.float32)
     use_b, use_f = p_b < 0.5, p_f > 0.5
     prob[use_b] = p_b[use_b]
     prob[use_f] = p_f[use_f]
     both = use_b & use_f
     prob[both] = np.where(d_f[both] <= d_b[both], p_f[both], p_b[both])
     confidence = np.maximum(0.0, (np.exp(-params.ratio * np.minimum(d_f, d_b)) - 0.5) / 0.5)
-    refined = confidence * prob + (1 - confidence) * cam
-    return _minmax(refined, (0, 1))
+    out[todo] = _minmax(confidence * prob + (1 - confidence) * cams[todo], (1, 2))
+    return out
+
+
+def soft_label(image: np.ndarray, fused_cam: np.ndarray, params: GSEParams = GSEParams()) -> np.ndarray:
+    """`soft_labels` of one slice ``(H, W)``."""
+    return soft_labels(np.asarray(image)[None], np.asarray(fused_cam)[None], params)[0]
 
 
 def expand_seeds(image: np.ndarray, fused_cam: np.ndarray, params: GSEParams = GSEParams()) -> np.ndarray:
@@ -216,5 +230,15 @@ def expand_seeds(image: np.ndarray, fused_cam: np.ndarray, params: GSEParams = G
     image = np.asarray(image, dtype=np.float32)
     if image.shape != np.shape(fused_cam) or image.ndim != 2:
         raise ValueError(f"image {image.shape} and fused_cam {np.shape(fused_cam)} must be the same 2-D shape")
-    soft = soft_label(image, fused_cam, params)
-    return largest_component(soft >= params.hard_threshold).astype(np.uint8)
+    return expand_seeds_batch(image[None], np.asarray(fused_cam)[None], params)[0]
+
+
+def expand_seeds_batch(images: np.ndarray, fused_cams: np.ndarray, params: GSEParams = GSEParams(),
+                       chunk: int = 64) -> np.ndarray:
+    """`expand_seeds` of a stack ``(M, H, W)`` → ``(M, H, W)`` uint8, ``chunk`` slices at a time."""
+    out = np.zeros(np.shape(fused_cams), np.uint8)
+    for i in range(0, len(out), chunk):
+        soft = soft_labels(images[i:i + chunk], fused_cams[i:i + chunk], params)
+        for k, s in enumerate(soft):
+            out[i + k] = largest_component(s >= params.hard_threshold)
+    return out

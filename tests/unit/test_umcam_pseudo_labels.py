@@ -8,6 +8,7 @@ import pytest
 from services.umcam.pseudo_labels import (
     dijkstra_distance,
     expand_seeds,
+    expand_seeds_batch,
     fuse_cams,
     geodesic_distance,
     otsu_threshold,
@@ -62,3 +63,16 @@ def test_expand_seeds_recovers_a_bright_region():
     dice = 2 * (label.astype(bool) & disc).sum() / (label.sum() + disc.sum())
     assert label.dtype == np.uint8 and dice > 0.9
     assert not expand_seeds(image.astype(np.float32), np.zeros_like(cam)).any()
+
+
+def test_batched_distances_and_labels_match_one_slice_at_a_time():
+    rng = np.random.default_rng(3)
+    images = rng.normal(size=(3, 12, 10)).astype(np.float32)
+    seeds = np.zeros(images.shape, bool)
+    seeds[0, 0, 0] = seeds[1, 5, 5] = seeds[2, 11, 9] = True
+    together = geodesic_distance(images, seeds, max_iterations=50)
+    alone = np.stack([geodesic_distance(i, s, max_iterations=50) for i, s in zip(images, seeds, strict=True)])
+    assert np.allclose(together, alone)
+    cams = np.stack([np.pad(np.ones((4, 4), np.float32), ((2 + k, 6 - k), (3, 3))) for k in range(3)])
+    batch = expand_seeds_batch(images, cams)
+    assert np.array_equal(batch, np.stack([expand_seeds(i, c) for i, c in zip(images, cams, strict=True)]))
