@@ -1,6 +1,6 @@
 """``medstack``: run the embedded stack and build the model repository.
 
-    medstack up | down | status | logs [COMPONENT]
+    medstack up [--pacs] | down | status | logs [COMPONENT]
     medstack export [NAME...] [--tensorrt] [--if-missing] [--allow-dirty]
     medstack evaluate [FAMILY...] [--quick]
 """
@@ -16,7 +16,7 @@ import typer
 from core.run_folder import RunFolder
 from core.settings import settings
 from medstack.keys_cli import keys_app
-from medstack.stack import COMPONENTS, Stack, StackError
+from medstack.stack import COMPONENTS, PACS_COMPONENTS, Stack, StackError
 from medstack.valuation_cli import valuation_app
 
 app = typer.Typer(help="MedStack: medical-imaging foundation models served by Triton.", no_args_is_help=True)
@@ -25,10 +25,13 @@ app.add_typer(keys_app, name="keys")
 
 
 @app.command()
-def up() -> None:
+def up(
+    pacs: Annotated[bool, typer.Option("--pacs", help="also Orthanc (Debian's orthanc, orthanc-dicomweb) and the "
+                                       "DICOM listener (docs/pacs.md); kept on by later `up`s until `down`")] = False,
+) -> None:
     """Start Triton, Redis (or use MEDSTACK_REDIS_URL), a Celery worker and the gateway."""
     try:
-        state = Stack(settings).up(echo=typer.echo)
+        state = Stack(settings).up(echo=typer.echo, pacs=pacs)
     except StackError as error:
         typer.echo(f"error: {error}", err=True)
         raise typer.Exit(1) from error
@@ -53,13 +56,14 @@ def status() -> None:
 
 @app.command()
 def logs(
-    component: Annotated[str, typer.Argument(help=f"one of {', '.join(COMPONENTS)}")] = "gateway",
+    component: Annotated[str, typer.Argument(help=f"one of {', '.join(COMPONENTS + PACS_COMPONENTS)}")] = "gateway",
     lines: Annotated[int, typer.Option("--lines", "-n")] = 50,
     follow: Annotated[bool, typer.Option("--follow", "-f")] = False,
 ) -> None:
     """Show a component's log."""
-    if component not in COMPONENTS:
-        raise typer.BadParameter(f"unknown component {component!r}; choose from {', '.join(COMPONENTS)}")
+    if component not in COMPONENTS + PACS_COMPONENTS:
+        raise typer.BadParameter(f"unknown component {component!r}; choose from "
+                                 f"{', '.join(COMPONENTS + PACS_COMPONENTS)}")
     path = RunFolder(settings.run_dir).log_file(component)
     if not path.exists():
         typer.echo(f"no log yet at {path}", err=True)

@@ -20,7 +20,7 @@ import httpx
 
 from core.settings import DicomNode, DicomwebServer
 from core.triton import stop_process_group
-from medstack.stack import _spawn, _wait, free_port
+from medstack.stack import StackError, _spawn, _wait, free_port
 
 ORTHANC_BINARIES = ("Orthanc", "/usr/sbin/Orthanc")
 DICOMWEB_PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
@@ -29,7 +29,7 @@ MISSING = ("Orthanc with its DICOMweb plugin is not installed: `sudo apt-get ins
 USER = "medstack"
 
 
-class OrthancError(RuntimeError):
+class OrthancError(StackError):
     pass
 
 

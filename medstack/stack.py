@@ -24,6 +24,7 @@ from core.settings import REPO_ROOT, Settings
 from core.triton import TritonServer, http_ready, prepare_runtime, stop_process_group
 
 COMPONENTS = ("triton", "redis", "worker", "gateway")
+PACS_COMPONENTS = ("pacs", "listener")  # `medstack up --pacs`: Orthanc and the DICOM listener (docs/pacs.md)
 SUPERVISOR = "supervisor"
 REDIS_MISSING = (
     "no Redis answers at {url} and redis-server is not installed. Install it "
@@ -118,8 +119,12 @@ class Stack:
         self.run = RunFolder(settings.run_dir)
 
     # ---- up -------------------------------------------------------------------------------
-    def up(self, echo: Callable[[str], None] = lambda _: None) -> dict[str, str]:
-        """Start what is not running, then a supervisor that restarts components that die."""
+    def up(self, echo: Callable[[str], None] = lambda _: None, pacs: bool = False) -> dict[str, str]:
+        """Start what is not running, then a supervisor that restarts components that die; with ``pacs``
+        also Orthanc and the DICOM listener (remembered: the supervisor keeps them running too)."""
+        if pacs:
+            self.run.prepare()
+            self.run.save_state(self.run.load_state() | {"pacs": "1"})
         state = self.ensure_running(echo)
         if not self.run.pid(SUPERVISOR):
             log = self.run.log_file(SUPERVISOR)
@@ -138,6 +143,10 @@ class Stack:
         self.run.save_state(state)
         self._start_triton(echo)
         env = component_env(self.settings, redis_url)
+        if state.get("pacs") == "1":
+            from medstack.pacs_stack import start_pacs
+
+            env |= start_pacs(self, echo)
         self._start(
             "worker", worker_command(self.settings), env,
             lambda: worker_alive(redis_url), echo, timeout_s=90,
@@ -145,6 +154,10 @@ class Stack:
         gateway_url = f"http://{self.settings.gateway_host}:{self.settings.gateway_port}"
         self._start("gateway", gateway_command(self.settings), env,
                     lambda: http_ready(gateway_url + "/livez"), echo, timeout_s=60)
+        if state.get("pacs") == "1":
+            from medstack.pacs_stack import start_listener
+
+            start_listener(self, env, echo)
         state["gateway_url"] = gateway_url
         self.run.save_state(state)
         return state
@@ -213,7 +226,8 @@ class Stack:
 
     # ---- down / status ----------------------------------------------------------------------
     def down(self, echo: Callable[[str], None] = lambda _: None) -> None:
-        for name in (SUPERVISOR, *reversed(COMPONENTS)):  # the supervisor first: it would restart the rest
+        # the supervisor first: it would restart the rest
+        for name in (SUPERVISOR, *reversed(PACS_COMPONENTS), *reversed(COMPONENTS)):
             pid = self.run.pid(name)
             pid_file = self.run.pid_file(name)
             if pid is not None:
@@ -237,6 +251,10 @@ class Stack:
             pid = self.run.pid(name)
             owner = f"pid {pid}" if pid else ("external" if name == "redis" and redis_url else "not started")
             report[name] = f"{'healthy' if checks[name]() else 'DOWN'} ({owner})"
+        if state.get("pacs") == "1":
+            from medstack.pacs_stack import pacs_status
+
+            report |= pacs_status(self)
         pid = self.run.pid(SUPERVISOR)
         report[SUPERVISOR] = f"watching (pid {pid})" if pid else "not running: nothing restarts a dead component"
         return report
