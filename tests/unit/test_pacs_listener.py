@@ -149,3 +149,25 @@ def test_idempotency_key_depends_on_the_instances_not_their_order() -> None:
     assert idempotency_key([a, b], ROUTE) == idempotency_key([b, a], ROUTE)
     assert idempotency_key([a], ROUTE) != idempotency_key([a, b], ROUTE)
     assert len(idempotency_key([a], ROUTE)) <= 100 and os.sep not in idempotency_key([a], ROUTE)
+
+
+def test_associations_past_the_limit_are_refused(tmp_path: Path) -> None:
+    port = free_port()
+    s = Settings(artifact_dir=tmp_path / "artifacts", listener_port=port, listener_allowed_aes=["MODALITY"],
+                 listener_max_associations=1)
+    listener = Listener(s, Recorder())  # type: ignore[arg-type]
+    listener.start()
+    ae = AE(ae_title="MODALITY")
+    ae.add_requested_context(Verification)
+    try:
+        first = ae.associate("127.0.0.1", port, ae_title="MEDSTACK")
+        second = ae.associate("127.0.0.1", port, ae_title="MEDSTACK")
+        assert first.is_established and not second.is_established
+        first.release()
+        deadline = time.monotonic() + 10  # the server ends the first association's thread on its own time
+        while not (third := ae.associate("127.0.0.1", port, ae_title="MEDSTACK")).is_established:
+            assert time.monotonic() < deadline, "no slot came free after a release"
+            time.sleep(0.2)
+        third.release()
+    finally:
+        listener.stop()
