@@ -23,6 +23,8 @@ MISSING = [
     ("POST", "/v1/localization/templates", "localization", "localization_medlam", "model-missing"),
     ("POST", "/v1/localization/jobs", "localization", "localization_medlam", "model-missing"),
     ("POST", "/v1/medlsam/jobs", "segmentation", "localization_medlam", "model-missing"),
+    ("POST", "/v1/umcam/jobs", "segmentation", "umcam_unet", "model-missing"),
+    ("POST", "/v1/umcam/pseudo-labels", "segmentation", "umcam_cam", "model-missing"),
 ]
 
 
