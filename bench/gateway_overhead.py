@@ -23,7 +23,9 @@ import io
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -65,9 +67,10 @@ def measure(calls: dict[str, Callable[[], None]], rounds: int, warmup: int, bloc
     return times
 
 
-def run(rounds: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, str]]:
+def run(rounds: int, warmup: int, profile: Path | None = None) -> tuple[dict[str, list[float]], dict[str, str]]:
     tmp = Path(tempfile.mkdtemp(prefix="bench-gateway-"))
     procs: list[int] = []
+    gateway: subprocess.Popen[bytes] | None = None
     triton: TritonServer | None = None
     try:
         redis_port = free_port()
@@ -89,7 +92,10 @@ def run(rounds: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, str
         key = "msk_bench_" + os.urandom(16).hex()
         env = component_env(s, redis_url) | {"MEDSTACK_BOOTSTRAP_KEY": key, "MEDSTACK_RATE_LIMIT_PER_S": "1000000",
                                              "MEDSTACK_RATE_LIMIT_BURST": "1000000"}
-        gateway = _spawn(gateway_command(s), tmp / "gateway.log", env)
+        command = gateway_command(s)
+        if profile is not None:  # the same gateway under pyinstrument's sampler, its report written at exit
+            command = [command[0], "-m", "pyinstrument", "-r", "text", "--show-all", "-o", str(profile), *command[1:]]
+        gateway = _spawn(command, tmp / "gateway.log", env)
         procs.append(gateway.pid)
         url = f"http://127.0.0.1:{s.gateway_port}"
         _wait(lambda: http_ready(url + "/livez"), "gateway", 60, gateway, tmp / "gateway.log")
@@ -123,13 +129,19 @@ def run(rounds: int, warmup: int) -> tuple[dict[str, list[float]], dict[str, str
 
         check = http.post(f"/v1/models/{MODEL}/infer", content=npy_body, headers={"Content-Type": "application/x-npy"})
         np.testing.assert_array_equal(np.load(io.BytesIO(check.content)), expected)
-        times = measure({"direct to Triton (gRPC)": via_direct, "gateway, .npy": via_npy, "gateway, JSON": via_json},
-                        rounds, warmup)
+        paths = {"direct to Triton (gRPC)": via_direct, "gateway, .npy": via_npy, "gateway, JSON": via_json}
+        if profile is not None:  # the profile is of the binary path alone
+            del paths["gateway, JSON"]
+        times = measure(paths, rounds, warmup)
         http.close()
         direct.close()
         version = check.headers["x-model-version"]
         return times, {"version": version}
     finally:
+        if profile is not None and gateway is not None:
+            # SIGINT: uvicorn re-raises it as KeyboardInterrupt, after which pyinstrument writes its report
+            gateway.send_signal(signal.SIGINT)
+            gateway.wait(timeout=60)
         for pid in reversed(procs):
             stop_process_group(pid)
         if triton is not None:
@@ -172,9 +184,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=300)
     parser.add_argument("--warmup", type=int, default=30)
     parser.add_argument("--no-write", action="store_true", help="print only; leave docs/benchmarks.md alone")
+    parser.add_argument("--profile", type=Path, help="run the gateway under pyinstrument, write its text report "
+                        "here (implies --no-write: a sampled gateway is slower)")
     args = parser.parse_args(argv)
     load_before = os.getloadavg()[0]
-    times, info = run(args.requests, args.warmup)
+    times, info = run(args.requests, args.warmup, args.profile)
+    if args.profile is not None:
+        args.no_write = True
     info["load"] = f"{load_before:.1f} → {os.getloadavg()[0]:.1f}"
     text = section(times, info, args.requests)
     sys.stdout.write(text + "\n")

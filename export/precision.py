@@ -62,7 +62,8 @@ def openvino_predictor(onnx_path: Path, precision: str, threads: int = 0) -> Cal
     request = ov.Core().compile_model(str(onnx_path), "CPU", config).create_infer_request()
 
     def predict(patches: np.ndarray) -> np.ndarray:
-        return np.array(request.infer([np.ascontiguousarray(patches, dtype=np.float32)])[0])
+        # the output is an array of its own (share_outputs=False), as in the served model.py
+        return request.infer([np.ascontiguousarray(patches, dtype=np.float32)], share_inputs=True)[0]
 
     return predict
 

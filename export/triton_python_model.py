@@ -73,8 +73,9 @@ class TritonPythonModel:
         pb_utils.Logger.log_info(f"{model_name}: OpenVINO {ov.__version__}, {precision} ({why})")
 
         def run(feed):
-            results = request.infer(feed)
-            return [np.array(results[port]) for port in ports]
+            # outputs come back as arrays of their own (share_outputs=False): no second copy
+            results = request.infer(feed, share_inputs=True)
+            return [results[port] for port in ports]
 
         return run
 

@@ -23,7 +23,8 @@ def get_store() -> ArtifactStore:
     return ArtifactStore()
 
 
-def get_triton(request: Request) -> TritonClient:
+async def get_triton(request: Request) -> TritonClient:
+    # async: FastAPI runs a plain def dependency in the thread pool, a hand-off per request
     return request.app.state.triton  # type: ignore[no-any-return]
 
 
