@@ -39,7 +39,7 @@ from services.common.job_io import (
 from services.common.volume import Volume, write_volume
 from services.segmentation.job import keep_largest_components
 from services.umcam.grid import SliceGrid, from_model_slices, to_model_slices
-from services.umcam.pseudo_labels import expand_seeds, fuse_cams
+from services.umcam.pseudo_labels import expand_seeds_batch, fuse_cams
 from services.umcam.slice_labels import MISMATCH_KIND, check_slice_count
 
 __all__ = ["BATCH_SLICES", "BRAIN_CLASSES", "UMCAM_NAME", "brain_probability", "pseudo_label_slices",
@@ -139,8 +139,8 @@ def pseudo_label_slices(slices: np.ndarray, cams: np.ndarray, labels: Sequence[i
     pseudo-labels (N, H, W) uint8 (all 0 in slices labelled 0: the user said there is no brain)."""
     fused = np.asarray(fuse_cams(cams), dtype=np.float32)
     pseudo = np.zeros(fused.shape, np.uint8)
-    for i in np.flatnonzero(np.asarray(labels)):
-        pseudo[i] = expand_seeds(slices[i, 0], fused[i])
+    present = np.flatnonzero(np.asarray(labels))
+    pseudo[present] = expand_seeds_batch(slices[present, 0], fused[present])
     return fused, pseudo
 
 
@@ -221,8 +221,8 @@ def run_pseudo_labels(
                    for k, (label, p) in enumerate(zip(slice_labels, presence, strict=True))],
         "classifier_vs_labels": _agreement(presence, slice_labels),
         "structures": structure_volumes(mask, {1: "brain"}),
-        "segmenter_training": "not offered: train the U-Net on these pseudo-labels with `python -m services.umcam`"
-                              " (docs/umcam.md)",
+        "segmenter_training": "not built: the job returns UM-CAM maps and pseudo-labels; training a segmenter "
+                              "on them (optional in issue #20) is not offered as a service",
         "timings_s": watch.timings,
         "artifacts": [UMCAM_NAME, *artifacts],
     }
