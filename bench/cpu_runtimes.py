@@ -127,6 +127,11 @@ def main() -> None:
         "Speed-up: ONNX Runtime CPU's time / this runtime's; agreement: voxels whose argmax equals ONNX "
         "Runtime CPU's; max-abs: largest logit difference from it.", "",
         markdown_table(["runtime", "seconds per batch", "speed-up", "argmax agreement", "max-abs"], rows),
+        "What the embedded Triton runs follows from this table: the OpenVINO runtime (`openvino` in the Triton "
+        "environment, next to ONNX Runtime) for models whose spec says `runtime=\"openvino\"`, at the precision "
+        "its manifest allows (export/precision.py). ONNX Runtime's OpenVINO provider reads the same file but "
+        "ships as `onnxruntime-openvino`, which replaces the `onnxruntime` module the other models use (measured "
+        "here at fp32 only); the NGC image's onnxruntime backend uses it at fp32 (docs/deploy.md).", "",
     ])
     write_section(report)
     print(report)

@@ -52,8 +52,10 @@ class Benchmark:
 
 
 BENCHMARKS = (
+    Benchmark("bench.cpu_runtimes", "## CPU runtimes",
+              "one batch: ONNX Runtime CPU vs OpenVINO fp32/bf16 (and the OpenVINO provider with --ep-python)"),
     Benchmark("bench.volume_job", "## Whole-volume segmentation",
-              "one CT through Triton (shm, gRPC, no batching) vs in-process ONNX Runtime and MONAI eager"),
+              "one CT through Triton (OpenVINO fp32/bf16) vs in-process ONNX Runtime/OpenVINO and MONAI eager"),
     Benchmark("bench.worker_memory", "## Worker memory", "peak RSS of a job, 133 and 800 slices"),
     Benchmark("bench.gateway_overhead", "## Gateway overhead", "small inference direct to Triton vs via the gateway"),
     Benchmark("bench.per_sample_grads", "## Per-sample gradients (data valuation)", "torch.func vs a loop"),
