@@ -7,7 +7,7 @@
 Environment (``loadtest/run.py`` sets it up):
 
 * ``MEDSTACK_LOAD_KEY``: API key with the scopes segmentation, jobs, models, report, dialogue,
-  localization, medlsam (its rate limit high enough for the whole run);
+  localization (MedLSAM needs segmentation; its rate limit high enough for the whole run);
 * ``MEDSTACK_LOAD_THROTTLED_KEY``: a key with a small rate limit, used by ``RateLimitedUser`` to check
   that the limit answers 429 with ``Retry-After`` (those 429s are deliberate and count as successes);
 * ``MEDSTACK_LOAD_CT``: a small CT volume (NIfTI) to segment, localize and segment with MedLSAM;

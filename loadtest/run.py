@@ -41,7 +41,7 @@ from core.settings import REPO_ROOT
 from medstack.stack import free_port
 
 SECTION = "## Load (make load)"
-LOAD_SCOPES = ["segmentation", "jobs", "models", "report", "dialogue", "localization", "medlsam"]
+LOAD_SCOPES = ["segmentation", "jobs", "models", "report", "dialogue", "localization"]  # MedLSAM: segmentation
 TEMPLATE_STRUCTURES = ("liver", "heart")  # both in the CT crop the users send
 
 
