@@ -190,10 +190,18 @@ class TrainPairs:
     def __len__(self) -> int:
         return len(self.pool)
 
-    def picks(self, rng: np.random.Generator, batch_size: int):  # noqa: ANN201
-        """Each epoch's batches as (report indices, bank indices, tokens, labels)."""
+    def picks(self, rng: np.random.Generator, batch_size: int, bucket: int = 1):  # noqa: ANN201
+        """Each epoch's batches as (report indices, bank indices, tokens, labels). ``bucket`` > 1: reports are
+        sorted by length within each run of ``bucket`` batches (batches then in random order), so that a batch
+        pads to a length close to its reports' (about 1.5× less decoder work at ``bucket`` 16)."""
         order = self.pool[rng.permutation(len(self.pool))]
-        for start in range(0, len(order), batch_size):
+        if bucket > 1:
+            lengths = (self.tokens != PAD).sum(1)
+            span = batch_size * bucket
+            order = np.concatenate([c[np.argsort(lengths[c], kind="stable")]
+                                    for c in np.split(order, range(span, len(order), span))])
+        starts = np.arange(0, len(order), batch_size)
+        for start in starts[rng.permutation(len(starts))] if bucket > 1 else starts:
             idx = order[start:start + batch_size]
             pick = np.array([self.choices[i][rng.integers(len(self.choices[i]))] for i in idx])
             yield idx, pick, self.tokens[idx], self.labels[idx]

@@ -1,43 +1,28 @@
-"""Score KiUT and its ablations on the held-out test split (rendered images, real reports).
-
-    python -m services.report.evaluate                  # greedy for all variants, beam 3 for KiUT
-    python -m services.report.evaluate --variants kiut --beam 0
-
-Writes ``services/report/checkpoints/kiut/evaluation.json`` and prints a Markdown table for docs/report.md.
-
-The same module scores the served model beside the trivial baselines for ``medstack evaluate report``
-(``services/report/evaluation.py``): :func:`baseline_texts` (a constant normal report, and the report of the
-nearest training image) and the per-report statistics from which corpus BLEU and clinical-efficacy F1 are
-bootstrapped over reports (:func:`corpus_comparison`).
+"""Scoring pieces of ``medstack evaluate report`` (services/report/evaluation.py): decoding after the finding
+head's plan, the baselines (constant normal report, retrieval by predicted findings or by KiUT's visual features,
+template sentences from the finding head) and per-report statistics from which corpus BLEU and clinical-efficacy F1
+are bootstrapped over reports, for one model or the mean over training seeds.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 import logging
-import time
 from collections import Counter
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
 
 from services.common.comparisons import BOOTSTRAP_RESAMPLES, Comparison
-from services.report import data, search, serving
-from services.report.findings import ABNORMAL, FINDINGS, clinical_efficacy, label_text, to_vector
+from services.report import data, plan, search, serving
+from services.report.findings import ABNORMAL, FINDINGS, clinical_efficacy, label_text, sentences, to_vector
 from services.report.metrics import _ngrams, caption_scores, meteor, rouge_l
 from services.report.model import KiUT, knowledge_inputs
 from services.report.reports import Report
-from services.report.train import _auroc, checkpoint_dir, load
+from services.report.train import _auroc, plan_index
 
 log = logging.getLogger(__name__)
-
-PUBLISHED = {"BLEU-1": 0.525, "BLEU-2": 0.360, "BLEU-3": 0.251, "BLEU-4": 0.185, "METEOR": 0.242, "ROUGE-L": 0.409}
-LABELS = {"kiut": "KiUT (ours, CPU size)", "no_u": "KiUT without U-connection", "plain": "Transformer, no knowledge",
-          "retrieval": "Retrieval only (top-1 knowledge-base report)"}
 
 
 @torch.no_grad()
@@ -61,23 +46,41 @@ def step_fn(model: KiUT, enc: dict[str, torch.Tensor]):  # noqa: ANN201
     return step
 
 
+def head_prefix(model: KiUT, probs: np.ndarray, thresholds: dict | None = None) -> np.ndarray | None:
+    """``(N, 1 + 9)`` plan prefixes from the finding head's calls at the calibrated thresholds (``thresholds.json``
+    of the served checkpoint: every variant shares its frozen head); None for a model without a plan."""
+    if not model.cfg.plan:
+        return None
+    from services.report import consistency
+
+    calls = plan.head_calls(probs, FINDINGS, thresholds or consistency.load_thresholds(), ABNORMAL)
+    return plan.prefix(calls, ABNORMAL, plan_index(model.vocab_size))
+
+
 def generate(model: KiUT, images: np.ndarray, beam_size: int = 1, batch: int = 64,
-             max_tokens: int = serving.MAX_TOKENS) -> tuple[list[list[int]], np.ndarray]:
-    """Token ids per image and the finding probabilities (N, F)."""
+             max_tokens: int = serving.MAX_TOKENS, thresholds: dict | None = None
+             ) -> tuple[list[list[int]], np.ndarray]:
+    """Token ids per image and the finding probabilities (N, F); a planned model writes after the head's plan."""
     enc = encode(model, images)
+    probs = enc["finding_probs"].numpy()
+    prefix = head_prefix(model, probs, thresholds)
     step = step_fn(model, enc)
     if beam_size == 1:
         ids: list[list[int]] = []
         for s in range(0, len(images), batch):
             rows = np.arange(s, min(s + batch, len(images)))
             sub = lambda tokens, r, rows=rows: step(tokens, rows[r])  # noqa: E731
-            ids.extend(search.greedy(sub, len(rows), max_tokens))
+            ids.extend(search.greedy(sub, len(rows), max_tokens, None if prefix is None else prefix[rows]))
     else:
-        ids = [search.beam(step, i, beam_size, max_tokens) for i in range(len(images))]
-    return ids, enc["finding_probs"].numpy()
+        ids = [search.beam(step, i, beam_size, max_tokens, prefix=None if prefix is None else list(prefix[i]))
+               for i in range(len(images))]
+    return ids, probs
 
 
-def score(texts: list[str], references: list[str], probs: np.ndarray | None, labels: np.ndarray) -> dict:
+def score(texts: list[str], references: list[str], probs: np.ndarray | None, labels: np.ndarray,
+          normal: str | None = None) -> dict:
+    """Caption metrics, clinical efficacy, the finding head's AUROC (with ``probs``), and how often the text is
+    the ``normal`` template (the constant normal report) or names no finding."""
     out = {k: round(v, 4) for k, v in caption_scores(texts, references).items()}
     out.update({k: round(v, 4) for k, v in clinical_efficacy(texts, references).items()})
     if probs is not None:
@@ -90,22 +93,12 @@ def score(texts: list[str], references: list[str], probs: np.ndarray | None, lab
     named = np.stack([to_vector(label_text(t)) for t in texts])[:, 1:]
     gold = np.stack([to_vector(label_text(t)) for t in references])[:, 1:]
     out["images_naming_a_finding"] = int((named.sum(1) > 0).sum())
+    if normal is not None:
+        out["normal_template_share"] = round(sum(t == normal for t in texts) / len(texts), 4)
     out["named_findings"] = {n: {"images": int(named[:, j].sum()),
                                  "in_reference": int((named[:, j] * gold[:, j]).sum())}
                              for j, n in enumerate(ABNORMAL) if named[:, j].any()}
     return out
-
-
-def image_dependence(model: KiUT, images: np.ndarray, tokens: np.ndarray, labels: np.ndarray) -> dict:
-    """Teacher-forced token loss of the test reports with their own images and with the images shuffled
-    (a fixed permutation): the difference is how much the words depend on the image (0 = not at all)."""
-    from services.report.train import validate
-
-    perm = np.random.default_rng(0).permutation(len(images))
-    matched = validate(model, images, tokens, labels)["token_loss"]
-    shuffled = validate(model, images[perm], tokens, labels)["token_loss"]
-    return {"token_loss": round(matched, 4), "token_loss_shuffled_images": round(shuffled, 4),
-            "image_gain": round(shuffled - matched, 4)}
 
 
 def example_rows(labels: np.ndarray) -> list[int]:
@@ -167,13 +160,6 @@ def combination_reports(train: list[Report]) -> dict[tuple[str, ...], str]:
     return {combo: most_common(texts) for combo, texts in by_combo.items()}
 
 
-def pixel_features(images: np.ndarray, size: int = 32) -> np.ndarray:
-    """(N, S, S) uint8 → (N, size²): box-averaged to size × size, each image standardised (cosine = correlation)."""
-    n, s, _ = images.shape
-    x = images.astype(np.float32).reshape(n, size, s // size, size, s // size).mean((2, 4)).reshape(n, -1)
-    return (x - x.mean(1, keepdims=True)) / (x.std(1, keepdims=True) + 1e-6)
-
-
 @torch.no_grad()
 def visual_features(model: KiUT, images: np.ndarray, batch: int = 128) -> np.ndarray:
     """(N, S, S) uint8 → (N, d): KiUT's frozen visual path, its last encoder level averaged over the 64 tokens
@@ -197,17 +183,61 @@ def retrieved_reports(query_features: np.ndarray, bank_features: np.ndarray, ban
     return [reports[bank_combos[i]] for i in nearest(query_features, bank_features)]
 
 
-def baseline_texts(model: KiUT, test: TestSet) -> dict[str, list[str]]:
-    """Each trivial baseline's report for every test image: ``constant`` (the most common normal training
-    report), ``retrieval_kiut`` (nearest training image by cosine on KiUT's frozen visual features) and
-    ``retrieval_pixels`` (nearest by correlation of 32 × 32 pixels)."""
-    bank, combos = data.train_bank(test.train)
+def findings_report(calls: tuple[str, ...], combos: dict[tuple[str, ...], str], counts: Counter) -> str:
+    """The training report of the finding combination closest to ``calls``: the same combination if a training
+    report has it, else the one with the highest Jaccard overlap (ties: the most frequent combination)."""
+    if calls in combos:
+        return combos[calls]
+    wanted = set(calls)
+    best = max(combos, key=lambda c: (len(wanted & set(c)) / max(len(wanted | set(c)), 1), counts[c]))
+    return combos[best]
+
+
+def finding_sentences(train: list[Report]) -> dict[str, str]:
+    """Per abnormal finding, the most common training sentence in which the rule labeller reads that finding
+    and no other (e.g. cardiomegaly → "the heart is enlarged ."): the template generator's fixed sentences."""
+    by_finding: dict[str, list[str]] = {}
+    for r in train:
+        for sentence in sentences(r.text):
+            named = [n for n, on in label_text(sentence).items() if on and n != "normal"]
+            if len(named) == 1:
+                by_finding.setdefault(named[0], []).append(f"{sentence} .")
+    return {name: most_common(texts) for name, texts in by_finding.items()}
+
+
+def template_report(calls: tuple[str, ...], normal: str, fixed: dict[str, str]) -> str:
+    """The rule-based generator: the constant normal report's sentences that deny none of ``calls`` (e.g. "the
+    lungs are clear" goes when opacity is called), then one fixed sentence per called finding."""
+    from services.report.consistency import read_text
+
+    kept = [f"{x} ." for x in sentences(normal) if not set(read_text(x)[1]) & set(calls)]
+    return " ".join(kept + [fixed[name] for name in calls if name in fixed])
+
+
+def baseline_texts(model: KiUT, test: TestSet, probs: np.ndarray, thresholds: dict | None = None
+                   ) -> dict[str, list[str]]:
+    """Each baseline's report for every test image, from the training split only:
+
+    * ``constant``: the most common normal training report, for every image;
+    * ``retrieval_findings``: the training report of the finding combination the head predicts
+      (:func:`findings_report`; the head's calls at the calibrated thresholds, as KiUT's plan);
+    * ``template``: one fixed sentence per finding the head calls present (:func:`template_report`);
+    * ``retrieval_kiut``: the report of the nearest training image by cosine on KiUT's frozen visual features."""
+    from services.report import consistency
+
+    calls = plan.head_calls(probs, FINDINGS, thresholds or consistency.load_thresholds(), ABNORMAL)
+    called = [tuple(n for n, on in zip(ABNORMAL, row, strict=True) if on) for row in calls]
+    combos = combination_reports(test.train)
+    counts = Counter(data.combo_of(r.labels) for r in test.train)
     normal = constant_report(test.train)
+    fixed = finding_sentences(test.train)
+    bank, bank_combos = data.train_bank(test.train)
     return {
         "constant": [normal] * len(test.reports),
+        "retrieval_findings": [findings_report(c, combos, counts) for c in called],
+        "template": [template_report(c, normal, fixed) for c in called],
         "retrieval_kiut": retrieved_reports(visual_features(model, test.images), visual_features(model, bank),
-                                            combos, test.train),
-        "retrieval_pixels": retrieved_reports(pixel_features(test.images), pixel_features(bank), combos, test.train),
+                                            bank_combos, test.train),
     }
 
 
@@ -252,12 +282,24 @@ def micro_f1(sums: np.ndarray) -> np.ndarray:
     return 2 * tp / np.maximum(2 * tp + fp + fn, 1)
 
 
+def _seeds_axis(stats: np.ndarray) -> np.ndarray:
+    """Per-report statistics ``(N, k)`` of one model, or ``(S, N, k)`` of S training seeds → ``(S, N, k)``."""
+    return stats[None] if stats.ndim == 2 else stats
+
+
+def seed_mean(stats: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray]) -> float:
+    """The corpus figure of each seed's reports, averaged over the seeds."""
+    return float(np.mean(statistic(_seeds_axis(stats).sum(1))))
+
+
 def bootstrap_difference(ours: np.ndarray, baseline: np.ndarray, statistic: Callable[[np.ndarray], np.ndarray],
                          seed: int = 0, resamples: int = BOOTSTRAP_RESAMPLES, chunk: int = 1000) -> list[float] | None:
     """95 % paired bootstrap interval of statistic(ours) − statistic(baseline), where the statistic is computed
     from per-report statistics summed over a resample of the reports (the same resample for both: Koehn 2004's
-    paired bootstrap for corpus BLEU). None below two reports."""
-    n = len(ours)
+    paired bootstrap for corpus BLEU). Either side may carry a leading axis of training seeds (``(S, N, k)``): its
+    figure is then the mean over the seeds of each seed's corpus figure on the resample. None below two reports."""
+    ours, baseline = _seeds_axis(ours), _seeds_axis(baseline)
+    n = ours.shape[1]
     if n < 2:
         return None
     rng = np.random.default_rng(seed)
@@ -266,7 +308,8 @@ def bootstrap_difference(ours: np.ndarray, baseline: np.ndarray, statistic: Call
         b = min(chunk, resamples - start)
         idx = rng.integers(0, n, size=(b, n))
         counts = np.bincount((idx + n * np.arange(b)[:, None]).ravel(), minlength=b * n).reshape(b, n)
-        diffs.append(statistic(counts @ ours) - statistic(counts @ baseline))
+        figure = lambda stats, counts=counts: statistic(np.einsum("bn,snk->bsk", counts, stats)).mean(1)  # noqa: E731
+        diffs.append(figure(ours) - figure(baseline))
     low, high = np.percentile(np.concatenate(diffs), [2.5, 97.5])
     return [round(float(low), 4), round(float(high), 4)]
 
@@ -274,10 +317,11 @@ def bootstrap_difference(ours: np.ndarray, baseline: np.ndarray, statistic: Call
 def corpus_comparison(name: str, metric: str, *, ours: np.ndarray, baseline: np.ndarray,
                       statistic: Callable[[np.ndarray], np.ndarray], baseline_name: str, samples: str,
                       seeds: list[int] | None = None) -> Comparison:
-    """A corpus-level metric (BLEU-4, micro F1) of ours beside a baseline, with :func:`bootstrap_difference`."""
+    """A corpus-level metric (BLEU-4, micro F1) of ours beside a baseline, with :func:`bootstrap_difference`;
+    per-report statistics ``(N, k)``, or ``(S, N, k)`` for the mean over S training seeds."""
     return Comparison(name=name, metric=metric, higher_is_better=True,
-                      ours=round(float(statistic(ours.sum(0))), 4), baseline_name=baseline_name,
-                      baseline=round(float(statistic(baseline.sum(0))), 4), seeds=seeds or [0],
+                      ours=round(seed_mean(ours, statistic), 4), baseline_name=baseline_name,
+                      baseline=round(seed_mean(baseline, statistic), 4), seeds=seeds or [0],
                       ci95=bootstrap_difference(ours, baseline, statistic), samples=samples)
 
 
@@ -286,114 +330,3 @@ def per_report_scores(hypotheses: list[str], references: list[str]) -> dict[str,
     pairs = list(zip(hypotheses, references, strict=True))
     return {"ROUGE-L": np.array([rouge_l([h], [r]) for h, r in pairs]),
             "METEOR": np.array([meteor([h], [r]) for h, r in pairs])}
-
-
-def head_text_disagreement(texts: list[str], probs: np.ndarray, threshold: float = 0.5) -> dict:
-    """How often the written report contradicts the model's own finding head (abnormal findings only): the head
-    says p ≥ threshold and the text does not name the finding, or the text names it and the head says less."""
-    named = np.stack([to_vector(label_text(t)) for t in texts])[:, 1:] > 0.5
-    head = probs[:, 1:] >= threshold
-    return {"threshold": threshold,
-            "images_head_positive_text_silent": int((head & ~named).any(1).sum()),
-            "images_text_names_head_negative": int((named & ~head).any(1).sum()),
-            "per_finding_head_positive_text_silent": {n: int((head[:, j] & ~named[:, j]).sum())
-                                                      for j, n in enumerate(ABNORMAL)}}
-
-
-def evaluate(variants: list[str], beam_size: int = 3, limit: int | None = None, beam_limit: int | None = None,
-             directory: Path | None = None) -> dict:
-    """Scores per variant; ``directory`` (one variant only) reads that checkpoint folder instead."""
-    if directory is not None and len(variants) != 1:
-        raise ValueError("--checkpoint needs exactly one variant")
-    torch.set_num_threads(1)
-    test = test_set(limit)
-    corpus, reports, images, references, labels = test.corpus, test.reports, test.images, test.references, test.labels
-    results: dict = {"data": f"test split: {len(reports)} Open-i reports, one DRR each (generator "
-                             f"v{data.GENERATOR_VERSION}, seeds {data.EVAL_SEEDS}+), never seen in training",
-                     "published_kiut_iu_xray": PUBLISHED, "examples": {}}
-    for variant in variants:
-        folder = directory or checkpoint_dir(variant)
-        if not (folder / "model.pt").exists():
-            log.warning("no checkpoint for %s in %s; skipped", variant, folder)
-            continue
-        model, vocab, _ = load(variant, folder)
-        started = time.perf_counter()
-        ids, probs = generate(model, images)
-        texts = [vocab.decode(i) for i in ids]
-        results[variant] = score(texts, references, probs, labels) | {
-            "decoding": "greedy", "seconds": round(time.perf_counter() - started, 1)}
-        results[variant].update(image_dependence(model, images, corpus.tokens("test")[: len(reports)], labels))
-        results["examples"][variant] = [
-            {"test_row": i, "labels": [n for n, v in zip(FINDINGS, labels[i], strict=True) if v > 0.5],
-             "finding_probs": {n: round(float(p), 2) for n, p in zip(FINDINGS, probs[i], strict=True) if p >= 0.3},
-             "reference": references[i], "generated": texts[i]} for i in example_rows(labels)]
-        log.info("%s greedy: %s", variant, {k: v for k, v in results[variant].items() if k != "finding_auroc"})
-        if variant == "kiut":
-            sims = torch.nn.functional.normalize(torch.from_numpy(probs), dim=1) @ model.kb_keys.T + model.kb_tiebreak
-            top = torch.topk(sims, 1).indices
-            retrieved = [vocab.decode(model.kb_tokens[int(i)].tolist()) for i in top[:, 0]]
-            results["retrieval"] = score(retrieved, references, None, labels) | {"decoding": "top-1 retrieved report"}
-            if beam_size > 1:
-                started = time.perf_counter()
-                n = len(images) if beam_limit is None else min(beam_limit, len(images))
-                ids, _ = generate(model, images[:n], beam_size=beam_size)
-                texts = [vocab.decode(i) for i in ids]
-                results["kiut_beam"] = score(texts, references[:n], probs[:n], labels[:n]) | {
-                    "decoding": f"beam {beam_size}" + ("" if n == len(images) else f" (first {n} test reports)"),
-                    "seconds": round(time.perf_counter() - started, 1)}
-                log.info("kiut beam: %s", {k: v for k, v in results["kiut_beam"].items() if k != "finding_auroc"})
-    return results
-
-
-def table(results: dict) -> str:
-    cols = ["BLEU-1", "BLEU-2", "BLEU-3", "BLEU-4", "METEOR", "ROUGE-L", "ce_precision", "ce_recall", "ce_f1",
-            "finding_auroc_mean", "distinct_texts", "image_gain"]
-    lines = ["| model | decoding | " + " | ".join(cols) + " |", "|" + "---|" * (len(cols) + 2)]
-    for key, label in (("kiut_beam", "KiUT (ours, CPU size)"), ("kiut", LABELS["kiut"]), ("no_u", LABELS["no_u"]),
-                       ("plain", LABELS["plain"]), ("retrieval", LABELS["retrieval"])):
-        if key in results:
-            r = results[key]
-            lines.append(f"| {label} | {r['decoding']} | " + " | ".join(
-                f"{r[c]:.3f}" if isinstance(r.get(c), float) else str(r[c]) if isinstance(r.get(c), int) else "–"
-                for c in cols) + " |")
-    p = results["published_kiut_iu_xray"]
-    lines.append("| KiUT, published (real IU-Xray images) | beam | " + " | ".join(
-        f"{p[c]:.3f}" if c in p else "–" for c in cols) + " |")
-    return "\n".join(lines)
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--variants", nargs="+", default=["kiut", "no_u", "plain"])
-    parser.add_argument("--beam", type=int, default=3, help="beam size for KiUT's second pass (0/1: skip)")
-    parser.add_argument("--limit", type=int, default=None, help="first N test reports only (smoke runs)")
-    parser.add_argument("--beam-limit", type=int, default=None, help="beam search on the first N test reports only")
-    parser.add_argument("--out", type=Path, default=serving.checkpoint_dir() / "evaluation.json")
-    parser.add_argument("--checkpoint", type=Path, default=None, help="checkpoint folder (with one --variants)")
-    parser.add_argument("--name", default=None, help="key to store a --checkpoint's results under")
-    parser.add_argument("--merge", type=Path, nargs="+", default=None,
-                        help="combine per-variant result files (from parallel runs) into --out instead")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
-    if args.merge:
-        results = {}
-        for path in args.merge:
-            part = json.loads(path.read_text())
-            examples = results.get("examples", {}) | part.pop("examples", {})
-            results |= part
-            results["examples"] = examples
-    else:
-        results = evaluate(args.variants, args.beam, args.limit, args.beam_limit, args.checkpoint)
-        if args.name:
-            variant = args.variants[0]
-            for key in [k for k in list(results) if k == variant or k.startswith(f"{variant}_") or k == "retrieval"]:
-                results[key.replace(variant, args.name, 1) if key != "retrieval" else f"{args.name}_retrieval"] = \
-                    results.pop(key)
-            results["examples"] = {args.name: results["examples"].pop(variant, [])}
-    args.out.write_text(json.dumps(results, indent=1))
-    print(table(results))  # noqa: T201
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 
 from export.spec import BatchingSpec, ExportSpec, PythonModelSpec, TensorSpec
-from services.report import serving
-from services.report.findings import NUM_FINDINGS
+from services.report import plan, serving
+from services.report.findings import ABNORMAL, FINDINGS, NUM_FINDINGS
 
 D = 128
 VISUAL = 64
@@ -56,11 +56,16 @@ def _encoder_outputs() -> dict[str, np.ndarray]:
 
 def _decoder_example() -> dict[str, np.ndarray]:
     from services.report.reports import Vocabulary
+    from services.report.train import plan_index
 
     enc = _encoder_outputs()
     vocab = Vocabulary.load(serving.vocab_path())
-    prefix = vocab.encode("the heart is enlarged . there is a small left pleural effusion")[:-1]
-    tokens = np.array([prefix, prefix], dtype=np.int64)
+    words = vocab.encode("the heart is enlarged . there is a small left pleural effusion")[1:-1]
+    model, _, _ = serving.load_served()
+    calls = np.zeros((2, len(ABNORMAL)), dtype=bool)
+    calls[:, [ABNORMAL.index("cardiomegaly"), ABNORMAL.index("pleural_effusion")]] = True
+    prefix = plan.prefix(calls, ABNORMAL, plan_index(model.vocab_size)) if model.cfg.plan else np.ones((2, 1), np.int64)
+    tokens = np.concatenate([prefix, np.array([words, words], dtype=np.int64)], axis=1)
     return {"tokens": tokens, **{k: v for k, v in enc.items() if k != "finding_probs"}}
 
 
@@ -114,13 +119,15 @@ def _report_generate() -> PythonModelSpec:
     return PythonModelSpec(
         name=serving.GENERATE,
         description="KiUT report generation: encoder once, then greedy (beam_size 1) or beam search over the "
-                    "decoder step via BLS; returns the report text and the finding probabilities",
+                    "decoder step via BLS after the finding plan (the finding probabilities at the thresholds "
+                    "calibrated on validation); returns the report text and the finding probabilities",
         model_file=here / "triton_model.py",
         inputs=(TensorSpec("image", "float32", (1, 1, 128, 128)), TensorSpec("beam_size", "int32", (1,))),
         outputs=(TensorSpec("text", "bytes", (1,)), TensorSpec("finding_probs", "float32", (NUM_FINDINGS,))),
         composes=(serving.ENCODER, serving.DECODER),
-        files=lambda: {"vocab.json": serving.vocab_path(), "search.py": here / "search.py"},
-        parameters={"max_tokens": str(serving.MAX_TOKENS), "max_beam": "5"},
+        files=lambda: {"vocab.json": serving.vocab_path(), "search.py": here / "search.py",
+                       "plan.py": here / "plan.py", "thresholds.json": serving.checkpoint_dir() / "thresholds.json"},
+        parameters={"max_tokens": str(serving.MAX_TOKENS), "max_beam": "5", "findings": ",".join(FINDINGS)},
         training=serving.training_facts(),
         preprocessing=serving.preprocessing_spec,
         validation_metrics=serving.validation_metrics,

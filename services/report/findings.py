@@ -139,8 +139,8 @@ def to_names(vector: np.ndarray) -> tuple[str, ...]:
 
 
 def clinical_efficacy(generated: list[str], references: list[str]) -> dict[str, float]:
-    """Micro precision/recall/F1 over the nine abnormal findings (labeller on both texts), plus macro F1
-    (over findings that occur in the references), as CheXpert-labelled CE is reported in the literature."""
+    """Micro precision/recall/F1 over the nine abnormal findings (labeller on both texts), plus macro
+    precision/recall/F1 (over findings that occur in the references), as CheXpert-labelled CE is reported."""
     pred = np.stack([to_vector(label_text(t)) for t in generated])[:, 1:]
     gold = np.stack([to_vector(label_text(t)) for t in references])[:, 1:]
     tp, fp, fn = (pred * gold).sum(0), (pred * (1 - gold)).sum(0), ((1 - pred) * gold).sum(0)
@@ -149,5 +149,8 @@ def clinical_efficacy(generated: list[str], references: list[str]) -> dict[str, 
     f1 = 2 * precision * recall / max(precision + recall, 1e-12)
     per = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
     present = gold.sum(0) > 0
+    macro = lambda x: float(x[present].mean()) if present.any() else 0.0  # noqa: E731
     return {"ce_precision": precision, "ce_recall": recall, "ce_f1": f1,
-            "ce_macro_f1": float(per[present].mean()) if present.any() else 0.0}
+            "ce_macro_precision": macro(tp / np.maximum(tp + fp, 1)),
+            "ce_macro_recall": macro(tp / np.maximum(tp + fn, 1)),
+            "ce_macro_f1": macro(per)}

@@ -45,6 +45,7 @@ class KiUTConfig:
     image_size: int = 128
     global_image: bool = True  # add a projection of the mean last-level memory to every word position
     finding_memory: bool = True  # add an embedding of the finding probabilities to every memory token
+    plan: bool = False  # decode after the finding plan prefix (plan.py); max_len must hold it and the report
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)

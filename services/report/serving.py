@@ -61,17 +61,13 @@ def preprocessing_spec() -> dict[str, Any]:
 
 
 def validation_metrics() -> dict[str, Any]:
+    """The served checkpoint's validation figures (``metrics.json``; test figures: docs/results/report.json)."""
     out: dict[str, Any] = {}
     metrics = checkpoint_dir() / "metrics.json"
     if metrics.exists():
         m = json.loads(metrics.read_text())
-        out["validation"] = {"token_loss": m["best_val"]["token_loss"],
-                             "finding_auroc_mean": m["best_val"]["finding_auroc_mean"], "train_wall_s": m["wall_s"]}
-    evaluation = checkpoint_dir() / "evaluation.json"
-    if evaluation.exists():
-        e = json.loads(evaluation.read_text())
-        out["test"] = e.get("kiut", {})
-        out["test_data"] = e.get("data", "")
+        out["validation"] = {k: v for k, v in m["best_val"].items() if k != "finding_auroc"} | {
+            "train_wall_s": m["wall_s"]}
     return out
 
 

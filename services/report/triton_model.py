@@ -1,8 +1,10 @@
 """Triton python-backend model ``report_generate``: one request = one radiograph → report text + findings.
 
 Runs ``report_encoder`` once and then ``report_decoder`` once per generated token through BLS
-(``pb_utils.InferenceRequest``), greedy when ``beam_size`` is 1 and beam search otherwise. The search
-code (``search.py``) and the vocabulary (``vocab.json``) are shipped beside this file by the export.
+(``pb_utils.InferenceRequest``), greedy when ``beam_size`` is 1 and beam search otherwise, after the finding
+plan (``plan.py``: the encoder's finding probabilities at the thresholds calibrated on validation). The search and
+plan code (``search.py``, ``plan.py``), the vocabulary (``vocab.json``, ending with the plan words) and the
+thresholds (``thresholds.json``) are shipped beside this file by the export.
 """
 
 import json
@@ -17,6 +19,7 @@ for _path in reversed(os.environ.get("PYTHONPATH", "").split(os.pathsep)):
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np  # noqa: E402
+import plan  # noqa: E402
 import search  # noqa: E402
 import triton_python_backend_utils as pb_utils  # noqa: E402
 
@@ -33,6 +36,11 @@ class TritonPythonModel:
         version_dir = os.path.join(args["model_repository"], args["model_version"])
         with open(os.path.join(version_dir, "vocab.json")) as handle:
             self.words = json.load(handle)["words"]
+        with open(os.path.join(version_dir, "thresholds.json")) as handle:
+            self.thresholds = json.load(handle)["findings"]
+        self.findings = params["findings"].split(",")  # the order of finding_probs
+        self.index = {word: i for i, word in enumerate(self.words)}
+        self.planned = [w[2:-1] for w in self.words if w.startswith("<+") and w.endswith(">")]
 
     def execute(self, requests):
         responses = []
@@ -58,6 +66,8 @@ class TritonPythonModel:
             raise ValueError(f"beam_size must be 1..{self.max_beam}, got {beam_size}")
         enc = self._infer(ENCODER, {"image": image}, [*KNOWLEDGE, "finding_probs"])
         memory = {name: enc[name] for name in KNOWLEDGE}
+        calls = plan.head_calls(enc["finding_probs"], self.findings, self.thresholds, self.planned)
+        prefix = plan.prefix(calls, self.planned, self.index)
 
         def step(tokens, rows):
             feeds = {"tokens": tokens.astype(np.int64)}
@@ -65,9 +75,9 @@ class TritonPythonModel:
             return self._infer(DECODER, feeds, ["log_probs"])["log_probs"]
 
         if beam_size == 1:
-            ids = search.greedy(step, 1, self.max_tokens)[0]
+            ids = search.greedy(step, 1, self.max_tokens, prefix)[0]
         else:
-            ids = search.beam(step, 0, beam_size, self.max_tokens)
+            ids = search.beam(step, 0, beam_size, self.max_tokens, prefix=list(prefix[0]))
         text = " ".join(self.words[i] if 0 <= i < len(self.words) else "<unk>" for i in ids)
         return pb_utils.InferenceResponse(output_tensors=[
             pb_utils.Tensor("text", np.array([text.encode("utf-8")], dtype=np.object_)),

@@ -50,3 +50,18 @@ def test_abnormal_reports_can_be_repeated_per_epoch() -> None:
     seen = np.concatenate([idx for idx, _, _, _ in pairs.picks(np.random.default_rng(0), 2)])
     assert sorted(seen.tolist()) == [0, 1, 2, 2, 2]
     assert len(TrainPairs(corpus, bank, [(), ("cardiomegaly",)])) == 3
+
+
+def test_length_buckets_keep_every_report_once_and_shorten_the_padding() -> None:
+    rng = np.random.default_rng(0)
+    texts = [" ".join(["word"] * int(n)) + " ." for n in rng.integers(1, 40, 64)]
+    reports = [report(f"CXR{i}", t, ("normal",)) for i, t in enumerate(texts)]
+    corpus = Corpus({"train": reports, "val": [], "test": []}, Vocabulary.build(texts, 1))
+    pairs = TrainPairs(corpus, np.zeros((1, 8, 8), np.uint8), [()])
+    lengths = (pairs.tokens != 0).sum(1)
+    padded = {}
+    for bucket in (1, 8):
+        batches = [idx for idx, _, _, _ in pairs.picks(np.random.default_rng(1), 8, bucket)]
+        assert sorted(np.concatenate(batches).tolist()) == list(range(64))
+        padded[bucket] = sum(len(b) * lengths[b].max() for b in batches)
+    assert padded[8] < 0.8 * padded[1]

@@ -3,11 +3,13 @@ figures must be the module's own corpus metrics, and the baselines must draw on 
 
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 import pytest
 
 from services.report import evaluate
-from services.report.findings import clinical_efficacy, label_text, to_vector
+from services.report.findings import clinical_efficacy, label_text
 from services.report.metrics import bleu
 from services.report.reports import Report
 
@@ -76,20 +78,43 @@ def test_constant_and_retrieval_baselines_use_training_reports() -> None:
     assert texts == ["mild cardiomegaly .", "heart size normal . lungs are clear ."]
 
 
-def test_pixel_features_ignore_brightness_and_contrast() -> None:
-    image = np.random.default_rng(0).integers(0, 120, (1, 128, 128)).astype(np.uint8)
-    features = evaluate.pixel_features(np.concatenate([image, image * 2 + 5]))
-    assert features.shape == (2, 1024)
-    assert evaluate.nearest(features[1:], features[:1])[0] == 0
-    np.testing.assert_allclose(features[0], features[1], atol=1e-4)
+def test_retrieval_by_predicted_findings_takes_the_combination_or_its_nearest() -> None:
+    combos = {(): "normal .", ("cardiomegaly",): "big heart .", ("cardiomegaly", "pleural_effusion"): "both ."}
+    counts = Counter({(): 10, ("cardiomegaly",): 3, ("cardiomegaly", "pleural_effusion"): 1})
+    assert evaluate.findings_report(("cardiomegaly",), combos, counts) == "big heart ."
+    # no training report has effusion alone: the combination sharing the most (Jaccard 1/2) wins
+    assert evaluate.findings_report(("pleural_effusion",), combos, counts) == "both ."
+    # a tie in overlap goes to the more frequent combination
+    assert evaluate.findings_report(("emphysema",), combos, counts) == "normal ."
 
 
-def test_head_text_disagreement_counts_contradictions() -> None:
-    texts = ["the lungs are clear .", "mild cardiomegaly ."]
-    probs = np.zeros((2, 10))
-    probs[0, 2] = 0.9  # head: effusion; text: nothing
-    assert to_vector(label_text(texts[1]))[1] == 1.0
-    found = evaluate.head_text_disagreement(texts, probs)
-    assert found["images_head_positive_text_silent"] == 1
-    assert found["images_text_names_head_negative"] == 1
-    assert found["per_finding_head_positive_text_silent"]["pleural_effusion"] == 1
+def test_template_generator_drops_the_normal_sentences_a_finding_denies() -> None:
+    train = [
+        _report("1", "The heart is normal in size. The lungs are clear.", ("normal",)),
+        _report("2", "The heart is enlarged. The lungs are clear.", ("Cardiomegaly",)),
+        _report("3", "The heart is enlarged.", ("Cardiomegaly",)),
+        _report("4", "Cardiomegaly with small left pleural effusion.", ("Cardiomegaly", "Pleural Effusion")),
+        _report("5", "There is a small left pleural effusion.", ("Pleural Effusion",)),
+    ]
+    fixed = evaluate.finding_sentences(train)
+    assert fixed == {"cardiomegaly": "the heart is enlarged .", "pleural_effusion": "there is a small left pleural "
+                     "effusion ."}  # the two-finding sentence is nobody's template
+    normal = evaluate.constant_report(train)
+    assert evaluate.template_report((), normal, fixed) == normal
+    text = evaluate.template_report(("cardiomegaly", "pleural_effusion"), normal, fixed)
+    assert text == "the lungs are clear . the heart is enlarged . there is a small left pleural effusion ."
+    assert label_text(text)["cardiomegaly"] and label_text(text)["pleural_effusion"]
+
+
+def test_bootstrap_over_seeds_is_the_mean_of_the_seeds_figures() -> None:
+    rng = np.random.default_rng(2)
+    seeds = np.stack([np.column_stack([rng.integers(0, 3, 50), rng.integers(0, 2, 50), rng.integers(0, 2, 50)])
+                      for _ in range(3)]).astype(float)
+    expected = np.mean([evaluate.micro_f1(s.sum(0)) for s in seeds])
+    assert evaluate.seed_mean(seeds, evaluate.micro_f1) == pytest.approx(expected)
+    assert evaluate.seed_mean(seeds[0], evaluate.micro_f1) == pytest.approx(float(evaluate.micro_f1(seeds[0].sum(0))))
+    # the same runs on both sides differ by nothing; one seed against itself as a stack of one as well
+    assert evaluate.bootstrap_difference(seeds, seeds, evaluate.micro_f1, resamples=200) == [0.0, 0.0]
+    assert evaluate.bootstrap_difference(seeds[:1], seeds[0], evaluate.micro_f1, resamples=200) == [0.0, 0.0]
+    low, high = evaluate.bootstrap_difference(seeds, np.zeros_like(seeds[0]), evaluate.micro_f1, resamples=500)
+    assert 0 < low <= expected <= high
