@@ -112,6 +112,13 @@ def main() -> None:
 
     import openvino
 
+    policy = manifest.get("precision") or {}
+    parity = policy.get("parity") or {}
+    served = (f"The manifest's policy for this version: runtime {policy.get('runtime')}, {policy.get('requested')} "
+              f"requested, **{policy.get('served')} served** ({policy.get('reason')})"
+              + (f"; on {parity['on']}: label agreement {100 * parity['argmax_agreement']:.2f} %, lowest class Dice "
+                 f"{parity['min_dice']:.4f} ({min(parity['dice'], key=parity['dice'].get)}); thresholds 99.5 % and "
+                 "0.99" if parity else "") + ".") if policy else "This version's manifest has no precision policy."
     base_name = next(iter(runtimes))
     base, reference = seconds[base_name], np.argmax(outputs[base_name], axis=1)
     rows = [[name, f"{s:.3f}", f"{base / s:.2f}×", f"{np.mean(np.argmax(outputs[name], axis=1) == reference):.4f}",
@@ -127,6 +134,7 @@ def main() -> None:
         "Speed-up: ONNX Runtime CPU's time / this runtime's; agreement: voxels whose argmax equals ONNX "
         "Runtime CPU's; max-abs: largest logit difference from it.", "",
         markdown_table(["runtime", "seconds per batch", "speed-up", "argmax agreement", "max-abs"], rows),
+        served, "",
         "What the embedded Triton runs follows from this table: the OpenVINO runtime (`openvino` in the Triton "
         "environment, next to ONNX Runtime) for models whose spec says `runtime=\"openvino\"`, at the precision "
         "its manifest allows (export/precision.py). ONNX Runtime's OpenVINO provider reads the same file but "
