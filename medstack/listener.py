@@ -180,7 +180,11 @@ class Listener:
         for folder in self.folders.complete():
             if time.monotonic() < self.retry_at.get(folder.name, 0.0):
                 continue
-            self._dispatch(folder)
+            try:
+                self._dispatch(folder)
+            except Exception:  # one bad series (an unreadable header…) must not stop the listener
+                log.exception("a series could not be dispatched; kept in %s", self.folders.rejected)
+                self.folders.set_aside(folder, self.folders.rejected)
 
     def _dispatch(self, folder: Path) -> None:
         files = sorted(folder.glob("*.dcm"))
@@ -204,7 +208,7 @@ class Listener:
             log.warning("gateway answered %d; retrying in %.0f s", response.status_code, RETRY_S)
             self.retry_at[folder.name] = time.monotonic() + RETRY_S
         else:
-            kind = response.json().get("type", "") if response.content else ""
+            kind = response.json().get("type", "") if "json" in response.headers.get("content-type", "") else ""
             log.error("gateway refused a series of %d instance(s): %d %s; kept in %s", len(files),
                       response.status_code, kind, self.folders.rejected)
             self.folders.set_aside(folder, self.folders.rejected)

@@ -171,3 +171,16 @@ def test_associations_past_the_limit_are_refused(tmp_path: Path) -> None:
         third.release()
     finally:
         listener.stop()
+
+
+def test_an_unreadable_series_is_set_aside_and_the_listener_goes_on(running, tmp_path: Path) -> None:
+    listener, recorder, port = running
+    folder = listener.folders.incoming / "1.2.3"
+    folder.mkdir()
+    (folder / "1.2.3.4.dcm").write_bytes(b"not DICOM")
+    os.utime(folder / "1.2.3.4.dcm", (time.time() - 60, time.time() - 60))
+    listener.poll()
+    assert recorder.calls == [] and len(list(listener.folders.rejected.iterdir())) == 1
+    send(port, ct_files(tmp_path / "series"))
+    settle(listener)
+    assert len(recorder.calls) == 1
