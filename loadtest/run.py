@@ -22,7 +22,9 @@ import json
 import os
 import platform
 import secrets
+import shutil
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -38,7 +40,6 @@ import psutil
 
 from bench.report import markdown_table, write_section
 from core.settings import REPO_ROOT
-from medstack.stack import free_port
 
 SECTION = "## Load (make load)"
 LOAD_SCOPES = ["segmentation", "jobs", "models", "report", "dialogue", "localization"]  # MedLSAM: segmentation
@@ -58,17 +59,37 @@ def log(message: str) -> None:
     sys.stdout.flush()
 
 
+def distinct_ports(count: int) -> list[int]:
+    """``count`` free ports, all different: held open together while the kernel picks them (one at a
+    time, a port just released can come back for the next component, e.g. Redis on Triton's metrics port)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def stack_env(run_dir: Path) -> dict[str, str]:
-    """An embedded stack that shares nothing with a `medstack up` already running here."""
+    """An embedded stack that shares nothing with a `medstack up` already running here. Its private Redis
+    gets a port of its own through the run folder's state (``medstack up`` restarts Redis on that port)."""
+    from core.run_folder import RunFolder
+
+    http, grpc, metrics, gateway, redis_port = distinct_ports(5)
+    folder = RunFolder(run_dir)
+    folder.prepare()
+    folder.save_state({"redis_url": f"redis://127.0.0.1:{redis_port}/0", "redis_private": "1"})
     env = {k: v for k, v in os.environ.items()
            if not k.startswith("MEDSTACK_") and k not in ("REDIS_URL", "PYTHONPATH")}
     env.update(
         MEDSTACK_RUN_DIR=str(run_dir),
         MEDSTACK_ARTIFACT_DIR=str(run_dir / "artifacts"),
-        MEDSTACK_TRITON_HTTP_PORT=str(free_port()),
-        MEDSTACK_TRITON_GRPC_PORT=str(free_port()),
-        MEDSTACK_TRITON_METRICS_PORT=str(free_port()),
-        MEDSTACK_GATEWAY_PORT=str(free_port()),
+        MEDSTACK_TRITON_HTTP_PORT=str(http),
+        MEDSTACK_TRITON_GRPC_PORT=str(grpc),
+        MEDSTACK_TRITON_METRICS_PORT=str(metrics),
+        MEDSTACK_GATEWAY_PORT=str(gateway),
         MEDSTACK_BOOTSTRAP_KEY=secrets.token_urlsafe(32),
         MEDSTACK_LOG_FORMAT="text",
         MEDSTACK_LOG_LEVEL="WARNING",
@@ -83,6 +104,10 @@ def _medstack(command: str, env: dict[str, str], timeout_s: float) -> None:
 
 @contextmanager
 def embedded_stack(run_dir: Path):
+    # a fresh run folder: an old Redis AOF or database would bring the last run's jobs into this one
+    if run_dir.exists():
+        _medstack("down", dict(os.environ, MEDSTACK_RUN_DIR=str(run_dir)), timeout_s=120)
+        shutil.rmtree(run_dir)
     env = stack_env(run_dir)
     url = f"http://127.0.0.1:{env['MEDSTACK_GATEWAY_PORT']}"
     log(f"starting the embedded stack in {run_dir} (gateway {url})")
@@ -352,8 +377,6 @@ def main(argv: list[str] | None = None) -> int:
         write_report(args.out, json.loads((args.out / "meta.json").read_text()))
         return 0
 
-    args.run_dir.mkdir(parents=True, exist_ok=True)
-    ct = write_ct_crop(args.run_dir / "load_ct.nii.gz")
     meta: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "users": args.users,
                             "spawn_rate": args.spawn_rate, "run_time_s": args.run_time,
                             "model": os.environ.get("MEDSTACK_LOAD_MODEL", "reference_hutissue"),
@@ -362,12 +385,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.host:
         if not args.key:
             raise SystemExit("--host needs --key")
-        code = run_locust(Target(args.host, args.key, args.throttled_key), ct, args.out, args.users,
-                          args.spawn_rate, args.run_time, args.classes)
+        inputs = args.run_dir / "inputs"
+        inputs.mkdir(parents=True, exist_ok=True)
+        template = register_template(args.host, args.key, inputs)
+        code = run_locust(Target(args.host, args.key, args.throttled_key, template),
+                          write_ct_crop(inputs / "load_ct.nii.gz"), args.out, args.users, args.spawn_rate,
+                          args.run_time, args.classes)
     else:
         with embedded_stack(args.run_dir) as (url, admin_key, env):
             key, throttled = create_keys(url, admin_key)
-            template = register_template(url, key, args.run_dir)
+            inputs = args.run_dir / "inputs"
+            inputs.mkdir()
+            ct = write_ct_crop(inputs / "load_ct.nii.gz")
+            template = register_template(url, key, inputs)
             chaos = None if args.no_chaos else Chaos(args.run_dir, env, args.run_time)
             if chaos is not None:
                 chaos.start()
