@@ -21,6 +21,7 @@ recall / macro, finding AUROC, the share of images given the normal template, th
 
 from __future__ import annotations
 
+import json
 import time
 from itertools import product
 
@@ -125,13 +126,20 @@ def _consistency_flags(texts: list[str], probs: np.ndarray, thresholds: dict) ->
             "with_unsupported": sum(bool(r.unsupported) for r in results)}
 
 
+def _trained(variant: str, seed: int) -> bool:
+    """Whether the run's checkpoint exists and decodes after the plan (the runs this evaluation is about)."""
+    config = checkpoint_dir(variant, seed) / "config.json"
+    return config.exists() and bool(json.loads(config.read_text())["model"].get("plan"))
+
+
 def run(quick: bool) -> FamilyResult:
     torch.set_num_threads(1)
     test = evaluate.test_set(QUICK_REPORTS if quick else None)
     n, refs = len(test.reports), test.references
     thresholds = consistency.load_thresholds()
     served, served_vocab, _ = serving.load_served()
-    runs = [("kiut", 0)] if quick else list(product(VARIANTS, SEEDS))
+    runs = [("kiut", 0)] if quick else [r for r in product(VARIANTS, SEEDS) if _trained(*r)]
+    missing = [f"{v}/{s}" for v, s in product(VARIANTS, SEEDS) if (v, s) not in runs]
     texts: dict[str, list[str]] = {}
     probs: dict[str, np.ndarray] = {}
     seconds: dict[str, float] = {}
@@ -158,13 +166,16 @@ def run(quick: bool) -> FamilyResult:
         comparisons += _comparisons(f"KiUT greedy (served, seed 0) vs {key}", stats["kiut/0"], stats[key], name,
                                     [0], n)
     if not quick:
-        kiut = _stack(stats, [f"kiut/{s}" for s in SEEDS])
+        seeds = {v: [s for s in SEEDS if f"{v}/{s}" in texts] for v in VARIANTS}
+        kiut = _stack(stats, [f"kiut/{s}" for s in seeds["kiut"]])
         for key, name in BASELINES.items():
-            comparisons += _comparisons(f"KiUT greedy, 3 seeds vs {key}", kiut, stats[key], name, list(SEEDS), n)
+            comparisons += _comparisons(f"KiUT greedy, {len(seeds['kiut'])} seeds vs {key}", kiut, stats[key], name,
+                                        seeds["kiut"], n)
         for variant in ("plain", "no_u"):
-            comparisons += _comparisons(f"KiUT greedy, 3 seeds vs {variant}", kiut,
-                                        _stack(stats, [f"{variant}/{s}" for s in SEEDS]),
-                                        f"{VARIANTS[variant]} (3 seeds)", list(SEEDS), n)
+            if seeds[variant]:
+                comparisons += _comparisons(f"KiUT greedy, {len(seeds['kiut'])} seeds vs {variant}", kiut,
+                                            _stack(stats, [f"{variant}/{s}" for s in seeds[variant]]),
+                                            f"{VARIANTS[variant]} ({len(seeds[variant])} seeds)", seeds["kiut"], n)
         for key in BEAM_BASELINES:
             comparisons += _comparisons(f"KiUT beam {BEAM} (served) vs {key}", stats[f"kiut/0 beam {BEAM}"],
                                         stats[key], BASELINES[key], [0], n, metrics=("ce", "bleu"))
@@ -178,7 +189,8 @@ def run(quick: bool) -> FamilyResult:
             _check_one_path(key, stats[key], s)
         details = {
             "scores": scores,
-            "across_seeds": {v: _spread(scores, [f"{v}/{s}" for s in SEEDS]) for v in VARIANTS},
+            "across_seeds": {v: _spread(scores, [f"{v}/{s}" for s in seeds[v]]) for v in VARIANTS if seeds[v]},
+            "runs_not_trained": missing,
             "decoding_seconds_one_thread": seconds,
             "thresholds": {k: {"threshold": v["threshold"], "checked": v["checked"]} for k, v in thresholds.items()},
             "constant_report": normal,

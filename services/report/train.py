@@ -380,7 +380,8 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
                             + ([f"--visual-lr-scale {visual_lr_scale}"] if visual_lr_scale != 1.0 else [])
                             + ([f"--abnormal-repeat {abnormal_repeat}"] if abnormal_repeat != 1 else [])
                             + (["--augment"] if augment else []) + ([f"--init {init}"] if init else [])
-                            + ([] if bf16 else ["--no-bf16"]) + ([f"--bucket {bucket}"] if bucket > 1 else [])),
+                            + ([] if bf16 else ["--no-bf16"]) + ([f"--bucket {bucket}"] if bucket > 1 else [])
+                            + ([f"--max-steps {max_steps}"] if max_steps else [])),
         # iterations: stage-2 optimiser steps (stage 1: training.visual_steps, or the run behind visual_init)
         **provenance(steps_run, seed, _data_version(), {"epochs": epochs, "max_steps_per_epoch": max_steps}),
     }
@@ -433,12 +434,12 @@ def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, ou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="kiut")
-    parser.add_argument("--epochs", type=int, default=10)
+    parser.add_argument("--epochs", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None)
-    parser.add_argument("--max-steps", type=int, default=None, help="per epoch (smoke runs)")
+    parser.add_argument("--max-steps", type=int, default=75, help="optimiser steps per epoch (at most)")
     parser.add_argument("--init", type=Path, default=None, help="checkpoint folder to continue from")
     parser.add_argument("--finding-weight", type=float, default=1.0, help="weight of the finding BCE in stage 2")
     parser.add_argument("--visual-steps", type=int, default=1500, help="stage 1: classifier pretraining steps")
