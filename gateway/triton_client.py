@@ -17,6 +17,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any
 
+import grpc
 import numpy as np
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.grpc import InferInput, InferRequestedOutput
@@ -180,6 +181,8 @@ class TritonClient:
                 if error is not None:
                     raise error
                 yield {name: result.as_numpy(name) for name in outputs}
+        except grpc.aio.AioRpcError as error:  # the stream itself failed (Triton down): a typed error, not a 500
+            raise InferenceServerException(error.details() or str(error.code()), status=str(error.code())) from error
         finally:
             responses.cancel()
 

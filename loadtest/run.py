@@ -232,9 +232,9 @@ def settle_jobs(url: str, key: str, timeout_s: float = 300) -> dict[str, int]:
     while True:
         counts: dict[str, int] = {}
         for state in ("queued", "running", "succeeded", "failed", "cancelled"):
-            page = httpx.get(url + "/v1/jobs", params={"state": state, "limit": 1000}, headers=headers, timeout=30)
+            page = httpx.get(url + "/v1/jobs", params={"state": state, "limit": 1}, headers=headers, timeout=30)
             page.raise_for_status()
-            counts[state] = len(page.json()["data"])
+            counts[state] = int(page.json()["count"])
         if not (counts["queued"] or counts["running"]) or time.monotonic() > deadline:
             return counts
         time.sleep(3)
