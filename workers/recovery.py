@@ -67,7 +67,10 @@ class Heartbeat:
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.client.delete(_key(self.job_id))
+        try:
+            self.client.delete(_key(self.job_id))
+        except redis.RedisError as error:  # Redis restarting: the job's outcome stands, the key expires by itself
+            log.warning("heartbeat for job %s not cleared: %s", self.job_id, error)
 
 
 def wait_until_orphaned(job_id: str, client: redis.Redis | None = None) -> bool:
