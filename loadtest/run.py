@@ -314,12 +314,14 @@ def summarize(out: Path, meta: dict[str, Any]) -> str:
     jobs_line = ("" if settled is None else
                  f" Jobs in the database once the run settled: {settled['succeeded']} succeeded, {settled['failed']} "
                  f"failed, {settled['cancelled']} cancelled, **{lost} lost** (still queued or running).")
+    job_model = f"`{meta['model']}`" if meta.get("model") else "the capability's own model"
     text = [
         SECTION, "",
         f"`make load` (`python -m loadtest.run`), {meta['date']}: the mixed profile of `loadtest/locustfile.py` "
         f"(all user classes by weight), {meta['users']} users spawned at {meta['spawn_rate']}/s, "
         f"{meta['run_time_s']} s, headless, against `medstack up` on its own ports (embedded Triton with "
-        f"`{meta['model']}`, one Celery worker, one gateway process, private Redis, SQLite). Locust ran on "
+        f"every exported model; segmentation jobs with {job_model}, "
+        "one Celery worker, one gateway process, private Redis with AOF, SQLite). Locust ran on "
         "the same machine.", "",
         f"Machine: {meta['before']['cpus']} CPU cores, load average {meta['before']['loadavg']} before and "
         f"{meta['after']['loadavg']} after; **shared with model training running in the background** "
@@ -379,7 +381,7 @@ def main(argv: list[str] | None = None) -> int:
 
     meta: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "users": args.users,
                             "spawn_rate": args.spawn_rate, "run_time_s": args.run_time,
-                            "model": os.environ.get("MEDSTACK_LOAD_MODEL", "reference_hutissue"),
+                            "model": os.environ.get("MEDSTACK_LOAD_MODEL", ""),
                             "host": platform.node()}
     meta["before"] = machine_state()
     if args.host:
