@@ -10,7 +10,7 @@ import json
 from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from core.db import ApiKey, AuditRecord, Job, Template
 from services.dialogue.safety import NOTICE
@@ -326,6 +326,12 @@ class SegmentationSourceJobCreate(SegmentationJobCreate):
 
     source: DicomwebSource = Field(description="fetch this series by WADO-RS; the DICOM SEG is stored back by "
                                    "STOW-RS when the server's configuration says so (store_results)")
+
+    @model_validator(mode="after")
+    def _one_series(self) -> SegmentationSourceJobCreate:
+        if self.series_uid is not None and self.series_uid != self.source.series_uid:
+            raise ValueError("series_uid differs from source.series_uid; name the series once, in source")
+        return self
 
 
 # ---- localization -------------------------------------------------------------------------------
