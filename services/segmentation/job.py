@@ -127,12 +127,16 @@ def run_segmentation(
     # labels streamed slab by slab: the blended logits of a whole 512×512×800 CT (4.2 GB for 5
     # classes) are never held, only the z-slab the current windows cover (SlidingWindow.argmax)
     labels = inferer.argmax(model_grid.array, predict, progress=lambda f: progress("inference", 0.1 + 0.8 * f))
+    # from here on only the grid's geometry is needed: drop its float32 image (0.8 GB at 512×512×800),
+    # so resampling back and writing the outputs never hold it (bench.worker_memory)
+    model_grid = model_grid.with_array(labels)
     t = timed("inference", t)
 
     progress("postprocessing", 0.9)
     if largest_component:
-        labels = keep_largest_components(labels)
-    mask = from_model_grid(model_grid.with_array(labels), original)
+        model_grid = model_grid.with_array(keep_largest_components(labels))
+    del labels
+    mask = from_model_grid(model_grid, original)
     classes = dict(enumerate(card.classes))
     artifacts = write_mask_outputs(out_dir, original, mask, classes, card.facts, series)
     timed("postprocess", t)
