@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter, defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -154,9 +155,9 @@ class Corpus:
         splits = split_reports(load_reports())
         return cls(splits, vocab or Vocabulary.build(r.text for r in splits["train"]))
 
-    def tokens(self, split: str, max_len: int = 62) -> np.ndarray:
-        """(N, max_len) token ids, BOS … EOS, padded."""
-        rows = [self.vocab.encode(r.text)[:max_len] for r in self.splits[split]]
+    def tokens(self, split: str, max_len: int = 62, rewrite: Callable[[str], str] | None = None) -> np.ndarray:
+        """(N, max_len) token ids, BOS … EOS, padded; ``rewrite`` changes each text first (e.g. its sentence order)."""
+        rows = [self.vocab.encode(rewrite(r.text) if rewrite else r.text)[:max_len] for r in self.splits[split]]
         out = np.full((len(rows), max_len), PAD, dtype=np.int64)
         for i, row in enumerate(rows):
             out[i, : len(row)] = row

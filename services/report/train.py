@@ -31,7 +31,7 @@ import torch.nn.functional as F
 
 from services.common.training import data_version, provenance
 from services.report import data, plan
-from services.report.findings import ABNORMAL, FINDINGS, label_text
+from services.report.findings import ABNORMAL, FINDINGS, label_text, sentences
 from services.report.graph import adjacency
 from services.report.model import KiUT, KiUTConfig, knowledge_inputs
 from services.report.reports import MAX_TOKENS, PAD, Vocabulary, padchest_label_vectors
@@ -72,6 +72,19 @@ def text_plan(texts: list[str], vocab: Vocabulary) -> np.ndarray:
     """(N, PLAN_LEN) plan prefixes of what each text affirms (the rule labeller): the training plan."""
     present = np.array([[label_text(t)[name] for name in ABNORMAL] for t in texts], dtype=bool)
     return plan.prefix(present, ABNORMAL, vocab.index)
+
+
+def findings_first(text: str) -> str:
+    """The report with its sentences that affirm a finding moved to the front, in plan order (the rest follow in
+    their own order): trained so, the decoder's first words after the plan realise the plan's findings, instead of
+    the normal opening that most reports share (kept in its original order, a finding sentence comes late and
+    greedy decoding never reaches it)."""
+    keyed = []
+    for i, sentence in enumerate(sentences(text)):
+        named = label_text(sentence)
+        first = next((j for j, name in enumerate(ABNORMAL) if named[name]), len(ABNORMAL))
+        keyed.append((first, i, sentence))
+    return " ".join(f"{sentence} ." for _, _, sentence in sorted(keyed))
 
 
 def planned(tokens: np.ndarray, prefix: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
@@ -278,6 +291,9 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
     train_plan = text_plan([r.text for r in corpus.splits["train"]], corpus.vocab) if config.plan else None
     val_plan = (text_plan([r.text for r in corpus.splits["val"]], corpus.vocab)[:val_limit]
                 if config.plan else None)
+    if config.plan:  # the plan's findings first (the validation loss on the same order)
+        pairs.tokens = corpus.tokens("train", rewrite=findings_first)
+        val_tokens = corpus.tokens("val", rewrite=findings_first)[:val_limit]
     data_s = time.perf_counter() - started
     visual_history: list[dict] = []
     if visual_init is not None:
@@ -362,7 +378,8 @@ def train(variant: str = "kiut", epochs: int = 8, batch_size: int = 32, lr: floa
         "training": {"epochs": epochs, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": 1,
                      "finding_weight": finding_weight, "visual_steps": visual_steps, "visual_images": visual_images,
                      "bf16_autocast": bool(bf16 and bf16_available()), "length_bucket": bucket,
-                     "plan": "rule-labeller findings of each training report (plan.py)" if config.plan else None,
+                     "plan": "rule-labeller findings of each training report (plan.py); its sentences naming a "
+                             "finding first (findings_first)" if config.plan else None,
                      "visual_lr_scale": visual_lr_scale, "augment": augment, "abnormal_repeat": abnormal_repeat,
                      "visual_init": str(visual_init) if visual_init else None, "optimizer": "AdamW wd 0.01, one-cycle",
                      "kb_reports": len(kb_tokens), "kb_tokens": KB_LEN},
