@@ -228,6 +228,8 @@ class KiUT(nn.Module):
             self.global_image = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
         if cfg.finding_memory:
             self.finding_embed = nn.Linear(NUM_FINDINGS, d)
+        if cfg.plan:
+            self.plan_mix = nn.Sequential(nn.Linear(d, d), nn.Tanh(), nn.Linear(d, d))
         if cfg.knowledge:
             self.graph = SymptomGraph(adjacency, d)
             kb_len = np.shape(kb_tokens)[1]
@@ -298,6 +300,8 @@ class KiUT(nn.Module):
         x = self.embed(tokens) + self.pos[:, :t]
         if self.cfg.global_image:  # a direct path from the image to every word (cross-attention alone was ignored)
             x = x + self.global_image(memory3.mean(1)).unsqueeze(1)
+        if self.cfg.plan:  # and from the plan (tokens 1…F-1 of the prefix): attention to the prefix alone learnt slowly
+            x = x + self.plan_mix(self.embed(tokens[:, 1:NUM_FINDINGS]).sum(1)).unsqueeze(1)
         causal = torch.triu(torch.full((t, t), float("-inf"), device=tokens.device), diagonal=1)
         pad = (tokens == PAD).float().masked_fill(tokens == PAD, float("-inf"))
         memories = [memory1, memory2, memory3] if self.cfg.u_connection else [memory3] * 3
