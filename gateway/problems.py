@@ -75,6 +75,8 @@ _EXAMPLES: dict[int, tuple[str, str, str]] = {
     415: ("unsupported-format", "Unsupported upload", "not a NIfTI, NRRD, MetaImage or DICOM zip (by content)"),
     422: ("validation-error", "Invalid request", "priority: Input should be less than or equal to 9"),
     429: ("rate-limited", "Too many requests", "rate limit of 20 requests/s for this key; retry after 1 s"),
+    502: ("source-unavailable", "PACS exchange failed",
+          "WADO-RS retrieve: the DICOMweb server did not answer as expected (HTTP 500)"),
     503: ("model-missing", "Model missing",
           "model report_generate is not built (run `medstack export report_generate`)"),
     504: ("upstream-timeout", "Triton timed out", "Triton did not answer within 30 s"),
@@ -83,6 +85,7 @@ _DESCRIPTIONS = {
     400: "Unreadable request", 401: "Missing or unknown API key", 403: "The key lacks the scope this route needs",
     404: "No such resource (or not visible to this key)", 409: "Conflict", 413: "Body larger than the limit",
     415: "Unsupported content", 422: "Invalid request", 429: "Rate limit exceeded; see `Retry-After`",
+    502: "An upstream server (a PACS) did not answer as expected",
     503: "A model, worker task or Triton is unavailable; see `Retry-After` where given",
     504: "Triton did not answer in time",
 }

@@ -477,6 +477,17 @@ class ReportCreate(BaseModel):
                                   "frontal chest radiograph; recorded in `input_check.override`")
 
 
+class ReportSourceCreate(ReportCreate):
+    """A report request as a JSON body: the radiograph is fetched from a DICOMweb server, not uploaded."""
+
+    model_config = _example({"source": {"dicomweb": "pacs", "study_uid": "1.2.826.0.1.3680043.8.498.1",
+                                        "series_uid": "1.2.826.0.1.3680043.8.498.2"}, "beam_size": 3})
+
+    source: DicomwebSource = Field(description="fetch this single-image series by WADO-RS; the report is stored "
+                                   "back as a DICOM Comprehensive SR by STOW-RS when the server's configuration "
+                                   "says so (store_results)")
+
+
 class Finding(BaseModel):
     name: str = Field(examples=["cardiomegaly"])
     probability: float = Field(ge=0, le=1, examples=[0.12])
@@ -538,6 +549,9 @@ class ReportPublic(BaseModel):
     input_check: InputCheck | None = None
     warnings: list[str] = Field(default_factory=list, description="plain sentences: inconsistencies, out of "
                                 "distribution, research override")
+    deliveries: list[dict[str, Any]] = Field(default_factory=list, description="for a `source` request: where the "
+                                             "DICOM SR went, e.g. {to: pacs, protocol: stow-rs, "
+                                             "sop_instance_uids: [...]}")
 
 
 # ---- dialogue -----------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""DICOMweb in and out of a job: fetch a series with WADO-RS into the job folder, store results with STOW-RS.
+"""DICOMweb in and out of a job: fetch a series with WADO-RS into the job folder (or the one instance of a
+radiograph for a synchronous report), store results with STOW-RS.
 
 The server is named by the job and looked up in the configuration (`core.settings.DicomwebServer`):
 its URL and credentials never come from a request. The fetched series is written as an uncompressed
@@ -26,6 +27,7 @@ from services.common.job_io import JobInputError
 SOURCE_NOT_FOUND = "source-not-found"
 SOURCE_UNAVAILABLE = "source-unavailable"
 DELIVERY_FAILED = "delivery-failed"
+NOT_SINGLE_IMAGE = "not-single-image"
 
 
 class PacsError(JobInputError):
@@ -76,17 +78,37 @@ def fetch_series(server: DicomwebServer, study_uid: str, series_uid: str, zip_pa
     return count
 
 
+def fetch_instance(server: DicomwebServer, study_uid: str, series_uid: str) -> pydicom.Dataset:
+    """WADO-RS the one instance of a single-image series (a radiograph); `PacsError` otherwise."""
+    found: list[pydicom.Dataset] = []
+    try:
+        for dataset in client_for(server).iter_series(study_uid, series_uid):
+            found.append(dataset)
+            if len(found) > 1:
+                raise PacsError(NOT_SINGLE_IMAGE, "the series holds more than one instance; name a series of "
+                                "one image")
+    except requests.RequestException as error:
+        raise _http_failure(error, "WADO-RS retrieve") from None
+    if not found:
+        raise PacsError(SOURCE_NOT_FOUND, "WADO-RS retrieve: the series has no instances")
+    return found[0]
+
+
 def store_instances(server: DicomwebServer, paths: Sequence[Path]) -> dict[str, Any]:
     """STOW-RS the files at ``paths``; what the server stored (SOP Instance UIDs), or `PacsError`."""
-    datasets = [pydicom.dcmread(path) for path in paths]
+    return store_datasets(server, [pydicom.dcmread(path) for path in paths])
+
+
+def store_datasets(server: DicomwebServer, datasets: Sequence[pydicom.Dataset]) -> dict[str, Any]:
+    """STOW-RS ``datasets``; what the server stored (SOP Instance UIDs), or `PacsError`."""
     try:
-        response = client_for(server).store_instances(datasets)
+        response = client_for(server).store_instances(list(datasets))
     except requests.RequestException as error:
         failure = _http_failure(error, "STOW-RS store")
         raise PacsError(DELIVERY_FAILED, str(failure)) from None
     failed = [str(item.ReferencedSOPInstanceUID) for item in response.get("FailedSOPSequence", [])]
     if failed:
-        raise PacsError(DELIVERY_FAILED, f"STOW-RS store: the server refused {len(failed)} of {len(paths)} "
+        raise PacsError(DELIVERY_FAILED, f"STOW-RS store: the server refused {len(failed)} of {len(datasets)} "
                             "instance(s)")
     stored = [str(item.ReferencedSOPInstanceUID) for item in response.get("ReferencedSOPSequence", [])]
     return {"protocol": "stow-rs", "sop_instance_uids": stored}

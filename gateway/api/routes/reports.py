@@ -10,13 +10,20 @@ ViewPosition, Modality), or a request whose ``view`` is LATERAL, is declined wit
 unless ``allow_non_chest`` is set (services/report/ood.py). Every answer carries the structured findings with
 their calibrated thresholds, the text–findings consistency block and the image's in-distribution mark
 (services/report/serving.report_parts); the route only wires them.
+
+A JSON body naming a single-image series on a configured DICOMweb server (``source``) replaces the upload: the
+gateway retrieves the instance by WADO-RS (the capability is synchronous, so here and not in a worker), the same
+checks apply, and the report goes back to that server as a DICOM Comprehensive SR by STOW-RS
+(services/common/dicom_sr.py); ``deliveries`` says where (docs/pacs.md).
 """
 
 from __future__ import annotations
 
+import io
 from typing import Any
 
 import numpy as np
+import pydicom
 from fastapi import Request
 from starlette.concurrency import run_in_threadpool
 
@@ -27,8 +34,9 @@ from gateway.audit import audit_info
 from gateway.capabilities import capability_router, require_available
 from gateway.catalog import manifests, provenance
 from gateway.deps import Triton
+from gateway.pacs_sources import check_configured, is_json, read_json
 from gateway.problems import Problem, problem_responses
-from gateway.schemas import ReportCreate, ReportPublic
+from gateway.schemas import DicomwebSource, ReportCreate, ReportPublic, ReportSourceCreate
 from gateway.triton_client import InferenceResult, TritonError, triton_problem
 from gateway.uploads import unsupported
 
@@ -67,6 +75,47 @@ def _scope(data: bytes, facts: dict[str, str], form: ReportCreate) -> Any:
     return scope
 
 
+def _pacs_problem(error: Any) -> Problem:
+    """A failed exchange with the PACS: the series is not there (422) or the server failed us (502)."""
+    status = 422 if error.kind in ("source-not-found", "not-single-image") else 502
+    return Problem(status, "PACS exchange failed", str(error), kind=error.kind)
+
+
+def _fetch(source: DicomwebSource) -> tuple[pydicom.Dataset, bytes]:
+    """The radiograph a ``source`` names, and its bytes as an upload would have brought them."""
+    from services.common.dicomweb import PacsError, fetch_instance
+
+    try:
+        dataset = fetch_instance(settings.dicomweb_servers[source.dicomweb], source.study_uid, source.series_uid)
+    except PacsError as error:
+        raise _pacs_problem(error) from error
+    buffer = io.BytesIO()
+    dataset.save_as(buffer, enforce_file_format=True)
+    return dataset, buffer.getvalue()
+
+
+def _store_sr(source: DicomwebSource, dataset: pydicom.Dataset, report: ReportPublic) -> list[dict[str, Any]]:
+    """The report as a Comprehensive SR in the source's study, stored back by STOW-RS when the server takes
+    results; the findings are the text, the impression the finding head's calls and the warnings."""
+    from services.common.dicom_sr import report_sr
+    from services.common.dicomweb import PacsError, store_datasets
+
+    server = settings.dicomweb_servers[source.dicomweb]
+    if not server.store_results:
+        return []
+    present = [f.name.replace("_", " ") for f in report.findings if f.present]
+    calls = (f"Called present by the finding head (calibrated thresholds): {', '.join(present)}." if present
+             else "No finding called present by the finding head.")
+    impression = " ".join([calls, *(w[0].upper() + w[1:] + "." for w in report.warnings),
+                           "Machine-written, not verified by a radiologist."])
+    description = f"MedStack report {report.model['name']} v{report.model['version']} (unverified)"
+    sr = report_sr(dataset, report.text, impression, description)
+    try:
+        return [{"to": source.dicomweb, **store_datasets(server, [sr])}]
+    except PacsError as error:
+        raise _pacs_problem(error) from error
+
+
 def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str], image: Any,
             scope: Any) -> ReportPublic:
     """The answer from ``report_generate``'s outputs: pretty text, findings and checks, provenance and FHIR."""
@@ -94,17 +143,27 @@ def _report(result: InferenceResult, form: ReportCreate, facts: dict[str, str], 
     dependencies=[require_available(REPORT)],
     openapi_extra=form_body(ReportCreate, "the X-ray: PNG, JPEG or a DICOM file",
                             {"file": "(chest_pa.png)", "indication": "cough and fever for 3 days", "view": "PA",
-                             "beam_size": 3}),
-    responses=problem_responses(400, 413, 415, 422, 503, 504,
+                             "beam_size": 3}, json_options=ReportSourceCreate),
+    responses=problem_responses(400, 413, 415, 422, 502, 503, 504,
                                 d503="report_generate is not built, or Triton is down (retry after `Retry-After`)",
                                 d422="not-chest-radiograph: the DICOM header or `view` says it is no frontal chest "
                                      "radiograph (send `allow_non_chest=true` to override for research); "
-                                     "corrupt-image; validation-error"),
+                                     "corrupt-image; validation-error; with `source`: unknown-dicomweb-server, "
+                                     "source-not-found, not-single-image",
+                                d502="with `source`: source-unavailable (the DICOMweb server did not answer as "
+                                     "expected), delivery-failed (it refused the SR)"),
 )
 async def create_report(request: Request, triton: Triton) -> ReportPublic:
-    max_bytes = min(settings.max_upload_mb, MAX_REPORT_UPLOAD_MB) << 20
-    async with read_upload(request, ReportCreate, max_bytes) as upload:
-        form, data = upload.options, await upload.file.read()
+    source, dataset = None, None
+    if is_json(request):  # the radiograph is on a DICOMweb server
+        source_form = await read_json(request, ReportSourceCreate)
+        check_configured(source_form.source, None)
+        form, source = source_form, source_form.source
+        dataset, data = await run_in_threadpool(_fetch, source)
+    else:
+        max_bytes = min(settings.max_upload_mb, MAX_REPORT_UPLOAD_MB) << 20
+        async with read_upload(request, ReportCreate, max_bytes) as upload:
+            form, data = upload.options, await upload.file.read()
     image, facts = await run_in_threadpool(_decode, data)
     scope = await run_in_threadpool(_scope, data, facts, form)
     try:
@@ -115,4 +174,6 @@ async def create_report(request: Request, triton: Triton) -> ReportPublic:
         raise triton_problem(error) from error
     report = await run_in_threadpool(_report, result, form, facts, image, scope)
     audit_info(request).model_used(report.model["name"], report.model["version"], report.model["sha256"] or None)
+    if source is not None and dataset is not None:
+        report.deliveries = await run_in_threadpool(_store_sr, source, dataset, report)
     return report
