@@ -176,8 +176,11 @@ def test_bad_uploads_are_problems(stack, report_models, rendered_png: bytes, dat
 
 def test_not_multipart_is_415(stack, report_models) -> None:
     with stack.client() as client:
-        response = client.post("/v1/reports", content=b"{}", headers={"content-type": "application/json"})
+        response = client.post("/v1/reports", content=b"{}", headers={"content-type": "text/plain"})
+        no_source = client.post("/v1/reports", content=b"{}", headers={"content-type": "application/json"})
     assert response.status_code == 415
+    # JSON names a radiograph on a DICOMweb server (docs/pacs.md): without a source it is invalid
+    assert no_source.status_code == 422 and no_source.json()["type"].endswith("/validation-error")
 
 
 def test_triton_greedy_equals_pytorch_eager(triton, report_models, rendered_png: bytes) -> None:
