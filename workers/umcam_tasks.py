@@ -9,24 +9,36 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import tritonclient.grpc as grpcclient
 from celery import Task
 
 from core.artifacts import ArtifactStore
 from core.capabilities import UMCAM, UMCAM_PSEUDO_LABELS
 from core.settings import settings
 from services.common.input_checks import model_modality
-from services.umcam.job import run_brain_extraction, run_pseudo_labels
+from services.umcam.job import BATCH_SLICES, run_brain_extraction, run_pseudo_labels
 from workers.celery_app import celery_app
 from workers.job_record import Claim, ProgressRecorder
 from workers.job_runner import run_job
 from workers.triton_models import TritonModel
 
 
+def _max_batch(model: TritonModel) -> int:
+    """Slices per call: the job's default, or fewer where the served config allows fewer (Triton
+    refuses a larger batch, and the runner would take the refusal for Triton being away)."""
+    client = grpcclient.InferenceServerClient(model.url)
+    try:
+        served = int(client.get_model_config(model.name, as_json=True)["config"].get("max_batch_size", 0))
+    finally:
+        client.close()
+    return min(BATCH_SLICES, served) if served > 0 else BATCH_SLICES
+
+
 def _common(job_id: str, params: dict[str, Any], model: TritonModel) -> dict[str, Any]:
     """The arguments both job functions take."""
     store = ArtifactStore()
     return {"input_path": store.path(job_id, params["input"]), "out_dir": store.job_dir(job_id),
-            "model": model.facts(), "modality": model_modality(model.manifest()),
+            "model": model.facts(), "modality": model_modality(model.manifest()), "batch_size": _max_batch(model),
             "series_uid": params.get("series_uid"),
             "allow_modality_mismatch": bool(params.get("allow_modality_mismatch"))}
 

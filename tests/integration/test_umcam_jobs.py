@@ -24,8 +24,11 @@ from tests.conftest import create_api_key, write_small_ct
 from tests.ct_cases import wait_for_job
 
 pytestmark = pytest.mark.integration
-MIN_DICE = 0.0  # set from the served weights' Dice on this head (docs/umcam.md), with margin
-MIN_PSEUDO_DICE = 0.0  # the same for the GSE pseudo-labels of the pseudo-label job
+# Dice on this head with the committed weights (umcam_unet = unet_weak_s0, umcam_cam = classifier),
+# measured by the same job in-process: U-Net 0.818, pseudo-label job 0.813; the margins allow a
+# retrained checkpoint of the same recipe to land a little lower without hiding a broken one
+MIN_DICE = 0.75
+MIN_PSEUDO_DICE = 0.70
 
 
 @pytest.fixture(scope="module")
