@@ -379,6 +379,18 @@ class MedlsamJobCreate(LocalizationJobCreate):
     output_dicom_seg: bool = Field(False, description="also write a DICOM SEG (input must be a DICOM series)")
 
 
+class MedlsamSourceJobCreate(MedlsamJobCreate):
+    """A MedLSAM job as a JSON body: the series is fetched from a DICOMweb server, not uploaded; the DICOM SEG
+    is always written (``output_dicom_seg`` is implied)."""
+
+    model_config = _example({"source": {"dicomweb": "pacs", "study_uid": "1.2.826.0.1.3680043.8.498.1",
+                                        "series_uid": "1.2.826.0.1.3680043.8.498.2"},
+                             "structures": "liver,spleen", "template_ids": "6a1d2c3b-0e9f-4a8b-9c7d-5e4f3a2b1c0d"})
+
+    source: DicomwebSource = Field(description="fetch this series by WADO-RS; the DICOM SEG is stored back by "
+                                   "STOW-RS when the server's configuration says so (store_results)")
+
+
 
 class TemplatePublic(BaseModel):
     model_config = _example({

@@ -7,6 +7,7 @@ predictors; what is left here is what touches Triton or the template rows.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,7 @@ from services.localization.medlsam import SegPredict
 from workers.celery_app import celery_app
 from workers.job_record import Claim, ProgressRecorder
 from workers.job_runner import run_job
+from workers.pacs_io import deliver, fetch_source
 from workers.triton_models import TritonModel
 
 MEDLAM_MODEL = "localization_medlam"
@@ -78,10 +80,12 @@ def _templates(ids: Sequence[str], structures: Sequence[str], model: dict[str, s
                 for template_id, row in rows]
 
 
-def _box_job(job_id: str, params: dict[str, Any], medlam: TritonModel) -> dict[str, Any]:
-    """The arguments the two box jobs (`run_localization`, `run_medlsam`) share."""
+def _box_job(job_id: str, params: dict[str, Any], medlam: TritonModel,
+             input_path: Path | None = None) -> dict[str, Any]:
+    """The arguments the two box jobs (`run_localization`, `run_medlsam`) share; ``input_path``: a fetched
+    series instead of the upload."""
     store, model = ArtifactStore(), medlam.facts()
-    return {"input_path": store.path(job_id, params["input"]), "out_dir": store.job_dir(job_id),
+    return {"input_path": input_path or store.path(job_id, params["input"]), "out_dir": store.job_dir(job_id),
             "templates": _templates(params["template_ids"], params["structures"], model),
             "structures": params["structures"], "predict": _medlam_predict(medlam), "model": model,
             "template_ids": params["template_ids"], "series_uid": params.get("series_uid"),
@@ -100,10 +104,14 @@ def localize(self: Task, job_id: str) -> dict[str, Any] | None:
 @celery_app.task(bind=True, name=MEDLSAM.task)
 def medlsam_segment(self: Task, job_id: str) -> dict[str, Any] | None:
     def work(job_id: str, claimed: Claim, progress: ProgressRecorder) -> dict[str, Any]:
+        # a DICOMweb source is fetched into the job folder first, and the SEG delivered after success
+        fetched = fetch_source(claimed.params, ArtifactStore().job_dir(job_id), progress)
         with (TritonModel(MEDLAM_MODEL, settings.triton_grpc_url) as medlam,
               TritonModel(claimed.model, settings.triton_grpc_url) as segmenter):
-            return run_medlsam(**_box_job(job_id, claimed.params, medlam), segment=_seg_predict(segmenter),
-                               segmenter=segmenter.facts(), progress=progress,
-                               dicom_seg=bool(claimed.params.get("output_dicom_seg")))
+            summary = run_medlsam(**_box_job(job_id, claimed.params, medlam, fetched),
+                                  segment=_seg_predict(segmenter), segmenter=segmenter.facts(), progress=progress,
+                                  dicom_seg=bool(claimed.params.get("output_dicom_seg")))
+        deliveries = deliver(claimed.params, ArtifactStore().job_dir(job_id))
+        return summary | ({"deliveries": deliveries} if deliveries else {})
 
     return run_job(self, job_id, work)
