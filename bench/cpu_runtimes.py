@@ -135,11 +135,12 @@ def main() -> None:
         "Runtime CPU's; max-abs: largest logit difference from it.", "",
         markdown_table(["runtime", "seconds per batch", "speed-up", "argmax agreement", "max-abs"], rows),
         served, "",
-        "What the embedded Triton runs follows from this table: the OpenVINO runtime (`openvino` in the Triton "
-        "environment, next to ONNX Runtime) for models whose spec says `runtime=\"openvino\"`, at the precision "
-        "its manifest allows (export/precision.py). ONNX Runtime's OpenVINO provider reads the same file but "
-        "ships as `onnxruntime-openvino`, which replaces the `onnxruntime` module the other models use (measured "
-        "here at fp32 only); the NGC image's onnxruntime backend uses it at fp32 (docs/deploy.md).", "",
+        "Choice for the embedded Triton: the OpenVINO runtime (`openvino` in the Triton environment, next to "
+        "ONNX Runtime), for models whose spec says `runtime=\"openvino\"`, at the precision its manifest allows "
+        "(export/precision.py): it is the path with bf16, the fastest row. At fp32 it and ONNX Runtime's "
+        "OpenVINO provider are close, and their order changed between runs on this shared machine; the provider "
+        "ships as `onnxruntime-openvino`, which replaces the `onnxruntime` module every other model uses (measured "
+        "here at fp32 only). The NGC image's onnxruntime backend uses that provider at fp32 (docs/deploy.md).", "",
     ])
     write_section(report)
     print(report)
