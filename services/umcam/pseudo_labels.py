@@ -10,13 +10,14 @@ so a pixel where one map is confident (near 0 or 1) takes that map's value, and 
 1. threshold t ∈ {0.05, …, 0.95} minimising the mean within-class variance of the UM-CAM values
    above and below t (Otsu-like; the paper's "intensity" read as the map's values), mask = the
    largest connected component of UM-CAM ≥ t;
-2. seeds: foreground = the centroid of that component (its box centre when the centroid falls
-   outside it or outside the margin box); background = the four corners of its bounding box
-   enlarged by ``margin`` pixels (clamped to the image);
+2. seeds: foreground = the centroid of that component (the component's pixel nearest to it when a
+   concave shape leaves the centroid outside; the paper falls back to the box centre); background =
+   the four corners of its bounding box enlarged by ``margin`` pixels (clamped to the image);
 3. geodesic distances D_f, D_b from the seeds on the z-scored slice (`geodesic_distance`, λ = 1:
    intensity change only);
-4. P_f = exp(-r D_f), P_b = 1 - exp(-r D_b) (r = 0.03 here, the paper's 1 otherwise: `GSEParams`); start from 0.5, take P_b where it is < 0.5, P_f where
-   it is > 0.5, the closer seed's where both hold;
+4. P_f = exp(-r D_f), P_b = 1 - exp(-r D_b) (r = 0.03 here, the paper's r = 1 otherwise:
+   `GSEParams`); start from 0.5, take P_b where it is < 0.5, P_f where it is > 0.5, the closer
+   seed's where both hold;
 5. confidence w = max(0, (exp(-r min(D_f, D_b)) - 0.5) / 0.5); soft label = w P + (1 - w) UM-CAM,
    min-max; the hard pseudo-label is soft ≥ ``hard_threshold``.
 
@@ -86,29 +87,38 @@ def threshold_cam(cam: np.ndarray, threshold: float | None = None) -> np.ndarray
     return largest_component(cam >= t).astype(np.uint8)
 
 
-def _sweep(dist: np.ndarray, image: np.ndarray, lam: float, axis: int, reverse: bool) -> bool:
+_SHIFTS = ((0, 1.0), (1, 2.0), (-1, 2.0))  # straight and the two diagonals (squared step length)
+
+
+def _step_costs(image: np.ndarray, lam: float, axis: int, reverse: bool) -> list[np.ndarray]:
+    """For a pass along ``axis``: per shift, the cost from each pixel of line i ∓ 1 (rolled by the
+    shift) to line i, shape (n - 1, ..., L); inf where the roll wraps around the line's end."""
+    im = np.moveaxis(image, axis, 0)
+    current, previous = (im[:-1], im[1:]) if reverse else (im[1:], im[:-1])
+    costs = []
+    for shift, spatial in _SHIFTS:
+        cost = np.sqrt((1 - lam) * spatial + lam * (current - np.roll(previous, shift, axis=-1)) ** 2)
+        if shift == 1:
+            cost[..., 0] = np.inf
+        elif shift == -1:
+            cost[..., -1] = np.inf
+        costs.append(cost)
+    return costs
+
+
+def _sweep(dist: np.ndarray, costs: list[np.ndarray], axis: int, reverse: bool) -> bool:
     """One raster pass along ``axis`` (-2: rows, -1: columns): each line takes the best of its 3
     neighbours on the previous line (vectorised across the line and any leading batch axes).
     Returns True when any distance fell."""
     d = np.moveaxis(dist, axis, 0)
-    im = np.moveaxis(image, axis, 0)
     n = d.shape[0]
-    order = range(n - 2, -1, -1) if reverse else range(1, n)
-    step = 1 if reverse else -1
     changed = False
-    for i in order:
-        prev_d, prev_im, cur_im = d[i + step], im[i + step], im[i]
-        best = d[i].copy()
-        for shift, spatial in ((0, 1.0), (1, 2.0), (-1, 2.0)):  # straight, two diagonals (squared length)
-            nd = np.roll(prev_d, shift, axis=-1)
-            nim = np.roll(prev_im, shift, axis=-1)
-            cost = np.sqrt((1 - lam) * spatial + lam * (cur_im - nim) ** 2)
-            cand = nd + cost
-            if shift == 1:  # no wrap-around at the line's ends
-                cand[..., 0] = np.inf
-            elif shift == -1:
-                cand[..., -1] = np.inf
-            best = np.minimum(best, cand)
+    for i in range(n - 2, -1, -1) if reverse else range(1, n):
+        previous = d[i + 1] if reverse else d[i - 1]
+        row = i if reverse else i - 1
+        best = d[i]
+        for (shift, _), cost in zip(_SHIFTS, costs, strict=True):
+            best = np.minimum(best, np.roll(previous, shift, axis=-1) + cost[row])
         if np.any(best < d[i]):
             d[i] = best
             changed = True
@@ -124,16 +134,16 @@ def geodesic_distance(image: np.ndarray, seeds: np.ndarray, lam: float = 1.0, ma
     changes (or ``max_iterations``); the result equals Dijkstra's on the same graph
     (`dijkstra_distance`, tests/unit/test_umcam_pseudo_labels.py).
     """
-    image = np.asarray(image, dtype=np.float64)
-    dist = np.where(np.asarray(seeds, bool), 0.0, np.inf)
+    image = np.asarray(image, dtype=np.float32)
+    dist = np.where(np.asarray(seeds, bool), 0.0, np.inf).astype(np.float32)
+    passes = [(axis, reverse, _step_costs(image, lam, axis, reverse)) for axis in (-2, -1) for reverse in (False, True)]
     for _ in range(max_iterations):
         changed = False
-        for axis in (-2, -1):
-            for reverse in (False, True):
-                changed |= _sweep(dist, image, lam, axis, reverse)
+        for axis, reverse, costs in passes:
+            changed |= _sweep(dist, costs, axis, reverse)
         if not changed:
             break
-    return dist.astype(np.float32)
+    return dist
 
 
 def dijkstra_distance(image: np.ndarray, seeds: np.ndarray, lam: float = 1.0) -> np.ndarray:
@@ -211,8 +221,8 @@ def soft_labels(images: np.ndarray, fused_cams: np.ndarray, params: GSEParams = 
         return out
     z = images[todo]
     z = (z - z.mean(axis=(1, 2), keepdims=True)) / (z.std(axis=(1, 2), keepdims=True) + EPS)
-    d_f = geodesic_distance(z, fg[todo], params.lam)
-    d_b = geodesic_distance(z, bg[todo], params.lam)
+    # foreground and background distances in one stack: one set of passes for both
+    d_f, d_b = np.split(geodesic_distance(np.concatenate([z, z]), np.concatenate([fg[todo], bg[todo]]), params.lam), 2)
     p_f, p_b = np.exp(-params.ratio * d_f), 1.0 - np.exp(-params.ratio * d_b)
     prob = np.full(d_f.shape, 0.5, np.float32)
     use_b, use_f = p_b < 0.5, p_f > 0.5
