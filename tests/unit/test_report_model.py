@@ -76,10 +76,11 @@ def test_symptom_graph_is_conditioned_on_probabilities() -> None:
     assert low.shape == (1, NUM_FINDINGS, 32) and not torch.allclose(low, high)
 
 
-def test_onnx_export_keeps_the_token_axis_dynamic(tmp_path: Path) -> None:
+@pytest.mark.parametrize("planned", [False, True])
+def test_onnx_export_keeps_the_token_axis_dynamic(tmp_path: Path, planned: bool) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.backends.mha.set_fastpath_enabled(False)
-    model = tiny()
+    model = tiny(plan=planned)  # with the plan, the first 10 tokens are <bos> + plan (plan_mix reads them)
     image = torch.rand(2, 1, 128, 128)  # the served size: 8×8 tokens at every level
     enc_path, dec_path = tmp_path / "enc.onnx", tmp_path / "dec.onnx"
     names = ["memory1", "memory2", "memory3", "context", "context_pad", "clinical"]
@@ -87,14 +88,14 @@ def test_onnx_export_keeps_the_token_axis_dynamic(tmp_path: Path) -> None:
                       output_names=[*names, "finding_probs"], dynamic_axes={"image": {0: "b"}}, dynamo=False)
     enc = model.encode(image)
     feeds = tuple(enc[n] for n in names)
-    tokens = torch.randint(4, V, (2, 5))
+    tokens = torch.randint(4, V, (2, 12 if planned else 5))
     dynamic = {"tokens": {0: "b", 1: "t"}} | {n: {0: "b"} for n in names}
     torch.onnx.export(DecoderStepForExport(model).eval(), (tokens, *feeds), str(dec_path),
                       input_names=["tokens", *names], output_names=["log_probs"], dynamic_axes=dynamic, dynamo=False)
     e_sess, d_sess = ort.InferenceSession(str(enc_path)), ort.InferenceSession(str(dec_path))
     outs = dict(zip([*names, "finding_probs"], e_sess.run(None, {"image": image.numpy()}), strict=True))
     np.testing.assert_allclose(outs["finding_probs"], enc["finding_probs"].detach().numpy(), atol=1e-5)
-    for length in (1, 3, 12):
+    for length in (10, 13, 20) if planned else (1, 3, 12):
         t = torch.randint(4, V, (2, length))
         got = d_sess.run(None, {"tokens": t.numpy(), **{n: outs[n] for n in names}})[0]
         with torch.no_grad():
