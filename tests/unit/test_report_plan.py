@@ -119,7 +119,8 @@ def test_a_trained_decoder_follows_the_plan_not_the_prior() -> None:
 
 
 def test_training_text_puts_the_plans_findings_first() -> None:
-    text = "the heart is normal in size . there is a small left pleural effusion . mild cardiomegaly . no pneumothorax ."
+    text = ("the heart is normal in size . there is a small left pleural effusion . mild cardiomegaly . "
+            "no pneumothorax .")
     assert train.findings_first(text) == ("mild cardiomegaly . there is a small left pleural effusion . "
                                           "the heart is normal in size . no pneumothorax .")
     assert train.findings_first("the lungs are clear . no effusion .") == "the lungs are clear . no effusion ."
