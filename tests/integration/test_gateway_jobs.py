@@ -229,8 +229,11 @@ def test_invalid_requests_are_422_or_415(stack, tmp_path: Path) -> None:
             assert detail in response.json()["detail"]
         no_file = client.post("/v1/segmentation/jobs", data={"model": MODEL}, files={"other": ("x", b"1")})
         assert no_file.status_code == 422
+        # JSON is the DICOMweb source form (docs/pacs.md): a JSON body without a source is a validation error
         as_json = client.post("/v1/segmentation/jobs", json={"file": "ct.nii.gz"})
-        assert as_json.status_code == 415 and as_json.json()["type"].endswith("/unsupported-media-type")
+        assert as_json.status_code == 422 and as_json.json()["type"].endswith("/validation-error")
+        as_text = client.post("/v1/segmentation/jobs", content=b"ct.nii.gz", headers={"Content-Type": "text/plain"})
+        assert as_text.status_code == 415 and as_text.json()["type"].endswith("/unsupported-media-type")
         bad_query = client.post("/v1/segmentation/jobs", params={"priority": "high"}, content=b"x",
                                 headers={"Content-Type": "application/octet-stream"})
         assert bad_query.status_code == 422 and bad_query.json()["errors"][0]["loc"] == ["query", "priority"]
