@@ -70,8 +70,10 @@ def test_every_model_round_trips_over_http_and_grpc(triton, model_repository: Pa
                 assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.98, name
             else:
                 np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
-        # a different input must give a different answer: the server is not echoing a constant
-        assert not np.allclose(via_grpc[0], via_grpc[1])
+        # a different input must give a different answer: the server is not echoing a constant (where the
+        # reference itself differs: a saturated probability, e.g. umcam_cam's presence, is 1.0 for both)
+        if not np.allclose(expected[0], expected[1]):
+            assert not np.allclose(via_grpc[0], via_grpc[1]), name
 
 
 def test_shape_errors_are_reported_not_crashing(triton) -> None:
