@@ -9,6 +9,13 @@ from core.db import Job
 from gateway.schemas import JobPublic
 from gateway.submission import Submitted
 
+# The OpenAPI ``responses=`` entries of what ``job_answer`` returns, for routes that document them
+JOB_ANSWER_RESPONSES = {
+    200: {"description": "Replay of an earlier request with the same Idempotency-Key: the same job",
+          "model": JobPublic},
+    202: {"description": "Job accepted", "headers": {"Location": {"schema": {"type": "string"}}}},
+}
+
 
 def job_public(job: Job, store: ArtifactStore) -> JobPublic:
     return JobPublic.from_job(job, store.list(job.id))

@@ -9,7 +9,7 @@ from fastapi import Request, status
 
 from core.capabilities import SEGMENTATION
 from gateway.api.forms import form_body, read_upload
-from gateway.api.responses import job_answer
+from gateway.api.responses import JOB_ANSWER_RESPONSES, job_answer
 from gateway.capabilities import capability_router, chosen_model, require_available
 from gateway.deps import CurrentKey, IdempotencyKey, Store
 from gateway.pacs_sources import check_configured, is_json, read_json, source_input
@@ -38,9 +38,7 @@ router = capability_router(SEGMENTATION, "segmentation")
         "the format is judged from the content", {"file": "(ct.nii.gz)", "model": "reference_hutissue", "priority": 5},
         raw_example="(the bytes of ct.nii.gz; options as query parameters)", json_options=SegmentationSourceJobCreate),
     responses={
-        200: {"description": "Replay of an earlier request with the same Idempotency-Key: the same job",
-              "model": JobPublic},
-        202: {"description": "Job accepted", "headers": {"Location": {"schema": {"type": "string"}}}},
+        **JOB_ANSWER_RESPONSES,
         **problem_responses(400, 409, 413, 415, 422, 503, d503="No segmentation model is built, or the broker is down"),
     },
 )

@@ -16,7 +16,7 @@ from starlette.concurrency import run_in_threadpool
 
 from core.capabilities import UMCAM, UMCAM_PSEUDO_LABELS
 from gateway.api.forms import form_body, read_upload
-from gateway.api.responses import job_answer
+from gateway.api.responses import JOB_ANSWER_RESPONSES, job_answer
 from gateway.capabilities import capability_router, require_available
 from gateway.deps import CurrentKey, IdempotencyKey, Store
 from gateway.problems import Problem, problem_responses
@@ -43,9 +43,7 @@ MR_VOLUME = "3D T1 MR head: NIfTI (.nii/.nii.gz), NRRD, MetaImage (.mha) or a zi
     openapi_extra=form_body(UmcamJobCreate, MR_VOLUME, {"file": "(t1.nii.gz)", "priority": 5},
                             raw_example="(the bytes of t1.nii.gz; options as query parameters)"),
     responses={
-        200: {"description": "Replay of an earlier request with the same Idempotency-Key: the same job",
-              "model": JobPublic},
-        202: {"description": "Job accepted", "headers": {"Location": {"schema": {"type": "string"}}}},
+        **JOB_ANSWER_RESPONSES,
         **problem_responses(400, 409, 413, 415, 422, 503, d503="umcam_unet is not built, or the broker is down"),
     },
 )
