@@ -97,10 +97,20 @@ UMCAM_PSEUDO_LABELS = Capability(
     "UM-CAM maps and GSE pseudo-label masks from slice-level labels", job_kind="umcam_pseudo_labels",
     task="workers.umcam_tasks.pseudo_labels", queue=VOLUMES_QUEUE, models=("umcam_cam",),
 )
+# few-shot tasks (issue #22): the job adapts a head to a client's support set; prediction is synchronous
+# (encoder on Triton, head in the gateway). One served encoder is enough; the request names which one.
+# ``model_choices``: the Triton models of services.fewshot.encoders.ENCODERS
+# (tests/unit/test_fewshot_service.py checks the two agree)
+FEWSHOT = Capability(
+    "fewshot", Scope.FEWSHOT, "/v1/fewshot", "few-shot classification tasks: a head adapted to labelled support "
+    "images on a foundation encoder, predictions through Triton", job_kind="fewshot_adapt",
+    task="workers.fewshot_tasks.adapt_task", queue=BATCH_QUEUE,
+    model_choices=("fewshot_chest", "fewshot_chest_vlm", "fewshot_ct"),
+)
 
 CAPABILITIES: tuple[Capability, ...] = (
     SEGMENTATION, LOCALIZATION_TEMPLATES, LOCALIZATION, MEDLSAM, REPORT, DIALOGUE, VALUATION, UMCAM,
-    UMCAM_PSEUDO_LABELS,
+    UMCAM_PSEUDO_LABELS, FEWSHOT,
 )
 
 

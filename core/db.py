@@ -1,4 +1,4 @@
-"""Persistence shared by gateway and workers: jobs, API keys, templates and the audit trail.
+"""Persistence shared by gateway and workers: jobs, API keys, templates, few-shot tasks and the audit trail.
 
 SQLite by default (a file in the run folder), PostgreSQL when ``MEDSTACK_DATABASE_URL`` says so
 (``postgresql+psycopg://user:password@host/db``). The schema is owned by the alembic migrations in
@@ -22,6 +22,7 @@ from typing import Any
 from sqlalchemy import (
     JSON,
     BigInteger,
+    Boolean,
     DateTime,
     Float,
     Integer,
@@ -122,6 +123,30 @@ class Template(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # the embedding (npz: per structure RDR vectors and feature cubes); deferred: lists never load it
     features: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
+
+
+class FewshotTask(Base):
+    """A few-shot task (services/fewshot): an encoder, a method and classes, adapted by the job with the same id.
+
+    Its state is the job's (``jobs`` row ``id``); the worker fills ``head`` (``heads.Head.to_bytes``, a few KB)
+    and ``provenance`` when the job succeeds."""
+
+    __tablename__ = "fewshot_tasks"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)  # = the adaptation job's id
+    name: Mapped[str] = mapped_column(String(128))
+    encoder: Mapped[str] = mapped_column(String(32))
+    method: Mapped[str] = mapped_column(String(16))
+    model: Mapped[str] = mapped_column(String(64))  # the encoder's Triton model
+    class_names: Mapped[list[str]] = mapped_column(JSON, default=list)
+    multi_label: Mapped[bool] = mapped_column(Boolean, default=False)
+    api_key_id: Mapped[str | None] = mapped_column(String(32), nullable=True, index=True)
+    input_sha256: Mapped[str] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    provenance: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    head_sha256: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    # deferred: lists never load it
+    head: Mapped[bytes | None] = mapped_column(LargeBinary, nullable=True, deferred=True)
 
 
 class AuditRecord(Base):

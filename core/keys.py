@@ -38,6 +38,7 @@ class Scope(StrEnum):
     REPORT = "report"
     DIALOGUE = "dialogue"
     VALUATION = "valuation"
+    FEWSHOT = "fewshot"  # few-shot tasks: a client's own classifier (adapted head) and its predictions
     JOBS = "jobs"
     MODELS = "models"
     METRICS = "metrics"

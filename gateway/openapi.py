@@ -24,6 +24,8 @@ TAGS = [
     {"name": "reports", "description": "Radiology report generation from an X-ray"},
     {"name": "dialogue", "description": "Consultation dialogue sessions"},
     {"name": "valuation", "description": "Data valuation batch jobs"},
+    {"name": "fewshot", "description": "Few-shot tasks: adapt a foundation encoder to labelled support images, "
+                                    "then predict (encoder on Triton, the task's head in the gateway)"},
     {"name": "jobs", "description": "State, results, artifacts and cancellation of any job"},
     {"name": "admin", "description": "API keys and the audit trail"},
 ]

@@ -7,6 +7,7 @@ from fastapi import APIRouter
 from gateway.api.routes import (
     admin,
     dialogue,
+    fewshot,
     health,
     jobs,
     localization,
@@ -19,6 +20,6 @@ from gateway.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (health, models, segmentation, localization, medlsam, umcam, reports, dialogue, valuation, jobs,
-               admin):
+for module in (health, models, segmentation, localization, medlsam, umcam, reports, dialogue, valuation, fewshot,
+               jobs, admin):
     api_router.include_router(module.router)
