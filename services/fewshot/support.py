@@ -80,12 +80,13 @@ class SupportSet:
         return out
 
 
-def check_class_names(class_names: list[str]) -> tuple[str, ...]:
-    """Class names as the task keeps them: 2…MAX_CLASSES distinct, non-empty, no separators."""
+def check_class_names(class_names: list[str], multi_label: bool = False) -> tuple[str, ...]:
+    """Class names as the task keeps them: 2 (multi-label: 1) … MAX_CLASSES distinct, non-empty, no separators."""
     names = tuple(name.strip() for name in class_names)
     problems = []
-    if len(names) < 2 or len(names) > MAX_CLASSES:
-        problems.append(f"name 2 to {MAX_CLASSES} classes, got {len(names)}")
+    fewest = 1 if multi_label else 2
+    if len(names) < fewest or len(names) > MAX_CLASSES:
+        problems.append(f"name {fewest} to {MAX_CLASSES} classes, got {len(names)}")
     if any(not name or len(name) > 64 for name in names):
         problems.append("class names must be 1–64 characters")
     if any(sep in name for name in names for sep in (LABEL_SEPARATOR, ",")):
@@ -130,7 +131,7 @@ def _labels_csv(archive: zipfile.ZipFile, by_base: dict[str, list[str]]) -> list
 
 def read_support(zip_path: Path, class_names: list[str] | tuple[str, ...], multi_label: bool) -> SupportSet:
     """Parse and check the support zip at ``zip_path`` against the task's classes; images are not decoded."""
-    names = check_class_names(list(class_names))
+    names = check_class_names(list(class_names), multi_label)
     try:
         archive = zipfile.ZipFile(zip_path)
     except (OSError, zipfile.BadZipFile) as error:
@@ -181,6 +182,21 @@ def read_support(zip_path: Path, class_names: list[str] | tuple[str, ...], multi
         raise SupportError("class-without-examples", f"no {'positive ' if multi_label else ''}example for the "
                            f"class(es) {empty}; label at least one image of each class", classes=empty)
     return support
+
+
+def support_zip(files: dict[str, bytes], labels: dict[str, str | list[str]]) -> bytes:
+    """A support zip in the format above: ``files`` (name → bytes) and ``labels`` (name → class, or classes)."""
+    rows = io.StringIO()
+    writer = csv.writer(rows, lineterminator="\n")
+    writer.writerow(["file", "label"])
+    for name, label in labels.items():
+        writer.writerow([name, label if isinstance(label, str) else LABEL_SEPARATOR.join(label)])
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr(LABELS_FILE, rows.getvalue())
+        for name, data in files.items():
+            archive.writestr(name, data)
+    return out.getvalue()
 
 
 def read_member(zip_path: Path, member: str) -> bytes:

@@ -263,7 +263,7 @@ async def create_task(request: Request, principal: CurrentKey, store: Store,
         if manifest_of(info.triton_model) is None:
             raise model_missing(info.triton_model)
         try:
-            class_names = list(check_class_names(split_csv(form.class_names)))
+            class_names = list(check_class_names(split_csv(form.class_names), form.multi_label))
         except SupportError as error:
             raise _problem(error) from error
         if not isinstance(upload.file, UploadFile):
