@@ -352,7 +352,7 @@ def _ready_task(task_id: str, principal: Principal) -> tuple[FewshotTask, Any]:
                           + (f" ({public.error['type']}: {public.error['detail']})" if public.error else "")
                           + ("; wait until its status is ready" if public.status in ("pending", "running")
                              else "; register the task again with a corrected support set"),
-                          kind="task-not-ready", status=public.status)
+                          kind="task-not-ready", task_status=public.status)
         return task, _head(task)
 
 
