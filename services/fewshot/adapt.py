@@ -2,14 +2,15 @@
 
 Methods (hyper-parameters are module constants, the same for every task and shot count):
 
-* ``linear``: MedFMC's Baseline: L2-normalised frozen features → scikit-learn ``LogisticRegression``
-  (C = 1, lbfgs; one per class for multi-label, multinomial for multi-class).
-* ``prototype``: Meta-Baseline: class centre = normalised mean of normalised support features, score = cosine
+* ``linear``: MedFMC's Baseline: frozen features, centred on the support mean and L2-normalised → scikit-learn
+  ``LogisticRegression`` (``LINEAR_C``, lbfgs; one per class for multi-label, multinomial for multi-class).
+* ``prototype``: Meta-Baseline: class centre = normalised mean of (centred) normalised support features, score = cosine
   × 10 (sigmoid per class for multi-label, with the threshold half-way between the support's mean positive and
   negative cosine; softmax for multi-class).
 * ``prompt``: prompt tuning through the frozen encoder, VPT-style for a CNN: a learnable *input* prompt (the
   encoder's input shape, added to the image before the first layer) and a linear head on the L2-normalised
-  features, trained together with AdamW (``PROMPT_STEPS`` full-batch steps); the encoder is never updated.
+  features (started from the linear probe), trained together with AdamW (``PROMPT_STEPS`` steps of
+  ``PROMPT_BATCH`` support images, bfloat16 autocast); the encoder is never updated.
 * ``zeroshot``: the VLM's text embeddings of class prompts (``vlm.class_prompts``), no training.
 * ``coop``: CoOp: ``COOP_CONTEXT`` learnable context token embeddings before each class's name tokens, run
   through the frozen MiniLM and the VLM's frozen text projection each step; trained with the task loss.
@@ -37,9 +38,9 @@ from services.fewshot.heads import Head
 METHODS = ("linear", "prototype", "prompt", "zeroshot", "coop", "cones")
 TEXT_METHODS = ("zeroshot", "coop", "cones")  # need an encoder with a text tower (ENCODERS[...].has_text)
 
-LINEAR_C = 1.0
-PROTOTYPE_SCALE = 10.0
-PROMPT_STEPS, PROMPT_LR, PROMPT_HEAD_LR, PROMPT_WD, PROMPT_LIMIT = 60, 0.01, 0.05, 1e-4, 0.25
+LINEAR_C, LINEAR_CENTER = 1.0, True  # chosen on the support pools (select.py), never on test images
+PROTOTYPE_SCALE, PROTOTYPE_CENTER = 10.0, True
+PROMPT_STEPS, PROMPT_BATCH, PROMPT_LR, PROMPT_HEAD_LR, PROMPT_WD, PROMPT_LIMIT = 20, 24, 0.02, 0.05, 1e-4, 0.25
 TEXT_STEPS, COOP_LR, CONES_LR, TEXT_WD = 60, 2e-3, 1e-2, 0.0
 COOP_CONTEXT = 4
 MAX_SUPPORT = 2000  # images per adaptation (the service's limit as well)
@@ -96,7 +97,7 @@ def check_request(encoder: str, method: str, class_names: list[str], images: np.
                                                 f"0…{c - 1}, got shape {labels.shape}")
         labels = labels.astype(np.int64)
         empty = [names[j] for j in range(c) if not (labels == j).any()]
-    if empty:
+    if empty and method != "zeroshot":  # zero-shot needs no support at all
         raise AdaptationError("class-without-examples", f"no support example for class(es) {', '.join(empty)}"
                                                         + (" (no positive)" if multi_label else ""))
     return labels
@@ -117,7 +118,7 @@ def adapt(encoder: str, method: str, class_names: list[str], images: np.ndarray,
         if method == "prompt":
             arrays = fit_prompt(encoder, images, y, multi_label, seed)
         else:
-            feats = encoders.features(encoder, images)
+            feats = encoders.features(encoder, images) if len(images) else np.zeros((0, meta_dim(encoder)), np.float32)
             arrays = fit_on_features(encoder, method, names, feats, y, multi_label, seed)
     seconds = time.perf_counter() - t0
     meta = {"normalize": True, "seed": int(seed), "support_images": int(len(images)),
@@ -131,11 +132,18 @@ def adapt(encoder: str, method: str, class_names: list[str], images: np.ndarray,
                 arrays={k: np.asarray(v, np.float32) for k, v in arrays.items()}, meta=meta).check()
 
 
+def meta_dim(encoder: str) -> int:
+    return encoders.ENCODERS[encoder].feature_dim
+
+
 def hyper_parameters(method: str) -> dict:
     return {
-        "linear": {"C": LINEAR_C, "solver": "lbfgs", "features": "L2-normalised"},
-        "prototype": {"scale": PROTOTYPE_SCALE},
-        "prompt": {"steps": PROMPT_STEPS, "prompt_lr": PROMPT_LR, "head_lr": PROMPT_HEAD_LR,
+        "linear": {"C": LINEAR_C, "solver": "lbfgs", "features": "support-mean centred, L2-normalised"
+                   if LINEAR_CENTER else "L2-normalised"},
+        "prototype": {"scale": PROTOTYPE_SCALE, "features": "support-mean centred, L2-normalised"
+                      if PROTOTYPE_CENTER else "L2-normalised"},
+        "prompt": {"steps": PROMPT_STEPS, "batch": PROMPT_BATCH, "autocast": "bfloat16", "prompt_lr": PROMPT_LR,
+                   "head_lr": PROMPT_HEAD_LR,
                    "weight_decay": PROMPT_WD, "prompt_limit": PROMPT_LIMIT, "optimiser": "AdamW, full batch"},
         "zeroshot": {},
         "coop": {"context_tokens": COOP_CONTEXT, "steps": TEXT_STEPS, "lr": COOP_LR, "optimiser": "AdamW, full batch"},
@@ -173,28 +181,41 @@ def fit_on_features(encoder: str, method: str, class_names: list[str], feats: np
     return text_methods.fit(method, class_names, feats, y, multi_label, seed)
 
 
-def fit_linear(feats: np.ndarray, y: np.ndarray, multi_label: bool, seed: int = 0) -> dict[str, np.ndarray]:
+def _prepared(feats: np.ndarray, center: bool) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Unit features, centred on the support mean first when ``center`` (SimpleShot's CL2N; the mean is kept
+    in the head as ``center`` so prediction subtracts the same vector)."""
+    x = feats.astype(np.float64)
+    if not center:
+        return _unit(x), {}
+    mu = x.mean(0)
+    return _unit(x - mu), {"center": mu}
+
+
+def fit_linear(feats: np.ndarray, y: np.ndarray, multi_label: bool, seed: int = 0, c: float | None = None,
+               center: bool | None = None) -> dict[str, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
-    x = _unit(feats.astype(np.float64))
+    c = LINEAR_C if c is None else c
+    x, extra = _prepared(feats, LINEAR_CENTER if center is None else center)
     if multi_label:
         weight, bias = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
         for j in range(y.shape[1]):
             if y[:, j].min() == y[:, j].max():  # every support image positive: nothing to separate
                 bias[j] = 4.0
                 continue
-            clf = LogisticRegression(C=LINEAR_C, max_iter=1000, random_state=seed).fit(x, y[:, j])
+            clf = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, y[:, j])
             weight[j], bias[j] = clf.coef_[0], clf.intercept_[0]
-        return {"weight": weight, "bias": bias}
-    clf = LogisticRegression(C=LINEAR_C, max_iter=1000, random_state=seed).fit(x, y)
+        return {"weight": weight, "bias": bias, **extra}
+    clf = LogisticRegression(C=c, max_iter=1000, random_state=seed).fit(x, y)
     if clf.coef_.shape[0] == 1:  # two classes: scikit-learn keeps one row; the softmax of ±half is the same model
         return {"weight": np.concatenate([-clf.coef_, clf.coef_]) / 2,
-                "bias": np.concatenate([-clf.intercept_, clf.intercept_]) / 2}
-    return {"weight": clf.coef_, "bias": clf.intercept_}
+                "bias": np.concatenate([-clf.intercept_, clf.intercept_]) / 2, **extra}
+    return {"weight": clf.coef_, "bias": clf.intercept_, **extra}
 
 
-def fit_prototype(feats: np.ndarray, y: np.ndarray, multi_label: bool) -> dict[str, np.ndarray]:
-    x = _unit(feats.astype(np.float64))
+def fit_prototype(feats: np.ndarray, y: np.ndarray, multi_label: bool,
+                  center: bool | None = None) -> dict[str, np.ndarray]:
+    x, extra = _prepared(feats, PROTOTYPE_CENTER if center is None else center)
     pos = y.astype(bool) if multi_label else np.eye(int(y.max()) + 1, dtype=bool)[y]
     protos = _unit(np.stack([x[pos[:, j]].mean(0) for j in range(pos.shape[1])]))
     bias = np.zeros(len(protos))
@@ -203,7 +224,7 @@ def fit_prototype(feats: np.ndarray, y: np.ndarray, multi_label: bool) -> dict[s
         for j in range(len(protos)):
             neg = cos[~pos[:, j], j]
             bias[j] = -PROTOTYPE_SCALE * (0.5 * (cos[pos[:, j], j].mean() + neg.mean()) if neg.size else 0.0)
-    return {"weight": PROTOTYPE_SCALE * protos, "bias": bias, "prototypes": protos}
+    return {"weight": PROTOTYPE_SCALE * protos, "bias": bias, "prototypes": protos, **extra}
 
 
 def task_loss(logits: torch.Tensor, y: torch.Tensor, multi_label: bool) -> torch.Tensor:
@@ -223,18 +244,24 @@ def fit_prompt(encoder: str, images: np.ndarray, y: np.ndarray, multi_label: boo
     x = torch.from_numpy(images)
     with torch.no_grad():
         start = fit_linear(net(x, torch.zeros_like(x)).numpy(), y, multi_label, seed)
+    center = torch.from_numpy(start["center"].astype(np.float32)) if "center" in start else torch.zeros(())
     weight = torch.nn.Parameter(torch.from_numpy(start["weight"].astype(np.float32)))
     bias = torch.nn.Parameter(torch.from_numpy(start["bias"].astype(np.float32)))
     prompt = torch.nn.Parameter(torch.zeros(1, *images.shape[1:]))
     target = torch.from_numpy(y)
     opt = torch.optim.AdamW([{"params": [prompt], "lr": PROMPT_LR, "weight_decay": PROMPT_WD},
                              {"params": [weight, bias], "lr": PROMPT_HEAD_LR, "weight_decay": 0.0}])
+    rng = np.random.default_rng(seed)
     for _ in range(PROMPT_STEPS):
-        f = F.normalize(net(x, prompt.expand_as(x)), dim=1)
-        loss = task_loss(f @ weight.T + bias, target, multi_label)
+        idx = torch.from_numpy(rng.permutation(len(x))[:PROMPT_BATCH])  # mini-batch: the 3-D encoder is costly
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # training passes only; features stay float32
+            f = net(x[idx], prompt.expand(len(idx), *prompt.shape[1:]))
+        f = F.normalize(f.float() - center, dim=1)
+        loss = task_loss(f @ weight.T + bias, target[idx], multi_label)
         opt.zero_grad()
         loss.backward()
         opt.step()
         with torch.no_grad():
             prompt.clamp_(-PROMPT_LIMIT, PROMPT_LIMIT)
-    return {"weight": weight.detach().numpy(), "bias": bias.detach().numpy(), "prompt": prompt.detach()[0].numpy()}
+    return {"weight": weight.detach().numpy(), "bias": bias.detach().numpy(), "prompt": prompt.detach()[0].numpy(),
+            **({"center": start["center"]} if "center" in start else {})}

@@ -6,13 +6,14 @@ encoder adds to the image before its first layer), so prediction is: encoder (Tr
 
 All methods end in the same affine map, so ``apply`` has one formula for every method::
 
-    x = features / ||features||            (when meta["normalize"], the default: every method here)
+    x = features − center                  (when the head has a ``center (D,)`` array: linear, prototype, prompt)
+    x = x / ||x||                          (when meta["normalize"], the default: every method here)
     logits = x @ weight.T + bias           weight (C, D), bias (C,)
     scores = sigmoid(logits)               (multi-label)   |   softmax(logits) over classes (multi-class)
 
 The methods differ only in how ``weight``/``bias`` were found (and whether ``prompt`` is set):
 
-* ``linear``: logistic regression on L2-normalised features (MedFMC Baseline).
+* ``linear``: logistic regression on centred (support mean), L2-normalised features (MedFMC Baseline + centring).
 * ``prototype``: ``weight = scale · normalised class centres`` (Meta-Baseline cosine score), ``bias = -scale · t``.
 * ``prompt``: a learned input ``prompt`` plus a linear head trained through the frozen encoder.
 * ``zeroshot`` / ``coop`` / ``cones``: ``class_embeddings (C, D)`` in the VLM's joint space (kept in the head as
@@ -43,7 +44,8 @@ class HeadFormatError(ValueError):
 class Head:
     """``method``: one of adapt.METHODS. ``encoder``: a key of encoders.ENCODERS. ``class_names`` in score order.
     ``multi_label``: sigmoid per class (else softmax over classes). ``arrays``: the method's parameters
-    (``weight (C, D)``, ``bias (C,)``; optional ``prompt`` with the encoder's input shape, ``class_embeddings``,
+    (``weight (C, D)``, ``bias (C,)``; optional ``center (D,)``, ``prompt`` with the encoder's input shape,
+    ``class_embeddings``,
     ``negative_embeddings``); ``meta``: JSON-able facts (shots, seed, support hashes, adaptation seconds,
     ``normalize`` …)."""
 
@@ -73,6 +75,9 @@ class Head:
             raise HeadFormatError(f"weight {weight.shape} / bias {bias.shape} do not fit {c} classes")
         if not (np.isfinite(weight).all() and np.isfinite(bias).all()):
             raise HeadFormatError("weight or bias holds non-finite values")
+        center = self.arrays.get("center")
+        if center is not None and center.shape != (weight.shape[1],):
+            raise HeadFormatError(f"center {center.shape} does not fit weight {weight.shape}")
         return self
 
     def to_bytes(self) -> bytes:
@@ -110,6 +115,8 @@ def logits(head: Head, features: np.ndarray) -> np.ndarray:
     weight = head.arrays["weight"].astype(np.float64)
     if x.ndim != 2 or x.shape[1] != weight.shape[1]:
         raise ValueError(f"features {x.shape} do not fit the head's weight {weight.shape}")
+    if "center" in head.arrays:
+        x = x - head.arrays["center"].astype(np.float64)
     if head.normalize:
         x = x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
     return x @ weight.T + head.arrays["bias"].astype(np.float64)
