@@ -3,7 +3,7 @@
 Methods (hyper-parameters are module constants, the same for every task and shot count):
 
 * ``linear``: MedFMC's Baseline: frozen features, centred on the support mean and L2-normalised → scikit-learn
-  ``LogisticRegression`` (``LINEAR_C``, lbfgs; one per class for multi-label, multinomial for multi-class).
+  ``LogisticRegression`` (``LINEAR_C`` per encoder, lbfgs; one per class for multi-label, multinomial for multi-class).
 * ``prototype``: Meta-Baseline: class centre = normalised mean of (centred) normalised support features, score = cosine
   × 10 (sigmoid per class for multi-label, with the threshold half-way between the support's mean positive and
   negative cosine; softmax for multi-class).
@@ -38,10 +38,13 @@ from services.fewshot.heads import Head
 METHODS = ("linear", "prototype", "prompt", "zeroshot", "coop", "cones")
 TEXT_METHODS = ("zeroshot", "coop", "cones")  # need an encoder with a text tower (ENCODERS[...].has_text)
 
-LINEAR_C, LINEAR_CENTER = 1.0, True  # chosen on the support pools (select.py), never on test images
+# chosen on the support pools (select.py: other pool images as validation), never on test images
+LINEAR_C = {"chest": 10.0, "chest-vlm": 0.1, "ct": 100.0}
+LINEAR_CENTER = True
 PROTOTYPE_SCALE, PROTOTYPE_CENTER = 10.0, True
-PROMPT_STEPS, PROMPT_BATCH, PROMPT_LR, PROMPT_HEAD_LR, PROMPT_WD, PROMPT_LIMIT = 20, 24, 0.02, 0.05, 1e-4, 0.25
-TEXT_STEPS, COOP_LR, CONES_LR, TEXT_WD = 60, 2e-3, 1e-2, 0.0
+# learning rates chosen on the chest pool (select.py), never on test images
+PROMPT_STEPS, PROMPT_BATCH, PROMPT_LR, PROMPT_HEAD_LR, PROMPT_WD, PROMPT_LIMIT = 20, 24, 3e-4, 2e-3, 1e-4, 0.25
+TEXT_STEPS, COOP_LR, CONES_LR, TEXT_WD = 60, 1e-3, 1e-4, 0.0
 COOP_CONTEXT = 4
 MAX_SUPPORT = 2000  # images per adaptation (the service's limit as well)
 
@@ -138,7 +141,7 @@ def meta_dim(encoder: str) -> int:
 
 def hyper_parameters(method: str) -> dict:
     return {
-        "linear": {"C": LINEAR_C, "solver": "lbfgs", "features": "support-mean centred, L2-normalised"
+        "linear": {"C_by_encoder": LINEAR_C, "solver": "lbfgs", "features": "support-mean centred, L2-normalised"
                    if LINEAR_CENTER else "L2-normalised"},
         "prototype": {"scale": PROTOTYPE_SCALE, "features": "support-mean centred, L2-normalised"
                       if PROTOTYPE_CENTER else "L2-normalised"},
@@ -173,7 +176,7 @@ def fit_on_features(encoder: str, method: str, class_names: list[str], feats: np
                     multi_label: bool, seed: int) -> dict[str, np.ndarray]:
     """The head arrays of a feature-level method from support features ``(N, D)`` (the evaluation caches them)."""
     if method == "linear":
-        return fit_linear(feats, y, multi_label, seed)
+        return fit_linear(feats, y, multi_label, seed, c=LINEAR_C.get(encoder, 1.0))
     if method == "prototype":
         return fit_prototype(feats, y, multi_label)
     from services.fewshot import text_methods
@@ -195,7 +198,7 @@ def fit_linear(feats: np.ndarray, y: np.ndarray, multi_label: bool, seed: int = 
                center: bool | None = None) -> dict[str, np.ndarray]:
     from sklearn.linear_model import LogisticRegression
 
-    c = LINEAR_C if c is None else c
+    c = 1.0 if c is None else c
     x, extra = _prepared(feats, LINEAR_CENTER if center is None else center)
     if multi_label:
         weight, bias = np.zeros((y.shape[1], x.shape[1])), np.zeros(y.shape[1])
@@ -243,7 +246,7 @@ def fit_prompt(encoder: str, images: np.ndarray, y: np.ndarray, multi_label: boo
     net = encoders.load_encoder(encoder)
     x = torch.from_numpy(images)
     with torch.no_grad():
-        start = fit_linear(net(x, torch.zeros_like(x)).numpy(), y, multi_label, seed)
+        start = fit_linear(net(x, torch.zeros_like(x)).numpy(), y, multi_label, seed, c=LINEAR_C.get(encoder, 1.0))
     center = torch.from_numpy(start["center"].astype(np.float32)) if "center" in start else torch.zeros(())
     weight = torch.nn.Parameter(torch.from_numpy(start["weight"].astype(np.float32)))
     bias = torch.nn.Parameter(torch.from_numpy(start["bias"].astype(np.float32)))

@@ -10,6 +10,7 @@ one-vs-rest AUROC. Zero-shot has no support: it is adapted once (no images) and 
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 
 import numpy as np
@@ -64,6 +65,34 @@ def run(task: Task, encoder: str, methods: Iterable[str], shots: Iterable[int], 
                 log.info("%s %s %s %d-shot seed %d: %s (%.2f s)", task.name, encoder, method, n, seed,
                          {k: round(v, 4) for k, v in m.items() if isinstance(v, float)},
                          head.meta["adaptation_seconds"])
+    return rows
+
+
+def run_pixels(task: Task, shots: Iterable[int], seeds: Iterable[int], pool: int = 4) -> list[dict]:
+    """The trivial baseline: the linear probe (C = 1, centred) on the encoder *input* average-pooled by ``pool``
+    per axis (chest: 16×16 = 256 values; CT: 4×8×8 = 256), no foundation encoder at all."""
+    import torch
+
+    from services.fewshot.heads import Head
+
+    def pooled(x: np.ndarray) -> np.ndarray:
+        t = torch.from_numpy(x)
+        f = torch.nn.functional.avg_pool2d if t.dim() == 4 else torch.nn.functional.avg_pool3d
+        k = 8 if t.dim() == 4 else pool
+        return f(t, k).flatten(1).numpy()
+
+    test, pool_x = pooled(task.test_images), pooled(task.pool_images)
+    rows = []
+    for n in shots:
+        for seed in seeds:
+            idx = draw_support(task, n, seed)
+            t0 = time.perf_counter()
+            head = Head("linear", "pixels", task.class_names, task.multi_label,
+                        A.fit_linear(pool_x[idx], task.pool_labels[idx], task.multi_label, seed, c=1.0, center=True))
+            seconds = time.perf_counter() - t0
+            m = metrics(apply(head, test), task.test_labels, task.multi_label)
+            rows.append({"task": task.name, "encoder": "pixels", "method": "linear", "shots": n, "seed": seed,
+                         "support": int(len(idx)), "seconds": round(seconds, 3), **m})
     return rows
 
 
