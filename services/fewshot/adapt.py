@@ -44,7 +44,7 @@ LINEAR_CENTER = True
 PROTOTYPE_SCALE, PROTOTYPE_CENTER = 10.0, True
 # learning rates chosen on the chest pool (select.py), never on test images
 PROMPT_STEPS, PROMPT_BATCH, PROMPT_LR, PROMPT_HEAD_LR, PROMPT_WD, PROMPT_LIMIT = 20, 24, 3e-4, 2e-3, 1e-4, 0.25
-TEXT_STEPS, COOP_LR, CONES_LR, TEXT_WD = 60, 1e-3, 1e-4, 0.0
+TEXT_STEPS, COOP_LR, COOP_BIAS_LR, CONES_LR, TEXT_WD = 60, 1e-3, 1e-2, 1e-4, 0.0
 COOP_CONTEXT = 4
 MAX_SUPPORT = 2000  # images per adaptation (the service's limit as well)
 
@@ -149,7 +149,8 @@ def hyper_parameters(method: str) -> dict:
                    "head_lr": PROMPT_HEAD_LR,
                    "weight_decay": PROMPT_WD, "prompt_limit": PROMPT_LIMIT, "optimiser": "AdamW, full batch"},
         "zeroshot": {},
-        "coop": {"context_tokens": COOP_CONTEXT, "steps": TEXT_STEPS, "lr": COOP_LR, "optimiser": "AdamW, full batch"},
+        "coop": {"context_tokens": COOP_CONTEXT, "steps": TEXT_STEPS, "lr": COOP_LR, "bias_lr": COOP_BIAS_LR,
+                 "optimiser": "AdamW, full batch"},
         "cones": {"steps": TEXT_STEPS, "lr": CONES_LR, "optimiser": "AdamW, full batch"},
     }[method]
 

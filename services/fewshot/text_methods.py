@@ -108,7 +108,7 @@ def _fit_coop(class_names: list[str], x: torch.Tensor, target: torch.Tensor, mul
         return text.embed_tokens(base * (1 - ctx_slot) + placed, mask)
 
     opt = torch.optim.AdamW([{"params": [ctx], "lr": A.COOP_LR, "weight_decay": A.TEXT_WD},
-                             {"params": [bias], "lr": A.CONES_LR, "weight_decay": 0.0}])
+                             {"params": [bias], "lr": A.COOP_BIAS_LR, "weight_decay": 0.0}])
     c = len(class_names)
     for _ in range(A.TEXT_STEPS):
         t = class_embeddings()
