@@ -13,6 +13,13 @@ Two registered comparisons, in one run, on turns of the **test conditions** (nev
 The full run also decodes with the gold instruction and fact (the upper reference of docs/dialogue.md;
 details only). The quick slice is the first turns of the same seeded samples, so its turns are a subset
 of the full run's. Scoring is ``services/dialogue/evaluate.py``'s (one path for both).
+
+When both **fair-arm** generators of issue #19 exist (``checkpoints/fair/``, written by
+``train_generator --fair`` once their budget is done), the run adds ``services/dialogue/fair_arms.py``'s
+comparisons: with vs without instructions, the same knowledge in both prompts, on 400 test turns (quick:
+the first 16, tolerance 0.1 = one or two flipped turns of 16), BLEU-2, ROUGE-L, distinct-2,
+knowledge-entity F1 and action adherence, with the gold-instruction ceiling in the details. Without
+them the recorded comparisons above are unchanged.
 """
 
 from __future__ import annotations
@@ -21,7 +28,7 @@ import numpy as np
 import torch
 
 from services.common.comparisons import FamilyEvaluation, FamilyResult, compare
-from services.dialogue import core, corpus, metrics
+from services.dialogue import core, corpus, fair_arms, metrics
 from services.dialogue.evaluate import (
     Planner,
     corpus_scores,
@@ -40,6 +47,7 @@ MAX_NEW_TOKENS = 40
 # (instruction turns, generation turns): full, quick; quick = the first turns of the full samples
 FULL = (1500, 64)
 QUICK = (100, 3)
+FAIR_TOLERANCE = 0.1  # the fair arms' quick slice has 16 turns: one changed turn moves a mean by 0.0625
 
 
 def _data_note(kb: dict, data: dict, n_instruction: int, n_generation: int) -> str:
@@ -125,8 +133,15 @@ def _run(quick: bool, n_instruction: int, n_generation: int) -> FamilyResult:
             "samples": reference_samples(gen_turns, answers, 4),
         },
     }
-    return FamilyResult(data=_data_note(kb, data, len(inst_turns), len(gen_turns)), seeds=[SEED],
-                        comparisons=comparisons, details=details)
+    note = _data_note(kb, data, len(inst_turns), len(gen_turns))
+    if fair_arms.available():
+        n_fair = fair_arms.QUICK_TURNS if quick else fair_arms.TURNS
+        arms = fair_arms.ARMS[:2] if quick else fair_arms.ARMS
+        fair, details["fair_arms"] = fair_arms.evaluate(n_fair, FAIR_TOLERANCE, arms)
+        comparisons += fair
+        note += (f" Fair arms (issue #19): {n_fair} further test turns sampled with seed {fair_arms.SEED}, both "
+                 f"generators trained on the same training turns, the same knowledge fact in both prompts.")
+    return FamilyResult(data=note, seeds=[SEED], comparisons=comparisons, details=details)
 
 
 def _nanmean(values: list[float]) -> float | None:

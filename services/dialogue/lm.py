@@ -299,3 +299,58 @@ def load_adapter(path: Path) -> SmolLM:
 
 def merged_generator(path: Path) -> SmolLM:
     return merge_lora(load_adapter(path))
+
+
+def _rows_forward(model: SmolLM, ids: torch.Tensor, positions: torch.Tensor, mask: torch.Tensor,
+                  past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``hidden_states`` with a position per row and a mask per row (left-padded batches):
+
+    ``ids``/``positions (B, S)``, ``mask (B, 1, S, P+S)`` additive, ``past_* (B, L, Hkv, P, Dh)`` →
+    last-position logits ``(B, V)``, ``present_* (B, L, Hkv, P+S, Dh)``.
+    """
+    freqs = positions.to(torch.float32)[..., None] * model.inv_freq
+    emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, S, Dh)
+    cos, sin = emb.cos(), emb.sin()
+    x = model.embed_tokens(ids)
+    ks, vs = [], []
+    for i, layer in enumerate(model.layers):
+        x, k, v = layer(x, cos, sin, mask, past_key[:, i], past_value[:, i])
+        ks.append(k)
+        vs.append(v)
+    return model.logits(model.norm(x)[:, -1]), torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+
+
+@torch.no_grad()
+def greedy_batch(model: SmolLM, prompts: list[list[int]], end_id: int, max_new_tokens: int = 64) -> list[list[int]]:
+    """:func:`greedy` for several prompts at once (left padding, a mask and positions per row): the same
+    tokens up to float rounding, several times faster per turn on a CPU (one pass over the weights per step)."""
+    b, width = len(prompts), max(len(p) for p in prompts)
+    pad = torch.tensor([width - len(p) for p in prompts])
+    ids = torch.zeros(b, width, dtype=torch.int64)
+    for i, p in enumerate(prompts):
+        ids[i, width - len(p):] = torch.tensor(p)
+    keys = torch.arange(width)
+    positions = (keys[None, :] - pad[:, None]).clamp(min=0)
+    allowed = (keys[None, None, :] <= keys[None, :, None]) & (keys[None, None, :] >= pad[:, None, None])
+    allowed |= torch.eye(width, dtype=torch.bool)[None]  # a padding row attends to itself (no empty softmax)
+    mask = torch.zeros(b, 1, width, width).masked_fill(~allowed[:, None], float("-inf"))
+    pk, pv = model.empty_past(b)
+    logits, pk, pv = _rows_forward(model, ids, positions, mask, pk, pv)
+    out: list[list[int]] = [[] for _ in range(b)]
+    rows = list(range(b))  # the prompts still decoding; finished ones leave the batch (and the cache)
+    for t in range(max_new_tokens):
+        nxt = logits.argmax(-1)
+        keep = []
+        for j, i in enumerate(rows):
+            if int(nxt[j]) != end_id:
+                out[i].append(int(nxt[j]))
+                keep.append(j)
+        if not keep or t == max_new_tokens - 1:
+            break
+        if len(keep) < len(rows):
+            index = torch.tensor(keep)
+            rows, nxt, pad, pk, pv = [rows[j] for j in keep], nxt[index], pad[index], pk[index], pv[index]
+        allowed = torch.arange(width + t + 1)[None, :] >= pad[:, None]  # every real key so far and the new one
+        mask = torch.zeros(len(rows), 1, 1, width + t + 1).masked_fill(~allowed[:, None, None], float("-inf"))
+        logits, pk, pv = _rows_forward(model, nxt[:, None], (width - pad + t)[:, None], mask, pk, pv)
+    return out

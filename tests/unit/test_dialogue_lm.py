@@ -83,3 +83,13 @@ def test_retrieval_targets_the_instruction_field() -> None:
     facts = np.eye(16, 4, dtype=np.float32)
     plain = core.retrieve(kb, cond, patient, history, None, facts)
     assert plain["slots"] == {} and len(plain["knowledge"]) == 3
+
+
+def test_batched_greedy_equals_one_prompt_at_a_time() -> None:
+    model = _model()
+    torch.manual_seed(1)
+    prompts = [torch.randint(1, 64, (n,)).tolist() for n in (5, 9, 2, 7)]
+    for end in (-1, lm.greedy(model, prompts[1], -1, max_new_tokens=6)[2]):  # never, and mid-way for one prompt
+        batched = lm.greedy_batch(model, prompts, end, max_new_tokens=6)
+        assert batched == [lm.greedy(model, p, end, max_new_tokens=6) for p in prompts]
+    assert len({len(b) for b in batched}) > 1  # some rows ended early and left the batch
