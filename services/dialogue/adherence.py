@@ -1,5 +1,7 @@
 """Action adherence: does a doctor reply do what its instruction's action said (rules, no model).
 
+    python -m services.dialogue.adherence     # the judge on the corpus's own doctor turns (docs/dialogue.md)
+
 The judge keys on **knowledge words**, not on the corpus's phrasing: for every knowledge-base field
 it keeps, per entity (a symptom, an examination, a medicine, a clinic, a food, a precaution, a cause,
 a condition name), the *distinctive* words — longer than three letters, in no doctor template of the
@@ -109,3 +111,32 @@ class Judge:
 
     def actions(self, reply: str) -> list[str]:
         return [a for a in core.ACTION_NAMES if self.adheres(a, reply)]
+
+
+def corpus_check(seed: int = 0) -> dict:
+    """The judge on the corpus's own doctor turns: per split, the share adhering to their own action (per
+    action and overall) and, judged against a random other action (seeded), the share adhering anyway."""
+    import random
+
+    from services.dialogue.train_generator import corpus_data
+
+    data, judge = corpus_data(), Judge(corpus.load_kb())
+    out = {}
+    for split in ("train", "test"):
+        turns = corpus.examples(data, split)
+        own: dict[str, list[bool]] = {}
+        for t in turns:
+            own.setdefault(t["action"], []).append(judge.adheres(t["action"], t["text"]))
+        rng = random.Random(seed)
+        cross = [judge.adheres(rng.choice([a for a in core.ACTION_NAMES if a != t["action"]]), t["text"])
+                 for t in turns]
+        out[split] = {"turns": len(turns), "own_action": round(sum(map(sum, own.values())) / len(turns), 4),
+                      "own_by_action": {a: round(sum(v) / len(v), 4) for a, v in own.items()},
+                      "other_action": round(sum(cross) / len(cross), 4)}
+    return out
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(corpus_check(), indent=1))  # noqa: T201 - CLI output

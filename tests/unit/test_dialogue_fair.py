@@ -43,3 +43,21 @@ def test_bootstrap_weights_are_resamples_with_replacement() -> None:
     picked = [i for i in range(len(HYPS)) for _ in range(int(row[i]))]
     expected = metrics.bleu([HYPS[i] for i in picked], [REFS[i] for i in picked], 2)
     assert math.isclose(float(bleu_from(row @ b)), expected, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def test_fair_training_prompts_differ_only_by_the_instruction_line() -> None:
+    from services.dialogue import corpus
+    from services.dialogue.train_generator import prompts_for
+
+    turns = [t for t in corpus.examples(corpus.generate(n=60, seed=0), "train") if t["knowledge"]][:20]
+    with_, without = prompts_for(turns, True, None), prompts_for(turns, False, None)
+    for t, a, b in zip(turns, with_, without, strict=True):
+        line = "\nInstruction: " + core_instruction(t)
+        assert line in a and a.replace(line, "") == b
+        assert "Knowledge: " + t["knowledge"][0] in b  # the same (gold) fact in both arms
+
+
+def core_instruction(turn: dict) -> str:
+    from services.dialogue import core
+
+    return core.instruction_text(turn["type"], turn["action"], turn["field"])
