@@ -139,8 +139,9 @@ def _run(quick: bool, n_instruction: int, n_generation: int) -> FamilyResult:
         arms = fair_arms.ARMS[:2] if quick else fair_arms.ARMS
         fair, details["fair_arms"] = fair_arms.evaluate(n_fair, FAIR_TOLERANCE, arms)
         comparisons += fair
-        note += (f" Fair arms (issue #19): {n_fair} further test turns sampled with seed {fair_arms.SEED}, both "
-                 f"generators trained on the same training turns, the same knowledge fact in both prompts.")
+        note += (f" Fair arms (issue #19): their own sample of {n_fair} test turns (seed {fair_arms.SEED}, same test "
+                 f"conditions), both generators trained on the same training turns, the same knowledge fact in "
+                 f"both prompts.")
     return FamilyResult(data=note, seeds=[SEED], comparisons=comparisons, details=details)
 
 
