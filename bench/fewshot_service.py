@@ -1,14 +1,15 @@
 """Few-shot service figures (issue #22): how long an adaptation job takes, and where a prediction's time goes.
 
-    .venv/bin/python -m bench.fewshot_service [--threads 2] [--shots 10] [--methods linear,prototype,prompt]
-        [--calls 50]
+    .venv/bin/python -m bench.fewshot_service [--encoder chest] [--threads 2] [--shots 10]
+        [--methods linear,prototype,prompt] [--calls 50]
+    .venv/bin/python -m bench.fewshot_service --encoder chest-vlm --methods zeroshot,coop,cones
 
 1. **Adaptation job**: a 10-class × ``shots`` support zip of rendered radiographs (``services/report/drr.py``: the
    three phantom CTs, one class per finding of ``services/report/findings.FINDINGS``, seeds 1,900,000+, outside the
    report family's training range) through ``services.fewshot.job.adaptation_job`` for each method, with
    ``threads`` torch threads (the worker's CPU): the whole job — unzip, decode, preprocess, adapt, write head and
    provenance — timed once per method.
-2. **Prediction split**: an embedded Triton serving only the exported chest encoder (a temporary repository holding
+2. **Prediction split**: an embedded Triton serving only the exported encoder (a temporary repository holding
    a copy of its model folder); ``calls`` gRPC calls of batch 1 on the real chest CR (pydicom-data, preprocessed
    as the gateway does) after a warm-up, and the head of each method applied in numpy (``heads.apply``, 2,000
    calls) plus ``Head.from_bytes`` (the gateway's cost on a head-cache miss). Medians.
@@ -54,7 +55,7 @@ def support_set(shots: int) -> tuple[bytes, list[str]]:
     return support_zip(files, labels), list(FINDINGS)
 
 
-def adaptation(shots: int, methods: list[str], threads: int) -> tuple[list[dict], dict[str, bytes]]:
+def adaptation(encoder: str, shots: int, methods: list[str], threads: int) -> tuple[list[dict], dict[str, bytes]]:
     import torch
 
     from services.fewshot.job import adaptation_job
@@ -65,7 +66,7 @@ def adaptation(shots: int, methods: list[str], threads: int) -> tuple[list[dict]
     for method in methods:
         with tempfile.TemporaryDirectory() as folder:
             (Path(folder) / "input.zip").write_bytes(data)
-            params = {"input": "input.zip", "encoder": "chest", "method": method, "class_names": classes}
+            params = {"input": "input.zip", "encoder": encoder, "method": method, "class_names": classes}
             started = time.perf_counter()
             head, provenance = adaptation_job(params, Path(folder), None)
             rows.append({"method": method, "seconds": time.perf_counter() - started,
@@ -74,7 +75,7 @@ def adaptation(shots: int, methods: list[str], threads: int) -> tuple[list[dict]
     return rows, heads
 
 
-def prediction(heads: dict[str, bytes], calls: int) -> dict:
+def prediction(encoder: str, heads: dict[str, bytes], calls: int) -> dict:
     import tritonclient.grpc as grpcclient
 
     from core.settings import settings
@@ -86,8 +87,8 @@ def prediction(heads: dict[str, bytes], calls: int) -> dict:
     from services.fewshot.support import read_image
     from services.report.cr import chest_cr_path
 
-    model = ENCODERS["chest"].triton_model
-    x = prepare("chest", *read_image("radiograph", chest_cr_path().read_bytes()))[None]
+    model = ENCODERS[encoder].triton_model
+    x = prepare(encoder, *read_image("radiograph", chest_cr_path().read_bytes()))[None]
     tmp = Path(tempfile.mkdtemp(prefix="bench-fewshot-"))
     shutil.copytree(settings.model_repository / model, tmp / "repo" / model)
     runtime = prepare_runtime(settings.run_dir / "triton", settings.triton_env)
@@ -133,14 +134,15 @@ def prediction(heads: dict[str, bytes], calls: int) -> dict:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--encoder", default="chest", help="a radiograph encoder of encoders.ENCODERS")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--shots", type=int, default=10)
     parser.add_argument("--methods", default="linear,prototype,prompt")
     parser.add_argument("--calls", type=int, default=50)
     args = parser.parse_args(argv)
-    rows, heads = adaptation(args.shots, args.methods.split(","), args.threads)
-    split = prediction(heads, args.calls)
-    print(f"Adaptation job, chest encoder, 10 classes × {args.shots} shots (rendered radiographs), "
+    rows, heads = adaptation(args.encoder, args.shots, args.methods.split(","), args.threads)
+    split = prediction(args.encoder, heads, args.calls)
+    print(f"Adaptation job, {args.encoder} encoder, 10 classes × {args.shots} shots (rendered radiographs), "
           f"{args.threads} torch threads:\n")
     print("| method | whole job (s) | adapt() (s) | head (bytes) | head apply (µs, median) | Head.from_bytes (µs) |")
     print("|---|---|---|---|---|---|")
@@ -148,7 +150,10 @@ def main(argv: list[str] | None = None) -> None:
         m = row["method"]
         print(f"| {m} | {row['seconds']:.1f} | {row['adapt_seconds']:.1f} | {row['head_bytes']:,} | "
               f"{split['head_us'][m]:.1f} | {split['parse_us'][m]:.0f} |")
-    print(f"\nTriton `fewshot_chest`, batch 1, real chest CR, gRPC round trip: median {split['triton_ms']:.2f} ms "
+    from services.fewshot.encoders import ENCODERS
+
+    print(f"\nTriton `{ENCODERS[args.encoder].triton_model}`, batch 1, real chest CR, gRPC round trip: median "
+          f"{split['triton_ms']:.2f} ms "
           f"(p90 {split['triton_p90_ms']:.2f} ms) over {args.calls} calls.")
 
 

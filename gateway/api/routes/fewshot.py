@@ -37,7 +37,6 @@ from core.capabilities import FEWSHOT
 from core.db import FewshotTask, Job, JobState, session_factory, utcnow
 from core.settings import settings
 from gateway.api.forms import form_body, read_upload, split_csv
-from gateway.api.responses import JOB_ANSWER_RESPONSES
 from gateway.archives import inspect_zip
 from gateway.audit import audit_info
 from gateway.auth import Principal
@@ -219,6 +218,14 @@ def _check_request(encoder: str, method: str) -> Any:
         raise _problem(error) from error
 
 
+TASK_ANSWER_RESPONSES = {
+    200: {"description": "Replay of an earlier request with the same Idempotency-Key: the same task",
+          "model": FewshotTaskPublic},
+    202: {"description": "Task registered, adaptation job queued",
+          "headers": {"Location": {"schema": {"type": "string"}}}},
+}
+
+
 def _sniff_zip(head: bytes) -> str:
     if head[:4] == b"PK\x03\x04":
         return ".zip"
@@ -249,7 +256,7 @@ async def _save_support(upload: UploadFile, directory: Path, class_names: list[s
     responses=problem_responses(400, 409, 413, 415, 422, 503, d422=(
         "unknown-encoder, unknown-method, method-needs-text-encoder, invalid-class-names, missing-labels-csv, "
         "invalid-labels-csv, labels-name-missing-files, unknown-label, class-without-examples, empty-support-set, "
-        "support-set-too-large, unsafe-archive, corrupt-archive, validation-error")) | JOB_ANSWER_RESPONSES,
+        "support-set-too-large, unsafe-archive, corrupt-archive, validation-error")) | TASK_ANSWER_RESPONSES,
 )
 async def create_task(request: Request, principal: CurrentKey, store: Store,
                       idempotency_key: IdempotencyKey = None) -> Any:
