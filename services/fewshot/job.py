@@ -60,6 +60,25 @@ def check_request(encoder: str, method: str) -> Any:
     return info
 
 
+def check_checkpoint(manifest: dict[str, Any] | None) -> None:
+    """The worker adapts with the torch encoder's checkpoint; the gateway predicts with the ONNX exported from the
+    checkpoint the manifest names. Refuse (``encoder-out-of-date``) when the two files differ, since the head would
+    not fit the served features."""
+    from core.settings import REPO_ROOT
+    from export.manifest import sha256_file
+
+    checkpoint = (manifest or {}).get("checkpoint") or {}
+    if not checkpoint.get("path") or not checkpoint.get("sha256"):
+        return
+    path = Path(checkpoint["path"])
+    path = path if path.is_absolute() else REPO_ROOT / path
+    if path.is_file() and sha256_file(path) != checkpoint["sha256"]:
+        model = manifest.get("model", "the encoder") if manifest else "the encoder"
+        raise JobInputError("encoder-out-of-date", f"the served {model} was exported from another version of "
+                            f"{checkpoint['path']} than the one this worker loads; export it again "
+                            f"(`medstack export {model}`) and register the task again")
+
+
 def encoder_provenance(encoder: str, manifest: dict[str, Any] | None) -> dict[str, Any]:
     """The encoder as provenance quotes it, from its export manifest (None: not exported)."""
     from services.fewshot.encoders import ENCODERS
@@ -134,6 +153,7 @@ def adaptation_job(params: dict[str, Any], folder: Path, encoder_model: dict[str
         support = read_support(zip_path, params.get("class_names", []), multi_label)
     except SupportError as error:
         raise JobInputError(error.code, error.detail) from error
+    check_checkpoint(encoder_model)
     if progress is not None:
         progress("reading images", 0.0)
     images, files = _support_images(zip_path, support, encoder, info.input_kind, progress)

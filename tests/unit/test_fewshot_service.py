@@ -165,6 +165,18 @@ def test_adaptation_job_failures_are_typed(renders: dict[str, list[bytes]], tmp_
     assert failed.value.kind == "unknown-encoder"
 
 
+def test_a_worker_checkpoint_other_than_the_exported_one_is_refused(tmp_path: Path) -> None:
+    from services.fewshot.encoders import chest_checkpoint
+    from services.fewshot.job import check_checkpoint
+
+    real = chest_checkpoint() / "model.pt"
+    check_checkpoint({"model": "fewshot_chest", "checkpoint": {"path": str(real), "sha256": sha256(real.read_bytes())}})
+    check_checkpoint(None)
+    with pytest.raises(JobInputError) as refused:
+        check_checkpoint({"model": "fewshot_chest", "checkpoint": {"path": str(real), "sha256": "0" * 64}})
+    assert refused.value.kind == "encoder-out-of-date" and "medstack export fewshot_chest" in str(refused.value)
+
+
 def test_registry_and_export_follow_the_encoder_table() -> None:
     from services.fewshot.export_specs import SPECS
 
