@@ -41,18 +41,19 @@ def _per_draw(rows: list[dict], task: str, encoder: str, method: str, shots: int
 
 
 def comparisons(rows: list[dict], shots: tuple[int, ...], seeds: list[int]) -> list[Comparison]:
-    out = []
+    out: list[Comparison] = []
 
     def add(task: str, encoder: str, ours: str, base: str, n: int, key: str, label: str,
             base_encoder: str | None = None) -> None:
         a = _per_draw(rows, task, encoder, ours, n, key)
         b = _per_draw(rows, task, base_encoder or encoder, base, n, key)
         if a and len(a) == len(b):
+            # the metric is part of the name: the regression guard matches comparisons by name
             if base_encoder:
-                name = f"{task}: {encoder} {NAMES[ours]} vs {base_encoder} {NAMES[base]}, {n}-shot"
+                name = f"{task}: {encoder} {NAMES[ours]} vs {base_encoder} {NAMES[base]}, {n}-shot, {label}"
                 base_name = f"{NAMES[base]} on {base_encoder} ({n}-shot, same draws)"
             else:
-                name = f"{task} / {encoder}: {NAMES[ours]} vs {NAMES[base]}, {n}-shot"
+                name = f"{task} / {encoder}: {NAMES[ours]} vs {NAMES[base]}, {n}-shot, {label}"
                 base_name = f"{NAMES[base]} ({n}-shot, same draws)"
             out.append(compare(name, label, ours=a, baseline=b, baseline_name=base_name, seeds=seeds,
                                samples=f"{len(a)} support draws (paired)"))

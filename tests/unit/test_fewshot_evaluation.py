@@ -25,9 +25,10 @@ def test_summary_is_mean_and_std_over_draws() -> None:
 
 def test_comparisons_pair_the_same_draws() -> None:
     found = {c.name: c for c in evaluation.comparisons(_rows(), (5, 10), [0, 1, 2])}
-    c = found["chest-findings / chest-vlm: ConES vs CoOp, 10-shot"]
+    c = found["chest-findings / chest-vlm: ConES vs CoOp, 10-shot, mean AUROC"]
     assert c.ours == 0.77 and c.baseline == 0.75 and c.ci95 == [0.02, 0.02] and c.ours_wins
-    assert "chest-findings / chest-vlm: input-prompt tuning vs linear probe, 10-shot" in found
+    assert "chest-findings / chest-vlm: input-prompt tuning vs linear probe, 10-shot, mean AUROC" in found
+    assert len(found) == len(evaluation.comparisons(_rows(), (5, 10), [0, 1, 2]))  # names are unique
 
 
 def test_targets_are_read_from_the_summary() -> None:
