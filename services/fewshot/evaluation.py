@@ -138,7 +138,7 @@ def run_task(name: str, quick: bool) -> tuple[list[dict], dict]:
 
 
 def run(quick: bool) -> FamilyResult:
-    """The full run evaluates its two tasks in two processes (one thread each: run it holding two CPU slots);
+    """The full run evaluates its two tasks in two processes (one thread each, two threads in all);
     every (task, encoder, method, shots, draw) is computed with its own seed, so the figures do not depend on
     the split. The quick slice runs in this process."""
     shots = (10,) if quick else tasks.SHOTS
