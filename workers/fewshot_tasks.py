@@ -1,6 +1,6 @@
 """Celery task of few-shot tasks (queue ``batch``): ``services.fewshot.job.adaptation_job`` through the job runner.
 
-The job adapts in-process with the frozen torch encoder (``encoders.load_encoder``: prompt tuning needs its
+The job adapts in-process with the frozen torch encoder (``networks.load_encoder``: prompt tuning needs its
 gradients), so it calls no Triton model; it quotes the encoder's export manifest, whose ONNX the gateway's
 predictions run on (same checkpoint, parity-checked at export). The head and the provenance go into the task
 row (``fewshot_tasks``, id = the job's id) and the job folder; a redelivered job rewrites the same row.

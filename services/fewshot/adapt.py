@@ -30,13 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.fewshot import encoders
-from services.fewshot.heads import Head
-
-# linear probe, prototype (Meta-Baseline), input-prompt tuning through the frozen encoder, zero-shot text prompts,
-# CoOp-style learnable context through the text encoder, ConES concept embeddings (text-output space).
-METHODS = ("linear", "prototype", "prompt", "zeroshot", "coop", "cones")
-TEXT_METHODS = ("zeroshot", "coop", "cones")  # need an encoder with a text tower (ENCODERS[...].has_text)
+from services.fewshot import encoders, networks
+from services.fewshot.heads import METHODS, TEXT_METHODS, Head
 
 # chosen on the support pools (select.py: other pool images as validation), never on test images
 LINEAR_C = {"chest": 10.0, "chest-vlm": 0.1, "ct": 100.0}
@@ -121,7 +116,7 @@ def adapt(encoder: str, method: str, class_names: list[str], images: np.ndarray,
         if method == "prompt":
             arrays = fit_prompt(encoder, images, y, multi_label, seed)
         else:
-            feats = encoders.features(encoder, images) if len(images) else np.zeros((0, meta_dim(encoder)), np.float32)
+            feats = networks.features(encoder, images) if len(images) else np.zeros((0, meta_dim(encoder)), np.float32)
             arrays = fit_on_features(encoder, method, names, feats, y, multi_label, seed)
     seconds = time.perf_counter() - t0
     meta = {"normalize": True, "seed": int(seed), "support_images": int(len(images)),
@@ -244,7 +239,7 @@ def fit_prompt(encoder: str, images: np.ndarray, y: np.ndarray, multi_label: boo
     """Input prompt + linear head through the frozen encoder. The head starts from the linear probe's solution
     (so the prompt refines a working classifier) and the prompt from zeros; the prompt is clamped to
     ±``PROMPT_LIMIT`` (the images span about 1–2 units) so it cannot paint over the image."""
-    net = encoders.load_encoder(encoder)
+    net = networks.load_encoder(encoder)
     x = torch.from_numpy(images)
     with torch.no_grad():
         start = fit_linear(net(x, torch.zeros_like(x)).numpy(), y, multi_label, seed, c=LINEAR_C.get(encoder, 1.0))

@@ -82,7 +82,7 @@ def _checkpoint(encoder: str) -> Path | None:
 def _build(encoder: str) -> Any:
     import torch
 
-    from services.fewshot.encoders import load_encoder
+    from services.fewshot.networks import load_encoder
 
     # the fused transformer fast path (aten::_transformer_encoder_layer_fwd) has no ONNX export; the plain
     # path computes the same function (as for the report encoder)

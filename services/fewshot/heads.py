@@ -40,9 +40,15 @@ class HeadFormatError(ValueError):
     """Bytes that are not a head written by ``Head.to_bytes`` (or a head whose arrays do not fit together)."""
 
 
+# linear probe, prototype (Meta-Baseline), input-prompt tuning through the frozen encoder, zero-shot text prompts,
+# CoOp-style learnable context through the text encoder, ConES concept embeddings (text-output space).
+METHODS = ("linear", "prototype", "prompt", "zeroshot", "coop", "cones")
+TEXT_METHODS = ("zeroshot", "coop", "cones")  # need an encoder with a text tower (ENCODERS[...].has_text)
+
+
 @dataclass
 class Head:
-    """``method``: one of adapt.METHODS. ``encoder``: a key of encoders.ENCODERS. ``class_names`` in score order.
+    """``method``: one of METHODS. ``encoder``: a key of encoders.ENCODERS. ``class_names`` in score order.
     ``multi_label``: sigmoid per class (else softmax over classes). ``arrays``: the method's parameters
     (``weight (C, D)``, ``bias (C,)``; optional ``center (D,)``, ``prompt`` with the encoder's input shape,
     ``class_embeddings``,

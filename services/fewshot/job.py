@@ -43,8 +43,8 @@ MAX_UNREADABLE_LISTED = 20
 def check_request(encoder: str, method: str) -> Any:
     """The encoder's ``EncoderInfo``; ``SupportError`` for an unknown encoder or method, or a text method on an
     encoder without a text tower (the gateway answers these with 422 before queueing)."""
-    from services.fewshot.adapt import METHODS, TEXT_METHODS
     from services.fewshot.encoders import ENCODERS
+    from services.fewshot.heads import METHODS, TEXT_METHODS
 
     info = ENCODERS.get(encoder)
     if info is None:

@@ -16,7 +16,7 @@ from collections.abc import Iterable
 import numpy as np
 
 from services.fewshot import adapt as A
-from services.fewshot import encoders
+from services.fewshot import networks
 from services.fewshot.heads import apply
 from services.fewshot.tasks import Task, draw_support
 
@@ -42,7 +42,7 @@ def metrics(scores: np.ndarray, labels: np.ndarray, multi_label: bool) -> dict[s
 
 
 def run(task: Task, encoder: str, methods: Iterable[str], shots: Iterable[int], seeds: Iterable[int]) -> list[dict]:
-    test_feats = encoders.features(encoder, task.test_images)
+    test_feats = networks.features(encoder, task.test_images)
     rows = []
     for method in methods:
         zero = None
@@ -57,7 +57,7 @@ def run(task: Task, encoder: str, methods: Iterable[str], shots: Iterable[int], 
                     idx = draw_support(task, n, seed)
                     head = A.adapt(encoder, method, task.class_names, task.pool_images[idx], task.pool_labels[idx],
                                    task.multi_label, seed=seed)
-                feats = test_feats if head.prompt is None else encoders.features(encoder, task.test_images,
+                feats = test_feats if head.prompt is None else networks.features(encoder, task.test_images,
                                                                                  prompt=head.prompt)
                 m = metrics(apply(head, feats), task.test_labels, task.multi_label)
                 rows.append({"task": task.name, "encoder": encoder, "method": method, "shots": n, "seed": seed,

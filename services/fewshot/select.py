@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from services.fewshot import adapt as A
-from services.fewshot import encoders, protocol, tasks
+from services.fewshot import encoders, networks, protocol, tasks
 from services.fewshot.heads import Head, apply
 
 log = logging.getLogger(__name__)
@@ -64,7 +64,7 @@ def score_adapted(task: tasks.Task) -> dict[str, dict]:
                 rest = np.sort(np.random.default_rng(s).choice(rest, min(HELD, len(rest)), replace=False))
                 head = A.adapt(encoder, method, task.class_names, task.pool_images[idx], task.pool_labels[idx],
                                task.multi_label, s)
-                f = encoders.features(encoder, task.pool_images[rest], prompt=head.prompt)
+                f = networks.features(encoder, task.pool_images[rest], prompt=head.prompt)
                 out.append(protocol.metrics(apply(head, f), task.pool_labels[rest], task.multi_label)["auc"])
                 secs.append(head.meta["adaptation_seconds"])
         return {"auc_mean": round(float(np.mean(out)), 4), "auc_per_draw": [round(x, 4) for x in out],
@@ -110,7 +110,7 @@ def main() -> None:
         if encoder == "chest-vlm" and not (encoders.vlm_checkpoint() / "model.pt").exists():
             continue
         task = tasks.TASKS[name]()
-        feats = encoders.features(encoder, task.pool_images)
+        feats = networks.features(encoder, task.pool_images)
         result[f"{name} / {encoder}"] = score_pool(task, encoder, feats)
         log.info("%s / %s: %s", name, encoder, json.dumps(result[f"{name} / {encoder}"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)

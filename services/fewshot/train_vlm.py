@@ -29,7 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from services.fewshot import encoders, vlm
+from services.fewshot import encoders, networks, vlm
 
 log = logging.getLogger(__name__)
 VIEWS = 3  # cached views per bank image: the render and two augmented copies
@@ -53,9 +53,9 @@ def bank_features(seed: int = 0) -> tuple[np.ndarray, np.ndarray, list[tuple[str
         return np.load(path)["features"], bank, combos
     rng = np.random.default_rng(seed)
     x = bank.astype(np.float32)[:, None] / 255.0  # == encoders.preprocess of a rendered image (already normalised)
-    views = [encoders.features("chest", x)]
+    views = [networks.features("chest", x)]
     for _ in range(VIEWS - 1):
-        views.append(encoders.features("chest", np.concatenate([data.augment(x[s:s + 256], rng)
+        views.append(networks.features("chest", np.concatenate([data.augment(x[s:s + 256], rng)
                                                                   for s in range(0, len(x), 256)])))
     out = np.stack(views).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -109,7 +109,7 @@ def train(steps: int = 1500, seed: int = 0, batch: int = 256, lr: float = 2e-3) 
     report_combo = np.array([combo_ids[data.combo_of(r.labels)] for r in reports])
     choices = [np.flatnonzero(bank_combo == k) for k in report_combo]
     val_images = data.eval_images(corpus.splits["val"], "val").astype(np.float32)[:, None] / 255.0
-    val_feats = encoders.features("chest", val_images)
+    val_feats = networks.features("chest", val_images)
     val_labels = corpus.labels("val")
     prep_s = time.perf_counter() - t0
 

@@ -22,7 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from services.fewshot.encoders import ChestEncoder, load_chest, vlm_checkpoint
+from services.fewshot.encoders import vlm_checkpoint
+from services.fewshot.networks import ChestEncoder, load_chest
 
 JOINT_DIM = 256
 TEXT_DIM = 384

@@ -119,9 +119,9 @@ def check_prediction(body: dict, task: dict, manifest: dict) -> np.ndarray:
 def test_register_adapt_and_predict_with_provenance(stack, key: str, ready_task: dict, manifest: dict,  # noqa: ANN001
                                                     support: tuple[bytes, dict[str, bytes]],
                                                     renders: dict[str, list[bytes]]) -> None:
-    from services.fewshot.encoders import features
     from services.fewshot.heads import Head, apply
     from services.fewshot.job import prepare
+    from services.fewshot.networks import features
     from services.fewshot.support import read_image
 
     task = ready_task
@@ -244,8 +244,8 @@ def test_predict_refuses_wrong_inputs_and_delete_removes_the_task(stack, key: st
 
 def same_as_in_process(encoder: str, head_bytes: bytes, x: np.ndarray, scores: list[dict]) -> None:
     """Triton's encoder + the gateway's head give the in-process torch encoder's scores."""
-    from services.fewshot.encoders import features
     from services.fewshot.heads import Head, apply
+    from services.fewshot.networks import features
 
     expected = apply(Head.from_bytes(head_bytes), features(encoder, x[None]))[0]
     np.testing.assert_allclose([s["score"] for s in scores], expected, atol=1e-3)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.fewshot import adapt as A
-from services.fewshot import encoders
+from services.fewshot import encoders, networks
 from services.fewshot.heads import Head, apply
 
 
@@ -59,7 +59,7 @@ def test_adapt_on_the_chest_encoder_round_trips() -> None:
     images = _images(6)
     head = A.adapt("chest", "prototype", ["a", "b"], images, np.array([0, 1, 0, 1, 0, 1]), False, seed=2)
     assert head.meta["support_images"] == 6 and head.meta["adaptation_seconds"] >= 0
-    feats = encoders.features("chest", images)
+    feats = networks.features("chest", images)
     assert feats.shape == (6, encoders.ENCODERS["chest"].feature_dim)
     back = Head.from_bytes(head.to_bytes())
     np.testing.assert_allclose(apply(back, feats), apply(head, feats), rtol=1e-6)
@@ -70,7 +70,7 @@ def test_prompt_tuning_learns_a_prompt_of_the_input_shape() -> None:
     head = A.adapt("chest", "prompt", ["a", "b"], images, np.array([0, 1, 0, 1]), False, seed=0)
     assert head.prompt is not None and head.prompt.shape == encoders.ENCODERS["chest"].input_shape
     assert np.abs(head.prompt).max() <= A.PROMPT_LIMIT + 1e-6
-    scores = apply(head, encoders.features("chest", images, prompt=head.prompt))
+    scores = apply(head, networks.features("chest", images, prompt=head.prompt))
     assert scores.shape == (4, 2)
 
 
@@ -79,7 +79,7 @@ def test_encoders_follow_the_table() -> None:
 
     for name in ("chest", "ct"):
         meta = encoders.ENCODERS[name]
-        net = encoders.load_encoder(name)
+        net = networks.load_encoder(name)
         x = torch.zeros(2, *meta.input_shape)
         assert tuple(net(x, x).shape) == (2, meta.feature_dim)
     patch = np.full((20, 40, 40), -1000.0, np.float32)

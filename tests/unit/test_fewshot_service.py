@@ -138,7 +138,7 @@ def test_adaptation_job_stores_head_and_provenance(renders: dict[str, list[bytes
     assert sorted(f["sha256"] for f in provenance["support_set"]["files"]) == sorted(sha256(d) for d in files.values())
     head = Head.from_bytes(head_bytes)
     assert head.class_names == ["normal", "effusion", "cardiomegaly"] and head.prompt is None
-    from services.fewshot.encoders import features
+    from services.fewshot.networks import features
 
     x = np.stack([prepare("chest", *read_image("radiograph", renders["effusion"][0]))])
     scores = apply(head, features("chest", x))
@@ -186,3 +186,17 @@ def test_registry_and_export_follow_the_encoder_table() -> None:
     spec = SPECS[ENCODERS["chest"].triton_model]()
     assert [t.name for t in spec.inputs] == ["image", "prompt"] and [t.name for t in spec.outputs] == ["features"]
     assert spec.outputs[0].shape == (ENCODERS["chest"].feature_dim,) and spec.checkpoint is not None
+
+
+def test_gateway_path_imports_no_torch() -> None:
+    """The predict route reads the encoder table, preprocesses a radiograph and applies a head: none of that may load
+    PyTorch into the gateway process (hundreds of MB per worker)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, numpy as np\n"
+            "import gateway.api.routes.fewshot\n"
+            "from services.fewshot import encoders, heads, job, support\n"
+            "job.prepare('chest', np.random.default_rng(0).random((64, 80)).astype(np.float32), None)\n"
+            "assert 'torch' not in sys.modules, 'torch imported'\n")
+    subprocess.run([sys.executable, "-c", code], check=True)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from services.fewshot import adapt as A
-from services.fewshot import encoders, protocol, tasks, vlm
+from services.fewshot import encoders, networks, protocol, tasks, vlm
 from services.fewshot.heads import Head, apply
 
 needs_vlm = pytest.mark.skipif(not (encoders.vlm_checkpoint() / "model.pt").exists(),
@@ -27,7 +27,7 @@ def test_text_heads_live_in_the_joint_space(multi_label: bool) -> None:
     rng = np.random.default_rng(0)
     images = rng.random((6, *encoders.ENCODERS["chest-vlm"].input_shape), dtype=np.float32)
     labels = np.eye(3, dtype=np.float32)[np.arange(6) % 3] if multi_label else np.arange(6) % 3
-    feats = encoders.features("chest-vlm", images)
+    feats = networks.features("chest-vlm", images)
     np.testing.assert_allclose(np.linalg.norm(feats, axis=1), 1.0, rtol=1e-4)
     for method in ("zeroshot", "coop", "cones"):
         head = A.adapt("chest-vlm", method, names, images, labels, multi_label, seed=0)
