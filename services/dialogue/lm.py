@@ -159,7 +159,11 @@ class SmolLM(nn.Module):
         keys = torch.arange(s + p)
         allowed = keys[None, :] <= (torch.arange(s) + p)[:, None]
         mask = torch.zeros(s, s + p).masked_fill(~allowed, float("-inf"))[None, None]
-        x = self.embed_tokens(input_ids)
+        return self.run_layers(self.embed_tokens(input_ids), cos, sin, mask, past_key, past_value)
+
+    def run_layers(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: torch.Tensor,
+                   past_key: torch.Tensor, past_value: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Embedded tokens through every block with its cache → (normed hidden states, present keys, values)."""
         ks, vs = [], []
         for i, layer in enumerate(self.layers):
             x, k, v = layer(x, cos, sin, mask, past_key[:, i], past_value[:, i])
@@ -311,13 +315,8 @@ def _rows_forward(model: SmolLM, ids: torch.Tensor, positions: torch.Tensor, mas
     freqs = positions.to(torch.float32)[..., None] * model.inv_freq
     emb = torch.cat([freqs, freqs], dim=-1)[:, None]  # (B, 1, S, Dh)
     cos, sin = emb.cos(), emb.sin()
-    x = model.embed_tokens(ids)
-    ks, vs = [], []
-    for i, layer in enumerate(model.layers):
-        x, k, v = layer(x, cos, sin, mask, past_key[:, i], past_value[:, i])
-        ks.append(k)
-        vs.append(v)
-    return model.logits(model.norm(x)[:, -1]), torch.stack(ks, dim=1), torch.stack(vs, dim=1)
+    hidden, keys, values = model.run_layers(model.embed_tokens(ids), cos, sin, mask, past_key, past_value)
+    return model.logits(hidden[:, -1]), keys, values
 
 
 @torch.no_grad()
