@@ -58,9 +58,9 @@ VF_CHECKPOINT = CHECKPOINTS / "pctnet_cpu_vfpretrain_v2"
 RESULTS = CHECKPOINTS / "label_efficiency"
 WORK = ROOT / ".cache" / "seg_runs" / "label_efficiency"
 ARMS: tuple[str, ...] = ("vf", "scratch")
-#: fine-tuning iterations (batch 2). At about 1.5-1.7 s per iteration (1 thread, bfloat16, a 2-core
-#: AVX-512 BF16 machine) one seed of both arms costs 2 x 1,400 iterations, about 75 min of one core,
-#: and the whole matrix 8,400 iterations, about 4 core-hours plus about 1 min of scoring per run.
+#: fine-tuning iterations (batch 2). The matrix is 2 x 3 x 1,400 = 8,400 iterations: at about 1.5 s per
+#: iteration on an idle core (1 thread, bfloat16, AVX-512 BF16 CPU) 3.5 core-hours, plus the scoring of
+#: each run (4-6 min at 1 thread on a loaded machine); 3.8-5.5 s per iteration when the cores are shared.
 BUDGETS: tuple[int, ...] = (100, 300, 1000)
 SEEDS: tuple[int, ...] = (0, 1, 2)
 #: identical for both arms

@@ -10,9 +10,10 @@ Both write ``model.safetensors``, ``config.json`` and ``metrics.json`` into ``--
 (services/segmentation/checkpoints.py). ``--save-every S`` makes a run resumable: every S seconds, and
 on SIGTERM / Ctrl-C, it writes ``train_state.pt`` (weights, Adam state, iteration, random states) into
 ``--out``; the same command run again continues from there. VF pretraining reads the unannotated
-volumes of ``--vf-data`` (services/segmentation/vf_data.py) plus ``--synthetic`` synthetic CTs. The budget is ``--iterations``: the learning rate follows a
-polynomial decay over it. ``--max-seconds`` (old name ``--seconds``) only stops a run early; config.json
-records the iterations done, the seed and the data version (services/common/training.py).
+volumes of ``--vf-data`` (services/segmentation/vf_data.py) plus ``--synthetic`` synthetic CTs.
+The budget is ``--iterations``: the learning rate follows a polynomial decay over it.
+``--max-seconds`` (old name ``--seconds``) only stops a run early; config.json records the iterations
+done, the seed and the data version (services/common/training.py).
 Loss 0.5·Dice + 0.5·CE, Adam (lr 1e-3, weight decay 1e-5), as in MIS-FM.
 """
 
