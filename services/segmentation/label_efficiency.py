@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import datetime as dt
 import fcntl
-import hashlib
 import json
 import logging
 import math
@@ -45,6 +44,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from export.manifest import sha256_file
 
 __all__ = ["ARMS", "BUDGETS", "SEEDS", "VF_CHECKPOINT", "RESULTS", "Run", "plan", "recorded", "pending",
            "aggregate", "t_interval", "report", "summary_table", "main"]
@@ -213,14 +214,6 @@ def _lock(path: Path) -> Iterator[bool]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 def _git_commit() -> str:
     out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
     return out or "unknown"
@@ -260,7 +253,7 @@ def execute(run: Run, vf_checkpoint: Path, work: Path, save_every: float) -> dic
         vf_config = checkpoints.load_config(init)
         init_info = {"from": str(Path(init).relative_to(ROOT)) if Path(init).is_relative_to(ROOT) else str(init),
                      "vf_iterations": vf_config.get("iterations"),
-                     "weights_sha256": _sha256(Path(init) / checkpoints.WEIGHTS),
+                     "weights_sha256": sha256_file(Path(init) / checkpoints.WEIGHTS),
                      "tensors_not_loaded": config["init"].get("tensors_not_loaded")}
     synthetic = metrics.get("synthetic_validation", {}).get("dice", {})
     return {
