@@ -1,0 +1,190 @@
+"""The new-task transfer check (issue #21 item 4, after the paper): a Hermes-R trained without a task
+learns it from a few labelled volumes through **its task token only**, against a single-task model
+trained from scratch on the same volumes for the same number of iterations.
+
+    python -m services.hermes.task_transfer --pretrained runs/hermes/hermes_no_lung_tumour_s0 \
+        --task lung_tumour --train lung2 --test lung1 --iterations N --seed 0 --threads 1 \
+        --out runs/hermes/transfer_lung_tumour_s0
+
+Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the
+five fusion layers' task tables; a gradient hook zeroes the other rows, and Adam runs without weight
+decay, so their moments stay zero and they do not move (checked after training: any other change
+raises). The new row starts as the mean of the checkpoint's trained tokens of the task's modality
+(``init="modality_mean"``; ``"keep"`` leaves the table's row). Samples are presented in the
+``modality`` task context (services/hermes/train.py) with the checkpoint's tasks plus the new one, the
+new one supervised. The baseline (`train_single_task`) is the multi-head network with one output
+channel, all parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with decay).
+
+Writes ``<out>/token`` (a Hermes checkpoint whose task list includes the new task), ``<out>/single``
+and ``<out>/comparison.json``: Dice of both on every ``--test`` volume on the 3 mm grid (threshold 0.5).
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from services.common.training import Budget
+from services.hermes.data import GridVolume, load_source_volume
+from services.hermes.inference import HermesModel, HermesSegmenter
+from services.hermes.network import HermesR, count_parameters
+from services.hermes.tasks import TASK_NAMES, TASKS, get_task
+from services.hermes.train import LR, Batches, TrainingData, build_network, fit, load_model, source_data, step_loss
+from services.segmentation import checkpoints
+from services.segmentation import train as seg_train
+from services.segmentation.train import bf16_available
+
+__all__ = ["INITS", "learn_task_token", "train_single_task", "dice", "main"]
+
+log = logging.getLogger(__name__)
+
+INITS = ("modality_mean", "keep")
+
+
+def _tables(net: HermesR) -> list[torch.nn.Parameter]:
+    return [fusion.task_table for fusion in net.fusions]
+
+
+def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
+                     iterations: int, seed: int = 0, lr: float = LR, init: str = "modality_mean",
+                     batch_size: int = 2, amp: bool = False) -> tuple[HermesR, dict[str, Any]]:
+    """A copy of ``pretrained`` whose only change is row ``task`` of every fusion layer's task table,
+    trained on ``data`` for ``iterations`` steps. Returns it and the training stats."""
+    if task in trained_tasks:
+        raise ValueError(f"task {TASK_NAMES[task]} is already among the checkpoint's trained tasks")
+    if init not in INITS:
+        raise ValueError(f"unknown init {init!r}; inits: {', '.join(INITS)}")
+    if task not in data.tasks:
+        raise ValueError(f"the data does not label {TASK_NAMES[task]}; it labels {[TASK_NAMES[t] for t in data.tasks]}")
+    net = copy.deepcopy(pretrained)
+    before = {k: v.detach().clone() for k, v in net.state_dict().items()}
+    peers = [t for t in trained_tasks if TASKS[t].modality == TASKS[task].modality]
+    tables = _tables(net)
+    with torch.no_grad():
+        for table in tables:
+            if init == "modality_mean" and peers:
+                table[task] = table[peers].mean(dim=0)
+    for p in net.parameters():
+        p.requires_grad_(False)
+    row = torch.zeros(tables[0].shape[0], 1)
+    row[task] = 1.0
+    hooks = []
+    for table in tables:
+        table.requires_grad_(True)
+        hooks.append(table.register_hook(lambda grad: grad * row.to(grad.dtype)))
+    context = tuple(sorted({*trained_tasks, task}))
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    batches = Batches(data.sampler, context, rng, batch_size, "modality", 0.0)
+    stats = fit(net, _supervise_only(batches, task), step_loss(net, context), Budget(iterations), lr,
+                weight_decay=0.0, amp=amp, parameters=tables, log_every=max(1, iterations // 20))
+    for h in hooks:
+        h.remove()
+    moved = [k for k, v in net.state_dict().items()
+             if not torch.equal(v, before[k]) and not (k.endswith("task_table") and _only_row(v, before[k], task))]
+    if moved:
+        raise RuntimeError(f"token learning changed frozen tensors: {moved}")
+    return net, {**stats, "init": init, "trained_parameters": len(tables) * tables[0].shape[1]}
+
+
+def _only_row(new: torch.Tensor, old: torch.Tensor, row: int) -> bool:
+    keep = torch.ones(new.shape[0], dtype=torch.bool)
+    keep[row] = False
+    return torch.equal(new[keep], old[keep])
+
+
+def _supervise_only(batches: Batches, task: int) -> Callable[[], dict[str, torch.Tensor]]:
+    """Batches whose supervision is limited to ``task`` (a few-volume source may label more)."""
+
+    def next_batch() -> dict[str, torch.Tensor]:
+        batch = batches()
+        batch["supervised"] &= batch["tasks"] == task
+        return batch
+
+    return next_batch
+
+
+def train_single_task(task: int, data: TrainingData, iterations: int, config: Any, seed: int = 0, lr: float = LR,
+                      batch_size: int = 2, amp: bool = False) -> tuple[torch.nn.Module, dict[str, Any]]:
+    """The baseline: a one-channel multi-head network trained from scratch on ``data`` (``task`` only)."""
+    torch.manual_seed(seed)
+    net = build_network("single", (task,), config)
+    rng = np.random.default_rng(seed)
+    batches = Batches(data.sampler, (task,), rng, batch_size, "labelled", 0.0)
+    stats = fit(net, batches, step_loss(net, (task,)), Budget(iterations), lr, amp=amp,
+                log_every=max(1, iterations // 20))
+    return net, stats
+
+
+def dice(model: HermesModel, volume: GridVolume, task: int, segmenter: HermesSegmenter | None = None) -> float:
+    """Dice of ``task`` on a volume already on the model grid (threshold 0.5); NaN when both are empty."""
+    segmenter = segmenter or HermesSegmenter()
+    run = segmenter.run_list(model, (TASKS[task],), volume.modality)
+    prob = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)[run.index(TASKS[task])]
+    pred, truth = prob > 0.5, volume.masks[TASK_NAMES[task]]
+    total = int(pred.sum() + truth.sum())
+    return float("nan") if total == 0 else 2.0 * float((pred & truth).sum()) / total
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m services.hermes.task_transfer", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--pretrained", required=True, type=Path, help="Hermes checkpoint trained without --task")
+    parser.add_argument("--task", required=True, help="the new task's name")
+    parser.add_argument("--train", required=True, help="comma-separated source volumes with its labels")
+    parser.add_argument("--test", default="", help="comma-separated held-out source volumes")
+    parser.add_argument("--iterations", type=int, required=True)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--threads", type=int, default=None)
+    parser.add_argument("--out", required=True, type=Path)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    seg_train._setup(args.seed, args.threads)
+    task = get_task(args.task).index
+    pretrained, cfg = load_model(args.pretrained)
+    if not isinstance(pretrained, HermesR):
+        parser.error(f"{args.pretrained} is a {cfg['variant']} checkpoint, not Hermes-R")
+    trained = tuple(TASK_NAMES.index(n) for n in cfg["tasks"])
+    data = source_data([s for s in args.train.split(",") if s], (task,))
+    amp = bf16_available()
+    token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, args.lr,
+                                              amp=amp)
+    single_net, single_stats = train_single_task(task, data, args.iterations, pretrained.config, args.seed, args.lr,
+                                                 amp=amp)
+    with_new = tuple(sorted({*trained, task}))
+    common = {"family": "hermes", "model": pretrained.config.to_dict(), "patch": cfg["patch"],
+              "preprocessing": cfg["preprocessing"], "sources": list(data.sources), "seed": args.seed,
+              "iterations": args.iterations, "data_version": data.version, "transfer_task": args.task}
+    checkpoints.save(args.out / "token", token_net,
+                     {**common, "variant": "hermes", "architecture": "HermesR",
+                      "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": str(args.pretrained),
+                      "parameters": count_parameters(token_net)},
+                     {**token_stats, "task": "hermes-token-transfer"})
+    single_cfg = {**common, "variant": "single", "architecture": "MultiHeadUNet", "tasks": [args.task],
+                  "output_channels": [args.task], "parameters": count_parameters(single_net)}
+    single_cfg["model"] = single_net.config.to_dict()  # type: ignore[union-attr]
+    checkpoints.save(args.out / "single", single_net, single_cfg, {**single_stats, "task": "hermes-single-transfer"})
+    token_model = HermesModel(token_net, with_new)
+    single_model = HermesModel(single_net, (task,))
+    result: dict[str, Any] = {"task": args.task, "train": list(data.sources), "iterations": args.iterations,
+                              "seed": args.seed, "dice": {}}
+    for name in [s for s in args.test.split(",") if s]:
+        volume = load_source_volume(name)
+        scores = {"token": dice(token_model, volume, task), "single": dice(single_model, volume, task)}
+        result["dice"][name] = {k: None if np.isnan(v) else round(v, 4) for k, v in scores.items()}
+    (args.out / "comparison.json").write_text(json.dumps(result, indent=2) + "\n")
+    print(args.out / "comparison.json")  # noqa: T201 - CLI output
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,111 @@
+"""Hermes whole-volume inference at tiny size: results on the input grid (oblique, anisotropic inputs),
+the task-list policy, channel selection of the multi-head networks, bad requests, checkpoints."""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+import torch
+
+from services.common.volume import Volume
+from services.hermes.inference import HermesModel, HermesSegmenter, to_grid
+from services.hermes.network import HermesConfig, HermesR, MultiHeadUNet
+from services.hermes.tasks import TASK_NAMES, TaskModalityError
+
+TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
+PATCH = (16, 32, 32)
+ALL = tuple(range(len(TASK_NAMES)))
+
+
+def _oblique(values: tuple[float, float], seed: int) -> Volume:
+    """An anisotropic, non-axis-aligned volume (rotated 20° about z and 10° about x)."""
+    rotation = sitk.Euler3DTransform()
+    rotation.SetRotation(np.deg2rad(10.0), 0.0, np.deg2rad(20.0))
+    direction = tuple(float(v) for v in rotation.GetMatrix())
+    rng = np.random.default_rng(seed)
+    array = rng.uniform(*values, (14, 30, 26)).astype(np.float32)
+    array[4:10, 8:20, 6:18] += 0.5 * (values[1] - values[0])
+    return Volume(array, (1.7, 2.3, 4.0), (-31.5, 12.25, 50.0), direction)
+
+
+@pytest.fixture(scope="module")
+def hermes() -> HermesModel:
+    torch.manual_seed(0)
+    return HermesModel(HermesR(TINY).eval(), ALL)
+
+
+@pytest.mark.parametrize("modality, values, requests", [
+    ("CT", (-1000.0, 400.0), (["liver"], ["spleen", "liver", "lung_tumour"])),
+    ("MR", (0.0, 800.0), (["brain"], ["white_matter", "brain"])),
+])
+def test_results_are_on_the_input_grid(hermes: HermesModel, modality: str, values: tuple[float, float],
+                                       requests: tuple[list[str], ...]) -> None:
+    volume = _oblique(values, seed=len(modality))
+    grid = to_grid(volume, modality)
+    assert grid.orientation_code() == "LPS" and np.allclose(grid.spacing, 3.0)
+    segmenter = HermesSegmenter(patch_size=PATCH)
+    for request in requests:
+        result = segmenter(volume, hermes, request, modality)
+        assert result.probabilities.shape == (len(request), *grid.shape)
+        outputs = [result.label_map(), *(result.probability(t) for t in request), *(result.mask(t) for t in request)]
+        for out in outputs:
+            assert out.same_grid(volume, atol=1e-9), (out.spacing, out.origin, out.direction)
+        labels = outputs[0].array
+        assert labels.dtype == np.uint8 and labels.max() <= len(request)
+        assert set(np.unique(result.mask(request[0]).array)) <= {0, 1}
+
+
+def test_modality_policy_makes_a_task_independent_of_the_request(hermes: HermesModel) -> None:
+    volume = _oblique((-1000.0, 400.0), seed=3)
+    full = HermesSegmenter(patch_size=PATCH)
+    alone = full(volume, hermes, ["liver"], "CT")
+    crowd = full(volume, hermes, ["spleen", "liver"], "CT")
+    assert [t.name for t in alone.run_tasks] == list(TASK_NAMES[:12])  # every CT task, index order
+    np.testing.assert_array_equal(alone.probabilities[0], crowd.probabilities[1])
+    exact = HermesSegmenter(patch_size=PATCH, policy="requested")
+    a, b = exact(volume, hermes, ["liver"], "CT"), exact(volume, hermes, ["spleen", "liver"], "CT")
+    assert [t.name for t in b.run_tasks] == ["spleen", "liver"]
+    assert not np.array_equal(a.probabilities[0], b.probabilities[0])  # why the default is "modality"
+    unknown = HermesSegmenter(patch_size=PATCH, use_modality_prior=False)(volume, hermes, ["liver"], "CT")
+    assert not np.array_equal(unknown.probabilities[0], alone.probabilities[0])
+
+
+def test_multihead_networks_return_their_requested_channels() -> None:
+    torch.manual_seed(0)
+    single = HermesModel(MultiHeadUNet(dataclasses.replace(TINY, num_tasks=2)).eval(), (12, 13))
+    volume = _oblique((0.0, 800.0), seed=4)
+    segmenter = HermesSegmenter(patch_size=PATCH)
+    both = segmenter(volume, single, ["grey_matter", "brain"], "MR")
+    brain = segmenter(volume, single, ["brain"], "MR")
+    np.testing.assert_allclose(both.probabilities[1], brain.probabilities[0], atol=1e-6)
+    assert [t.name for t in both.run_tasks] == ["grey_matter", "brain"]  # no priors: nothing else to run
+    with pytest.raises(ValueError, match="not trained for task"):
+        segmenter(volume, single, ["white_matter"], "MR")
+
+
+def test_bad_requests(hermes: HermesModel) -> None:
+    volume = _oblique((-1000.0, 400.0), seed=5)
+    segmenter = HermesSegmenter(patch_size=PATCH)
+    with pytest.raises(TaskModalityError):
+        segmenter(volume, hermes, ["liver", "brain"], "CT")
+    with pytest.raises(ValueError, match="empty task list"):
+        segmenter(volume, hermes, [], "CT")
+    with pytest.raises(ValueError, match="not trained"):
+        segmenter(volume, HermesModel(hermes.net, (0, 1)), ["lung_tumour"], "CT")
+    with pytest.raises(ValueError, match="policy"):
+        HermesSegmenter(policy="all")
+
+
+def test_a_trained_checkpoint_serves_its_tasks(tmp_path: Path) -> None:
+    from services.hermes.train import train
+    from tests.unit.test_hermes_train import tiny_data
+
+    train("hermes", tmp_path / "h", 1, tiny_data(("organs",)), config=TINY, amp=False, threads=1)
+    model = HermesModel.from_checkpoint(tmp_path / "h")
+    assert model.tasks == (0, 1) and model.has_priors
+    result = HermesSegmenter(patch_size=PATCH)(_oblique((-1000.0, 400.0), seed=6), model, "spleen", "CT")
+    assert [t.name for t in result.run_tasks] == ["liver", "spleen"]
