@@ -1,6 +1,6 @@
 """Whole-volume Hermes inference: model grid → sliding window → per-task sigmoid → input grid.
 
-    model = HermesModel.from_checkpoint("runs/hermes/hermes_s0")
+    model = HermesModel.from_checkpoint(".cache/hermes_runs/hermes_s0")
     result = HermesSegmenter()(ct, model, "liver,spleen", "CT")
     result.probability("liver")     # float32 Volume on ct's own grid (linear resampling)
     result.mask("liver")            # uint8 0/1 Volume on ct's grid (probability > 0.5)

@@ -2,9 +2,9 @@
 learns it from a few labelled volumes through **its task token only**, against a single-task model
 trained from scratch on the same volumes for the same number of iterations.
 
-    python -m services.hermes.task_transfer --pretrained runs/hermes/hermes_no_lung_tumour_s0 \
+    python -m services.hermes.task_transfer --pretrained .cache/hermes_runs/hermes_no_lung_tumour_s0 \
         --task lung_tumour --train lung2 --test lung1 --iterations N --seed 0 --threads 1 \
-        --out runs/hermes/transfer_lung_tumour_s0
+        --out .cache/hermes_runs/transfer_lung_tumour_s0
 
 Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the
 five fusion layers' task tables; a gradient hook zeroes the other rows, and Adam runs without weight
