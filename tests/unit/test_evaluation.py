@@ -64,6 +64,17 @@ def test_table_marks_a_loss() -> None:
     assert row.startswith("| m | x ↑ | 0.15 | copy | 0.55 |") and row.endswith("**no** |")
 
 
+@pytest.mark.parametrize(("ci95", "ours_wins", "expected"), [
+    ([0.1, 0.3], True, "yes"), ([-0.1, 0.3], True, "yes (interval includes 0)"),
+    ([-0.3, -0.1], False, "**no**"), ([-0.3, 0.1], False, "**no** (interval includes 0)"),
+    ([-0.3, -0.1], True, "yes"),  # lower is better: ours − baseline below 0 is a decided win
+    (None, True, "yes (no interval)"),
+])
+def test_verdict_says_when_the_interval_includes_zero(ci95: list[float] | None, ours_wins: bool,
+                                                      expected: str) -> None:
+    assert evaluate.verdict({"ci95": ci95, "ours_wins": ours_wins}) == expected
+
+
 def test_unknown_family_names_the_registered_ones() -> None:
     with pytest.raises(KeyError, match="registered"):
         evaluate.resolve(["no-such-family"])
