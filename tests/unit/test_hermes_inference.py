@@ -109,3 +109,21 @@ def test_a_trained_checkpoint_serves_its_tasks(tmp_path: Path) -> None:
     assert model.tasks == (0, 1) and model.has_priors
     result = HermesSegmenter(patch_size=PATCH)(_oblique((-1000.0, 400.0), seed=6), model, "spleen", "CT")
     assert [t.name for t in result.run_tasks] == ["liver", "spleen"]
+
+
+def test_heldout_scores_every_labelled_task_of_every_test_volume_once(hermes: HermesModel,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import heldout
+    from services.hermes.data import GridVolume
+    from services.hermes.tasks import Modality
+
+    rng = np.random.default_rng(0)
+    ct = GridVolume("ct", Volume(rng.uniform(-1, 1, (16, 32, 32)).astype(np.float32), (3.0, 3.0, 3.0)),
+                    Modality.CT, {"liver": np.zeros((16, 32, 32), bool)})
+    ct.masks["liver"][4:10, 8:20, 8:20] = True
+    mr = GridVolume("mr", Volume(rng.uniform(-1, 1, (16, 32, 32)).astype(np.float32), (3.0, 3.0, 3.0)),
+                    Modality.MR, {"brain": np.zeros((16, 32, 32), bool)})  # empty label: Dice is None or 0
+    monkeypatch.setattr(heldout, "test_volumes", lambda: {"ct": ct, "mr": mr})
+    scores = heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH))
+    assert set(scores) == {"ct:liver", "mr:brain"}
+    assert 0.0 <= scores["ct:liver"] <= 1.0 and scores["mr:brain"] in (None, 0.0)
