@@ -1,11 +1,11 @@
 """Training of Hermes-R and its two baselines on the same data plumbing and the same iteration budget.
 
-    python -m services.hermes.train hermes    --out runs/hermes/hermes_s0    --iterations N --seed 0 --threads 1 \
-        --save-every 600
-    python -m services.hermes.train multihead --out runs/hermes/multihead_s0 --iterations N --seed 0 --threads 1 \
-        --save-every 600
-    python -m services.hermes.train single    --out runs/hermes/single_ct_lung_tumour_s0 --dataset ct_lung_tumour \
-        --iterations N --seed 0 --threads 1 --save-every 600
+    python -m services.hermes.train hermes    --out .cache/hermes_runs/hermes_s0    --iterations N --seed 0 \
+        --threads 1 --save-every 600
+    python -m services.hermes.train multihead --out .cache/hermes_runs/multihead_s0 --iterations N --seed 0 \
+        --threads 1 --save-every 600
+    python -m services.hermes.train single    --out .cache/hermes_runs/single_ct_lung_tumour_s0 \
+        --dataset ct_lung_tumour --iterations N --seed 0 --threads 1 --save-every 600
 
 Variants (``VARIANTS``):
 
