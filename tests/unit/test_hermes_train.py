@@ -11,14 +11,14 @@ import numpy as np
 import pytest
 import torch
 
+from services.common import resumable
+from services.common.resumable import STATE, Interrupted
 from services.common.volume import Volume
 from services.hermes import task_transfer
 from services.hermes.data import GridVolume, MixedSampler, VolumeSampler
 from services.hermes.network import HermesConfig, HermesR, MultiHeadUNet
 from services.hermes.tasks import Modality
 from services.hermes.train import Batches, TrainingData, load_model, main, step_loss, train
-from services.segmentation import train as seg_train
-from services.segmentation.train import STATE, Interrupted
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 PATCH = (16, 32, 32)  # 1 × 2 × 2 at 1/16: instance norm needs more than one voxel
@@ -85,7 +85,7 @@ def test_stop_and_resume_continue_at_the_saved_iteration(tmp_path: Path) -> None
         def sample(self, rng: np.random.Generator):  # noqa: ANN201
             calls[0] += 1
             if calls[0] == 3:
-                seg_train._STOP.set()
+                resumable.STOP.set()
             return inner.sample(rng)
 
     stopped = TrainingData(Stopping(), data.tasks, data.sources, data.version)  # type: ignore[arg-type]
@@ -94,7 +94,7 @@ def test_stop_and_resume_continue_at_the_saved_iteration(tmp_path: Path) -> None
         with pytest.raises(Interrupted, match="iteration 2"):
             _train("hermes", out, 4, data=stopped, save_every_s=1e9)
     finally:
-        seg_train._STOP.clear()
+        resumable.STOP.clear()
     state = torch.load(out / STATE, weights_only=False)
     assert state["iteration"] == 2 and not (out / "model.safetensors").exists()
 

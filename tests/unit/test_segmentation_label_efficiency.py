@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from services.common import resumable
 from services.segmentation import label_efficiency as le
 from services.segmentation import train
 from services.segmentation.pctnet import PCTNetConfig, build_pctnet
@@ -117,7 +118,7 @@ def _batches(counter: list[int], stop_after: int | None = None):
     def next_batch() -> tuple[np.ndarray, np.ndarray]:
         counter.append(1)
         if stop_after is not None and len(counter) == stop_after:
-            train._STOP.set()  # as SIGTERM would, after this iteration's batch
+            resumable.STOP.set()  # as SIGTERM would, after this iteration's batch
         return rng.normal(size=(1, 1, 8, 32, 32)).astype(np.float32), rng.integers(0, 3, (1, 8, 32, 32))
     return next_batch, rng
 
@@ -126,26 +127,26 @@ def test_fit_saves_state_when_stopped_and_continues_from_it(tmp_path: Path) -> N
     torch.manual_seed(0)
     counter: list[int] = []
     next_batch, rng = _batches(counter, stop_after=2)
-    resume = train.Resume(tmp_path, {"iterations": 4, "seed": 0}, every_seconds=1e9, generators=(rng,))
+    resume = resumable.Resume(tmp_path, {"iterations": 4, "seed": 0}, every_seconds=1e9, generators=(rng,))
     try:
-        with pytest.raises(train.Interrupted, match="iteration 2"):
+        with pytest.raises(resumable.Interrupted, match="iteration 2"):
             train._fit(build_pctnet(TINY), next_batch, train.Budget(4), 1e-3, "t", False, resume=resume)
     finally:
-        train._STOP.clear()
-    state = torch.load(tmp_path / train.STATE, weights_only=False)
+        resumable.STOP.clear()
+    state = torch.load(tmp_path / resumable.STATE, weights_only=False)
     assert state["iteration"] == 2 and len(state["sessions"]) == 1
 
     counter2: list[int] = []
     next_batch2, rng2 = _batches(counter2)
-    resume2 = train.Resume(tmp_path, {"iterations": 4, "seed": 0}, every_seconds=1e9, generators=(rng2,))
+    resume2 = resumable.Resume(tmp_path, {"iterations": 4, "seed": 0}, every_seconds=1e9, generators=(rng2,))
     model = build_pctnet(TINY)
     stats = train._fit(model, next_batch2, train.Budget(4), 1e-3, "t", False, resume=resume2)
     assert stats["iterations"] == 4 and len(counter2) == 2  # only the two missing iterations ran
     assert [(s["from"], s["to"]) for s in stats["sessions"]] == [(0, 2), (2, 4)]
     # the data generator continued where the first session left it
-    assert rng2.bit_generator.state == torch.load(tmp_path / train.STATE, weights_only=False)["generators"][0]
+    assert rng2.bit_generator.state == torch.load(tmp_path / resumable.STATE, weights_only=False)["generators"][0]
 
-    other = train.Resume(tmp_path, {"iterations": 8, "seed": 0})
+    other = resumable.Resume(tmp_path, {"iterations": 8, "seed": 0})
     with pytest.raises(ValueError, match="another run"):
         other.load()
 
