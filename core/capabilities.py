@@ -97,6 +97,13 @@ UMCAM_PSEUDO_LABELS = Capability(
     "UM-CAM maps and GSE pseudo-label masks from slice-level labels", job_kind="umcam_pseudo_labels",
     task="workers.umcam_tasks.pseudo_labels", queue=VOLUMES_QUEUE, models=("umcam_cam",),
 )
+# universal segmentation (issue #21): one Hermes-R network, the request names the tasks (structures) and
+# the modality; masks of an image, so the segmentation scope
+HERMES = Capability(
+    "hermes", Scope.SEGMENTATION, "/v1/hermes", "universal segmentation of the requested tasks (CT organs, lung "
+    "tumour, brain structures) with task and modality priors (Hermes-R)", job_kind="hermes",
+    task="workers.hermes_tasks.segment_tasks", queue=VOLUMES_QUEUE, models=("hermes_r",),
+)
 # few-shot tasks (issue #22): the job adapts a head to a client's support set; prediction is synchronous
 # (encoder on Triton, head in the gateway). One served encoder is enough; the request names which one.
 # ``model_choices``: the Triton models of services.fewshot.encoders.ENCODERS
@@ -110,7 +117,7 @@ FEWSHOT = Capability(
 
 CAPABILITIES: tuple[Capability, ...] = (
     SEGMENTATION, LOCALIZATION_TEMPLATES, LOCALIZATION, MEDLSAM, REPORT, DIALOGUE, VALUATION, UMCAM,
-    UMCAM_PSEUDO_LABELS, FEWSHOT,
+    UMCAM_PSEUDO_LABELS, HERMES, FEWSHOT,
 )
 
 

@@ -21,6 +21,8 @@ TAGS = [
     {"name": "medlsam", "description": "Localize-then-segment jobs"},
     {"name": "umcam", "description": "Weakly supervised brain extraction on T1 MR (UM-CAM): brain-mask jobs and "
                                      "pseudo-label jobs from slice-level labels"},
+    {"name": "hermes", "description": "Universal segmentation (Hermes-R): masks of the requested tasks of a CT or MR "
+                                      "volume, one network for every task"},
     {"name": "reports", "description": "Radiology report generation from an X-ray"},
     {"name": "dialogue", "description": "Consultation dialogue sessions"},
     {"name": "valuation", "description": "Data valuation batch jobs"},

@@ -9,6 +9,7 @@ from gateway.api.routes import (
     dialogue,
     fewshot,
     health,
+    hermes,
     jobs,
     localization,
     medlsam,
@@ -20,6 +21,6 @@ from gateway.api.routes import (
 )
 
 api_router = APIRouter()
-for module in (health, models, segmentation, localization, medlsam, umcam, reports, dialogue, valuation, fewshot,
-               jobs, admin):
+for module in (health, models, segmentation, localization, medlsam, umcam, hermes, reports, dialogue, valuation,
+               fewshot, jobs, admin):
     api_router.include_router(module.router)
