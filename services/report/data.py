@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections import Counter, defaultdict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,6 +52,13 @@ def cache_dir() -> Path:
     return drr.phantom_cache_dir().parent
 
 
+def save_npz(path: Path, **arrays: np.ndarray) -> None:
+    """Write ``path`` whole or not at all: concurrent trainings may render and read the same cache."""
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")
+    np.savez_compressed(tmp, **arrays)
+    tmp.replace(path)
+
+
 def render_one(combo: tuple[str, ...], case: str, seed: int) -> np.ndarray:
     image = drr.render(drr.load_phantom(case), combo, seed=seed)
     return np.round(image * 255).astype(np.uint8)
@@ -74,7 +82,7 @@ def train_bank(reports: list[Report]) -> tuple[np.ndarray, list[tuple[str, ...]]
             log.info("training bank: %d / %d images", j, len(plan))
     combos = [c for c, _ in plan]
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=np.stack(images), combos=np.array(["|".join(c) for c in combos]), key=key)
+    save_npz(path, images=np.stack(images), combos=np.array(["|".join(c) for c in combos]), key=key)
     return np.stack(images), combos
 
 
@@ -102,7 +110,7 @@ def visual_bank(count: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     labels = np.stack([to_vector(dict.fromkeys(FINDINGS, False) | dict.fromkeys(c, True) | {"normal": not c})
                        for c in combos]).astype(np.float32)
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=np.stack(images), labels=labels)
+    save_npz(path, images=np.stack(images), labels=labels)
     return np.stack(images), labels
 
 
@@ -141,7 +149,7 @@ def eval_images(reports: list[Report], split: str) -> np.ndarray:
     images = np.stack([render_one(combo_of(r.labels), drr.CT_CASES[_h(r.uid) % len(drr.CT_CASES)],
                                   EVAL_SEEDS + _h(f"{split}:{r.uid}") % 1_000_000) for r in reports])
     path.parent.mkdir(parents=True, exist_ok=True)
-    np.savez_compressed(path, images=images, key=key)
+    save_npz(path, images=images, key=key)
     return images
 
 

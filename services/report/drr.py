@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -140,7 +141,7 @@ def load_phantom(case: str) -> Phantom:
                        ("lung_left", "lung_right", "heart", "bone_near_lung", "body")), {"source": case})
     phantom = build_phantom(case)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp.npz")
+    tmp = path.with_suffix(f".{os.getpid()}.tmp.npz")  # per process: two trainings may build it at once
     np.savez_compressed(tmp, hu=phantom.hu.astype(np.int16), lung_left=phantom.lung_left,
                         lung_right=phantom.lung_right, heart=phantom.heart, bone_near_lung=phantom.bone_near_lung,
                         body=phantom.body)

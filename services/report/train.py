@@ -451,7 +451,7 @@ def train_visual(variant: str, steps: int, visual_images: int, seed: int = 0, ou
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--variant", choices=sorted(VARIANTS), default="kiut")
-    parser.add_argument("--epochs", type=int, default=3)
+    parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--lr", type=float, default=7e-4)
     parser.add_argument("--seed", type=int, default=0)
@@ -465,7 +465,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="copy the stage-1 visual path from this checkpoint folder instead of pretraining")
     parser.add_argument("--visual-lr-scale", type=float, default=0.0,
                         help="stage 2 learning rate of the visual path relative to --lr (0: frozen, outputs cached)")
-    parser.add_argument("--abnormal-repeat", type=int, default=3,
+    parser.add_argument("--abnormal-repeat", type=int, default=6,
                         help="stage 2: show each report with findings this many times per epoch")
     parser.add_argument("--augment", action="store_true", help="stage 2: re-pose/re-expose bank images on the fly")
     parser.add_argument("--no-bf16", dest="bf16", action="store_false",
