@@ -25,6 +25,7 @@ MISSING = [
     ("POST", "/v1/medlsam/jobs", "segmentation", "localization_medlam", "model-missing"),
     ("POST", "/v1/umcam/jobs", "segmentation", "umcam_unet", "model-missing"),
     ("POST", "/v1/umcam/pseudo-labels", "segmentation", "umcam_cam", "model-missing"),
+    ("POST", "/v1/hermes/jobs", "segmentation", "hermes_r", "model-missing"),
 ]
 
 
