@@ -13,6 +13,7 @@ message saying what to change, and ``extra`` members for the problem body (the v
 
 from __future__ import annotations
 
+import difflib
 import io
 import zipfile
 from collections.abc import Sequence
@@ -65,7 +66,9 @@ def check_tasks(request: str | Sequence[str], modality: str | Modality | None) -
                            f"tasks=liver,spleen; valid tasks: {', '.join(valid)}", valid_tasks=valid)
     unknown = [n for n in names if n.lower() not in TASK_NAMES]
     if unknown:
-        raise RequestError(UNKNOWN_KIND, f"unknown task(s) {', '.join(map(repr, unknown))}; valid tasks: "
+        close = sorted({m for n in unknown for m in difflib.get_close_matches(n.lower(), valid, n=2)})
+        hint = f" (did you mean {', '.join(close)}?)" if close else ""
+        raise RequestError(UNKNOWN_KIND, f"unknown task(s) {', '.join(map(repr, unknown))}{hint}; valid tasks: "
                            f"{', '.join(valid)}", valid_tasks=valid, unknown=unknown)
     try:
         return parse_tasks(names, modality=modality)

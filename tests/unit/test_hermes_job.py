@@ -42,7 +42,7 @@ FACTS = {"name": "hermes_test", "version": "1", "sha256": "0" * 64}
 @pytest.mark.parametrize(("tasks", "modality", "kind", "says"), [
     ("", "CT", EMPTY_KIND, "empty"),
     (" , ,", None, EMPTY_KIND, "valid tasks: liver"),
-    ("liver,livr", "CT", UNKNOWN_KIND, "'livr'"),
+    ("liver,livr", "CT", UNKNOWN_KIND, "'livr' (did you mean liver?)"),
     ("tumour", None, UNKNOWN_KIND, "valid tasks: " + ", ".join(TASK_NAMES)),
     ("liver,brain", "CT", MISMATCH_KIND, "brain (MR)"),
     ("brain", "CT", MISMATCH_KIND, "CT tasks: liver"),
