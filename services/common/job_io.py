@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import zipfile
 import zlib
 from collections.abc import Callable, Mapping
@@ -40,6 +41,19 @@ RESULT_NAME = "result.json"
 
 # (stage, fraction of the whole job) -> None; the worker's raises when the job was cancelled
 Progress = Callable[[str, float], None]
+
+
+class Stopwatch:
+    """Seconds per stage of a job, for its summary's ``timings_s``: ``mark(stage)`` closes the stage."""
+
+    def __init__(self) -> None:
+        self.timings: dict[str, float] = {}
+        self._last = time.perf_counter()
+
+    def mark(self, stage: str) -> None:
+        now = time.perf_counter()
+        self.timings[stage] = round(now - self._last, 3)
+        self._last = now
 
 
 def no_progress(stage: str, fraction: float) -> None:

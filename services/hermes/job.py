@@ -21,7 +21,6 @@ and grey_matter, which the label map cannot show), ``preview.png``, ``seg.dcm`` 
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -33,6 +32,7 @@ from services.common.job_io import (
     SUMMARY_NAME,
     JobInputError,
     Progress,
+    Stopwatch,
     check_input_modality,
     describe_input,
     load_input,
@@ -83,17 +83,6 @@ class ServedHermes:
         return predict
 
 
-class _Stopwatch:
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.timings[stage] = round(now - self._last, 3)
-        self._last = now
-
-
 def _input_error(error: RequestError) -> JobInputError:
     return JobInputError(error.kind, str(error))
 
@@ -117,7 +106,7 @@ def run_hermes_segmentation(
     services/hermes/request.py; an input that is not the modality fails with ``modality-mismatch``,
     ``not-ct`` or ``not-mr`` unless ``allow_modality_mismatch``. ``model``: name, version, sha256.
     ``patch_size``: the served window (64³); tests of tiny networks pass smaller ones."""
-    watch = _Stopwatch()
+    watch = Stopwatch()
     progress("loading", 0.0)
     original, series = load_input(input_path, series_uid)
     try:

@@ -17,7 +17,6 @@ a worker, an evaluation and a test. Slicing and the way back onto the input grid
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -28,6 +27,7 @@ from services.common.job_io import (
     SUMMARY_NAME,
     JobInputError,
     Progress,
+    Stopwatch,
     check_input_modality,
     describe_input,
     load_input,
@@ -79,19 +79,6 @@ def brain_probability(volume: Volume, predict: SlicePredict, batch_size: int = B
     return np.asarray(from_model_slices(_softmax_brain(logits), grid), dtype=np.float32)
 
 
-class _Stopwatch:
-    """Seconds per stage, for the summary's ``timings_s``."""
-
-    def __init__(self) -> None:
-        self.timings: dict[str, float] = {}
-        self._last = time.perf_counter()
-
-    def mark(self, stage: str) -> None:
-        now = time.perf_counter()
-        self.timings[stage] = round(now - self._last, 3)
-        self._last = now
-
-
 def run_brain_extraction(
     input_path: Path, out_dir: Path, model: Mapping[str, str], predict: SlicePredict,
     progress: Progress = no_progress, *, modality: str = "MR", batch_size: int = BATCH_SLICES,
@@ -102,7 +89,7 @@ def run_brain_extraction(
 
     ``model``: name, version, sha256 of the served U-Net. An input that is not ``modality`` fails
     with ``modality-mismatch`` / ``not-mr`` unless ``allow_modality_mismatch``."""
-    watch = _Stopwatch()
+    watch = Stopwatch()
     progress("loading", 0.0)
     original, series = load_input(input_path, series_uid)
     input_check = check_input_modality(original, series, modality, allow_modality_mismatch)
@@ -180,7 +167,7 @@ def run_pseudo_labels(
     ``preview.png``, ``seg.dcm`` for DICOM input and ``summary.json`` (per slice the user's label and
     the classifier's presence probability); returns the summary. ``model``: the served classifier.
     A label count other than the slice count fails with ``slice-labels-mismatch``."""
-    watch = _Stopwatch()
+    watch = Stopwatch()
     progress("loading", 0.0)
     original, series = load_input(input_path, series_uid)
     input_check = check_input_modality(original, series, modality, allow_modality_mismatch)
