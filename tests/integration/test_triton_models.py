@@ -68,6 +68,10 @@ def test_every_model_round_trips_over_http_and_grpc(triton, model_repository: Pa
             if bf16:  # served in bf16 (export/precision.py): close to fp32, the same classes almost everywhere
                 assert np.max(np.abs(got - expected)) <= 0.02 * np.max(np.abs(expected)), name
                 assert np.mean(got.argmax(1) == expected.argmax(1)) >= 0.98, name
+            elif manifest.get("precision", {}).get("runtime") == "openvino":
+                # fp32 through OpenVINO's kernels, not ONNX Runtime's: another summation order, so the error
+                # scales with the activations (this noise drives PCT-Net's logits into the thousands)
+                np.testing.assert_allclose(got, expected, rtol=1e-3, atol=max(1e-4, 1e-5 * np.max(np.abs(expected))))
             else:
                 np.testing.assert_allclose(got, expected, atol=1e-4, rtol=1e-4)
         # a different input must give a different answer: the server is not echoing a constant (where the
