@@ -30,6 +30,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.resumable import bf16_available
 from services.fewshot import encoders, networks
 from services.fewshot.heads import METHODS, TEXT_METHODS, Head
 
@@ -140,7 +141,8 @@ def hyper_parameters(method: str) -> dict:
                    if LINEAR_CENTER else "L2-normalised"},
         "prototype": {"scale": PROTOTYPE_SCALE, "features": "support-mean centred, L2-normalised"
                       if PROTOTYPE_CENTER else "L2-normalised"},
-        "prompt": {"steps": PROMPT_STEPS, "batch": PROMPT_BATCH, "autocast": "bfloat16", "prompt_lr": PROMPT_LR,
+        "prompt": {"steps": PROMPT_STEPS, "batch": PROMPT_BATCH, "autocast": "bfloat16 where native (else float32)",
+                   "prompt_lr": PROMPT_LR,
                    "head_lr": PROMPT_HEAD_LR,
                    "weight_decay": PROMPT_WD, "prompt_limit": PROMPT_LIMIT, "optimiser": "AdamW, full batch"},
         "zeroshot": {},
@@ -253,7 +255,8 @@ def fit_prompt(encoder: str, images: np.ndarray, y: np.ndarray, multi_label: boo
     rng = np.random.default_rng(seed)
     for _ in range(PROMPT_STEPS):
         idx = torch.from_numpy(rng.permutation(len(x))[:PROMPT_BATCH])  # mini-batch: the 3-D encoder is costly
-        with torch.autocast("cpu", dtype=torch.bfloat16):  # training passes only; features stay float32
+        # training passes only (features stay float32); only where bf16 is native: emulated, it is many times slower
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16_available()):
             f = net(x[idx], prompt.expand(len(idx), *prompt.shape[1:]))
         f = F.normalize(f.float() - center, dim=1)
         loss = task_loss(f @ weight.T + bias, target[idx], multi_label)
