@@ -39,6 +39,7 @@ from pathlib import Path
 
 import torch
 
+from services.common.resumable import bf16_available
 from services.common.training import Budget, add_budget_arguments, data_version, provenance
 from services.dialogue import core, corpus, lm
 
@@ -86,18 +87,9 @@ class AblationRetriever:
                 for e, h in zip(embs, histories, strict=True)]
 
 
-def bf16_supported() -> bool:
-    """Whether this CPU has native bf16 matrix instructions (AVX512-BF16 or AMX), where autocast pays."""
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def resolve_precision(precision: str) -> str:
     if precision == "auto":
-        return "bf16" if bf16_supported() else "fp32"
+        return "bf16" if bf16_available() else "fp32"
     return precision
 
 

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from services.common.resumable import bf16_available
 from services.common.training import data_version, provenance
 from services.report import data, plan
 from services.report.findings import ABNORMAL, FINDINGS, label_text, sentences
@@ -101,10 +102,6 @@ def planned(tokens: np.ndarray, prefix: np.ndarray | None) -> tuple[np.ndarray, 
 def autocast(enabled: bool):  # noqa: ANN201
     """bf16 autocast on CPUs with native bf16 (AVX-512 BF16 / AMX: about 3× faster training); a no-op elsewhere."""
     return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and bf16_available())
-
-
-def bf16_available() -> bool:
-    return bool(getattr(torch.cpu, "_is_avx512_bf16_supported", lambda: False)())
 
 
 def build(vocab_size: int, graph: np.ndarray, kb_tokens: np.ndarray, kb_labels: np.ndarray,
