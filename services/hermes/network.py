@@ -20,7 +20,8 @@ Hermes-R (`HermesR`)::
 * segmentation head (`PriorClassifier`): the task-token outputs of the five fusion layers,
   concatenated (48+64+80+64+48 = 304 channels), LayerNorm, two MLPs → per-task weights (16) and a
   bias: a per-task dynamic 1×1×1 convolution of the full-resolution 16-channel feature map (batched
-  matmul). Sigmoid per task (multi-label). The bias is an addition to the paper's head;
+  matmul). Sigmoid per task (multi-label). The bias is an addition to the paper's head, and so is
+  ``task_kernels`` (on in ``CPU_CONFIG``): a learnt static kernel per task added to the dynamic one;
 * modality head: the modality-token outputs of the fusion layers, concatenated, LayerNorm, mean over
   tokens, MLP → NUM_MODALITIES logits.
 
@@ -64,6 +65,8 @@ class HermesConfig:
     tokens_per_modality: int = 4
     head_dim: int = 16  # attention head width (heads = C // head_dim)
     mlp_ratio: int = 2
+    #: add a learnt static kernel per task (a table row) to the classifier's dynamic one; False is upstream's head
+    task_kernels: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -77,7 +80,10 @@ class HermesConfig:
         return cls(**d)
 
 
-CPU_CONFIG = HermesConfig()
+# task_kernels: without them the first 2,000-iteration run (hermes_s0) gave spleen, both kidneys, stomach and
+# pancreas one shared dynamic kernel (cosine 0.97-1.00) and both lungs another: the table rows (norm ~0.3)
+# drown in the attention updates (token norm ~25), so task identity was lost (docs/hermes.md)
+CPU_CONFIG = HermesConfig(task_kernels=True)
 
 
 def _validate(config: HermesConfig) -> None:
@@ -222,8 +228,10 @@ class PriorFusion(nn.Module):
     def __init__(self, dim: int, num_tasks: int, num_modalities: int, tokens_per_modality: int, blocks: int,
                  head_dim: int, mlp_ratio: int) -> None:
         super().__init__()
-        self.task_table = nn.Parameter(torch.randn(num_tasks + 1, dim) * 0.02)
-        self.modality_table = nn.Parameter(torch.randn(num_modalities + 1, tokens_per_modality, dim) * 0.02)
+        # Xavier-uniform, as upstream (hermes_unet_utils.PriorInitFusionLayer)
+        self.task_table = nn.Parameter(nn.init.xavier_uniform_(torch.empty(num_tasks + 1, dim)))
+        self.modality_table = nn.Parameter(nn.init.xavier_uniform_(
+            torch.empty(num_modalities + 1, tokens_per_modality, dim)))
         self.blocks = nn.ModuleList([PriorAttentionBlock(dim, head_dim, mlp_ratio) for _ in range(blocks)])
 
     def forward(self, features: torch.Tensor, tasks: torch.Tensor,
@@ -244,16 +252,22 @@ class PriorFusion(nn.Module):
 
 class PriorClassifier(nn.Module):
     """Task tokens of all fusion layers (B, T, ΣC) → per-task weights and bias (B, T, F + 1), applied to
-    the final feature map (B, F, D, H, W) as a dynamic 1×1×1 convolution → (B, T, D, H, W)."""
+    the final feature map (B, F, D, H, W) as a dynamic 1×1×1 convolution → (B, T, D, H, W).
 
-    def __init__(self, token_dim: int, feature_dim: int) -> None:
+    With ``num_tasks`` set, a static kernel per task (rows of ``task_kernels``, zero at the start, the
+    last row for the null token) is added to the dynamic one, selected by the (B, T) task index."""
+
+    def __init__(self, token_dim: int, feature_dim: int, num_tasks: int | None = None) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(token_dim)
         self.mlp1 = _MLP(token_dim, token_dim, feature_dim)
         self.mlp2 = _MLP(feature_dim, feature_dim, feature_dim + 1)
+        self.task_kernels = None if num_tasks is None else nn.Parameter(torch.zeros(num_tasks + 1, feature_dim + 1))
 
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         params = self.mlp2(self.mlp1(self.norm(tokens)))  # (B, T, F + 1)
+        if self.task_kernels is not None:
+            params = params + gather_tokens(self.task_kernels, tasks)
         weights, bias = params[..., :-1], params[..., -1:]
         b, f = features.shape[:2]
         logits = torch.bmm(weights, features.reshape(b, f, -1)) + bias  # (B, T, DHW)
@@ -284,7 +298,7 @@ class HermesR(nn.Module):
             PriorFusion(w, config.num_tasks, config.num_modalities, config.tokens_per_modality, n,
                         config.head_dim, config.mlp_ratio)
             for w, n in zip(widths, config.fusion_blocks, strict=True)])
-        self.classifier = PriorClassifier(sum(widths), c0)
+        self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None)
         self.modality_norm = nn.LayerNorm(sum(widths))
         self.modality_head = _MLP(sum(widths), c2, config.num_modalities)
 
@@ -309,7 +323,7 @@ class HermesR(nn.Module):
         y = fuse(3, net.ups[0](x4, x3))
         y = fuse(4, net.ups[1](y, x2))
         y = net.ups[3](net.ups[2](y, x1), x0)
-        seg = self.classifier(torch.cat(task_out, dim=-1), y)
+        seg = self.classifier(torch.cat(task_out, dim=-1), y, tasks)
         mod = self.modality_head(self.modality_norm(torch.cat(mod_out, dim=-1)).mean(dim=1))
         return seg, mod
 

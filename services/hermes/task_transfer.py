@@ -7,7 +7,7 @@ trained from scratch on the same volumes for the same number of iterations.
         --out .cache/hermes_runs/transfer_lung_tumour_s0
 
 Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the
-five fusion layers' task tables; a gradient hook zeroes the other rows, and Adam runs without weight
+five fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a gradient hook zeroes the other rows, and Adam runs without weight
 decay, so their moments stay zero and they do not move (checked after training: any other change
 raises). The new row starts as the mean of the checkpoint's trained tokens of the task's modality
 (``init="modality_mean"``; ``"keep"`` leaves the table's row). Samples are presented in the
@@ -50,7 +50,12 @@ INITS = ("modality_mean", "keep")
 
 
 def _tables(net: HermesR) -> list[torch.nn.Parameter]:
-    return [fusion.task_table for fusion in net.fusions]
+    """The per-task tables whose row is the task's "token": the five fusion layers' task tables and,
+    where the network has them, the classifier's static task kernels."""
+    tables = [fusion.task_table for fusion in net.fusions]
+    if net.classifier.task_kernels is not None:
+        tables.append(net.classifier.task_kernels)
+    return tables
 
 
 def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
@@ -89,10 +94,10 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
     for h in hooks:
         h.remove()
     moved = [k for k, v in net.state_dict().items()
-             if not torch.equal(v, before[k]) and not (k.endswith("task_table") and _only_row(v, before[k], task))]
+             if not torch.equal(v, before[k]) and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
     if moved:
         raise RuntimeError(f"token learning changed frozen tensors: {moved}")
-    return net, {**stats, "init": init, "trained_parameters": len(tables) * tables[0].shape[1]}
+    return net, {**stats, "init": init, "trained_parameters": sum(table.shape[1] for table in tables)}
 
 
 def _only_row(new: torch.Tensor, old: torch.Tensor, row: int) -> bool:

@@ -18,6 +18,7 @@ from services.hermes.network import (
 from services.hermes.tasks import NUM_MODALITIES, NUM_TASKS
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
+TINY_KERNELS = HermesConfig(**{**TINY.to_dict(), "task_kernels": True})
 SIDE = 32
 
 
@@ -70,6 +71,20 @@ def test_a_batch_gives_the_same_result_as_each_sample_alone() -> None:
             assert torch.allclose(seg[i:i + 1], one, atol=1e-5) and torch.allclose(mod[i:i + 1], one_mod, atol=1e-5)
 
 
+def test_a_static_task_kernel_changes_only_its_own_task() -> None:
+    torch.manual_seed(2)
+    net = HermesR(TINY_KERNELS).eval()
+    image, tasks, modality = _image(1, seed=4), torch.tensor([[0, 4, -1]]), torch.tensor([0])
+    with torch.no_grad():
+        before, _ = net(image, tasks, modality)
+        assert torch.count_nonzero(net.classifier.task_kernels) == 0  # starts as upstream's head
+        net.classifier.task_kernels[4, -1] = 3.0  # task 4's bias
+        after, _ = net(image, tasks, modality)
+    assert torch.allclose(after[0, 1], before[0, 1] + 3.0, atol=1e-5)
+    assert torch.equal(after[0, 0], before[0, 0]) and torch.equal(after[0, 2], before[0, 2])
+    assert HermesR(TINY).classifier.task_kernels is None
+
+
 def test_bad_configurations_and_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="channels"):
         HermesR(HermesConfig(channels=(8, 8, 8)))  # type: ignore[arg-type]
@@ -81,14 +96,19 @@ def test_bad_configurations_and_inputs_are_refused() -> None:
 
 def test_cpu_config_sizes() -> None:
     assert HermesConfig.from_dict(CPU_CONFIG.to_dict()) == CPU_CONFIG
+    assert CPU_CONFIG.task_kernels and not HermesConfig.from_dict({}).task_kernels  # old checkpoints: upstream head
     assert 1_000_000 < count_parameters(HermesR()) < 3_000_000
     assert count_parameters(MultiHeadUNet()) < count_parameters(HermesR())
 
 
-def test_onnx_export_with_a_dynamic_task_count_matches_torch(tmp_path) -> None:
+@pytest.mark.parametrize("config", [TINY, TINY_KERNELS], ids=["upstream_head", "task_kernels"])
+def test_onnx_export_with_a_dynamic_task_count_matches_torch(tmp_path, config: HermesConfig) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
-    net = HermesR(TINY).eval()
+    net = HermesR(config).eval()
+    if config.task_kernels:
+        with torch.no_grad():
+            net.classifier.task_kernels.normal_()
     path = tmp_path / "hermes_tiny.onnx"
     with torch.no_grad():
         torch.onnx.export(net, (_image(1), torch.tensor([[0, 1]]), torch.tensor([0])), str(path),

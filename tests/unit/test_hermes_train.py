@@ -158,15 +158,17 @@ def test_cli_refuses_single_without_a_dataset(capsys: pytest.CaptureFixture[str]
     assert "single needs --dataset" in capsys.readouterr().err
 
 
-def test_new_task_token_transfer_changes_only_that_token() -> None:
+@pytest.mark.parametrize("task_kernels", [False, True])
+def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> None:
     torch.manual_seed(0)
-    pretrained = HermesR(TINY)
+    pretrained = HermesR(HermesConfig(**{**TINY.to_dict(), "task_kernels": task_kernels}))
     data = tiny_data(("tumour",))  # lung_tumour (11) is new: the checkpoint knows liver and spleen only
     net, stats = task_transfer.learn_task_token(pretrained, (0, 1), 11, data, iterations=2, seed=0)
     assert stats["iterations"] == 2
     before, after = pretrained.state_dict(), net.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
-    assert changed and all(k.endswith("task_table") for k in changed)
+    assert changed and all(k.endswith(("task_table", "task_kernels")) for k in changed)
+    assert ("classifier.task_kernels" in changed) == task_kernels
     for k in changed:
         rows = (before[k] != after[k]).any(dim=1).nonzero().flatten().tolist()
         assert rows == [11], k
