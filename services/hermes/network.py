@@ -28,9 +28,9 @@ Hermes-R (`HermesR`)::
 Task lists are gathered per sample with one batched ``index_select`` on the flattened ``(B·T)`` index
 (an index of -1 selects the null token), so the network exports to ONNX with T as a dynamic axis.
 
-Sizes (``python -m services.hermes.sizes``, docs/hermes.md): Hermes-R ``CPU_CONFIG`` 1,867,108 (1,866,819 without task kernels)
-parameters; the multi-head baseline on the same backbone 1,324,576. Patch: 64³ voxels on the 3 mm grid
-(192 mm cube; sides must be multiples of 16).
+Sizes (``python -m services.hermes.sizes``, docs/hermes.md): Hermes-R ``CPU_CONFIG`` 1,867,108 parameters
+(1,866,819 without task kernels); the multi-head baseline on the same backbone 1,324,576. Patch: 64³ voxels
+on the 3 mm grid (192 mm cube; sides must be multiples of 16).
 
 Features attend to *all* prior tokens of the request, so a task's mask depends (slightly) on which
 other tasks, and how many null tokens, are requested with it; upstream always pads to a fixed count.

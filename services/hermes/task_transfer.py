@@ -7,10 +7,10 @@ trained from scratch on the same volumes for the same number of iterations.
         --out .cache/hermes_runs/transfer_lung_tumour_s0
 
 Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the
-five fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a gradient hook zeroes the other rows, and Adam runs without weight
-decay, so their moments stay zero and they do not move (checked after training: any other change
-raises). The new row starts as the mean of the checkpoint's trained tokens of the task's modality
-(``init="modality_mean"``; ``"keep"`` leaves the table's row). Samples are presented in the
+five fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a
+gradient hook zeroes the other rows, and Adam runs without weight decay, so their moments stay zero and they do
+not move (checked after training: any other change raises). The new row starts as the mean of the
+checkpoint's trained tokens of the task's modality (``init="modality_mean"``; ``"keep"`` leaves the table's row). Samples are presented in the
 ``modality`` task context (services/hermes/train.py) with the checkpoint's tasks plus the new one, the
 new one supervised. The baseline (`train_single_task`) is the multi-head network with one output
 channel, all parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with decay).
@@ -94,7 +94,8 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
     for h in hooks:
         h.remove()
     moved = [k for k, v in net.state_dict().items()
-             if not torch.equal(v, before[k]) and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
+             if not torch.equal(v, before[k])
+             and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
     if moved:
         raise RuntimeError(f"token learning changed frozen tensors: {moved}")
     return net, {**stats, "init": init, "trained_parameters": sum(table.shape[1] for table in tables)}

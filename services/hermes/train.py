@@ -78,8 +78,8 @@ from services.hermes.tasks import MODALITIES, NUM_TASKS, TASK_NAMES, TASKS, get_
 from services.segmentation import checkpoints
 from services.segmentation.preprocessing import SPEC
 
-__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "PRIOR_TABLES", "TrainingData", "source_data", "dataset_sources",
-           "build_network", "Batches", "fit", "train", "load_model", "main"]
+__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "PRIOR_TABLES", "TrainingData", "source_data",
+           "dataset_sources", "build_network", "Batches", "fit", "train", "load_model", "main"]
 
 log = logging.getLogger(__name__)
 

