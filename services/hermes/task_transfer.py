@@ -6,14 +6,15 @@ trained from scratch on the same volumes for the same number of iterations.
         --task lung_tumour --train lung2 --test lung1 --iterations N --seed 0 --threads 1 \
         --out .cache/hermes_runs/transfer_lung_tumour_s0
 
-Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the
-five fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a
-gradient hook zeroes the other rows, and Adam runs without weight decay, so their moments stay zero and they do
-not move (checked after training: any other change raises). The new row starts as the mean of the
-checkpoint's trained tokens of the task's modality (``init="modality_mean"``; ``"keep"`` leaves the table's row). Samples are presented in the
-``modality`` task context (services/hermes/train.py) with the checkpoint's tasks plus the new one, the
-new one supervised. The baseline (`train_single_task`) is the multi-head network with one output
-channel, all parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with decay).
+Token learning (`learn_task_token`): every parameter is frozen except the rows of the new task in the five
+fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a
+gradient hook zeroes the other rows, and Adam runs without weight decay, so their moments stay zero and they
+do not move (checked after training: any other change raises). The new row starts as the mean of the
+checkpoint's trained tokens of the task's modality (``init="modality_mean"``; ``"keep"`` leaves the table's
+row). Samples are presented in the ``modality`` task context (services/hermes/train.py) with the checkpoint's
+tasks plus the new one, the new one supervised. The baseline (`train_single_task`) is the multi-head network
+with one output channel, all parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with
+decay).
 
 Writes ``<out>/token`` (a Hermes checkpoint whose task list includes the new task), ``<out>/single``
 and ``<out>/comparison.json``: Dice of both on every ``--test`` volume on the 3 mm grid (threshold 0.5).
