@@ -150,7 +150,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--test", default="", help="comma-separated held-out source volumes")
     parser.add_argument("--iterations", type=int, required=True)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--lr", type=float, default=LR)
+    parser.add_argument("--lr", type=float, default=LR, help="learning rate of the single-task network (and the token)")
+    parser.add_argument("--token-lr", type=float, default=None,
+                        help="learning rate of the token alone (default --lr): a few rows may take a larger one")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -163,7 +165,8 @@ def main(argv: list[str] | None = None) -> int:
     trained = tuple(TASK_NAMES.index(n) for n in cfg["tasks"])
     data = source_data([s for s in args.train.split(",") if s], (task,))
     amp = bf16_available()
-    token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, args.lr,
+    token_lr = args.lr if args.token_lr is None else args.token_lr
+    token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, token_lr,
                                               amp=amp)
     single_net, single_stats = train_single_task(task, data, args.iterations, pretrained.config, args.seed, args.lr,
                                                  amp=amp)
@@ -173,17 +176,17 @@ def main(argv: list[str] | None = None) -> int:
               "iterations": args.iterations, "data_version": data.version, "transfer_task": args.task}
     checkpoints.save(args.out / "token", token_net,
                      {**common, "variant": "hermes", "architecture": "HermesR",
-                      "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": str(args.pretrained),
+                      "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": str(args.pretrained), "lr": token_lr,
                       "parameters": count_parameters(token_net)},
                      {**token_stats, "task": "hermes-token-transfer"})
-    single_cfg = {**common, "variant": "single", "architecture": "MultiHeadUNet", "tasks": [args.task],
+    single_cfg = {**common, "variant": "single", "architecture": "MultiHeadUNet", "tasks": [args.task], "lr": args.lr,
                   "output_channels": [args.task], "parameters": count_parameters(single_net)}
     single_cfg["model"] = single_net.config.to_dict()  # type: ignore[union-attr]
     checkpoints.save(args.out / "single", single_net, single_cfg, {**single_stats, "task": "hermes-single-transfer"})
     token_model = HermesModel(token_net, with_new)
     single_model = HermesModel(single_net, (task,))
     result: dict[str, Any] = {"task": args.task, "train": list(data.sources), "iterations": args.iterations,
-                              "seed": args.seed, "dice": {}}
+                              "seed": args.seed, "lr": {"token": token_lr, "single": args.lr}, "dice": {}}
     for name in [s for s in args.test.split(",") if s]:
         volume = load_source_volume(name)
         scores = {"token": dice(token_model, volume, task), "single": dice(single_model, volume, task)}
