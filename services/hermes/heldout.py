@@ -82,9 +82,7 @@ def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[st
     try:
         with torch.no_grad():
             net(torch.from_numpy(sample.image)[None, None], tasks, torch.tensor([0]))
-            params = net.classifier.mlp2(net.classifier.mlp1(net.classifier.norm(captured[0])))[0]
-            if net.classifier.task_kernels is not None:
-                params = params + net.classifier.task_kernels[tasks[0]]
+            params = net.classifier.kernels(captured[0], tasks)[0]
     finally:
         hook.remove()
     weights = torch.nn.functional.normalize(params[:, :-1], dim=1)

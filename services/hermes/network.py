@@ -264,10 +264,15 @@ class PriorClassifier(nn.Module):
         self.mlp2 = _MLP(feature_dim, feature_dim, feature_dim + 1)
         self.task_kernels = None if num_tasks is None else nn.Parameter(torch.zeros(num_tasks + 1, feature_dim + 1))
 
-    def forward(self, tokens: torch.Tensor, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
-        params = self.mlp2(self.mlp1(self.norm(tokens)))  # (B, T, F + 1)
+    def kernels(self, tokens: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        """Per-task weights and bias (B, T, F + 1) for the task tokens (B, T, ΣC) of the (B, T) task index."""
+        params = self.mlp2(self.mlp1(self.norm(tokens)))
         if self.task_kernels is not None:
             params = params + gather_tokens(self.task_kernels, tasks)
+        return params
+
+    def forward(self, tokens: torch.Tensor, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
+        params = self.kernels(tokens, tasks)
         weights, bias = params[..., :-1], params[..., -1:]
         b, f = features.shape[:2]
         logits = torch.bmm(weights, features.reshape(b, f, -1)) + bias  # (B, T, DHW)
