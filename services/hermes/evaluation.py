@@ -37,6 +37,7 @@ Quick slice (the `make test` guard): the segmentation family's CT slab
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -273,7 +274,7 @@ def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) ->
         scores["single"].update(_mask_scores(segmenter(case.image, model, list(case.truths), case.modality), case))
     for task, (folder, volume) in TRANSFERS.items():
         case = by_name[volume]
-        one = Case(case.name, case.image, case.modality, {task: case.truths[task]}, case.description)
+        one = dataclasses.replace(case, truths={task: case.truths[task]})
         for side in ("token", "single"):
             model = HermesModel.from_checkpoint(CHECKPOINT_DIR / folder / side)
             scores[f"transfer_{side}"].update(_mask_scores(segmenter(one.image, model, [task], one.modality), one))
