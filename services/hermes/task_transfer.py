@@ -10,13 +10,22 @@ Token learning (`learn_task_token`): every parameter is frozen except the rows o
 fusion layers' task tables (and in the classifier's static task kernels, where the network has them); a
 gradient hook zeroes the other rows, and Adam runs without weight decay, so their moments stay zero and they
 do not move (checked after training: any other change raises). The new row starts as the mean of the
-checkpoint's trained tokens of the task's modality (``init="modality_mean"``; ``"keep"`` leaves the table's
-row). Samples are presented in the ``modality`` task context (services/hermes/train.py) with the checkpoint's
-tasks plus the new one, the new one supervised. The baseline (`train_single_task`) is the multi-head network
-with one output channel, all parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with
-decay).
+checkpoint's trained tokens of the task's modality; with ``init="calibrated"`` (the default) the bias of its
+static kernel is then shifted so that the new task's median logit over the labelled voxels of a few training
+batches is 0. Without that shift the borrowed kernel starts the new task saturated (logits near -30 inside
+and outside the organ, sigmoid gradient ~1e-13), and Adam moves the bias about ``lr`` per step, so 200 steps
+at 1e-3 cannot leave saturation (docs/hermes.md: the first runs' Dice 0). ``"modality_mean"`` skips the shift;
+``"keep"`` leaves the table's row. Samples are presented in the ``modality`` task context
+(services/hermes/train.py) with the checkpoint's tasks plus the new one, the new one supervised. The baseline
+(`train_single_task`) is the multi-head network with one output channel, all parameters trained, on the same
+sampler, seed and iterations (Adam lr 1e-3 with decay).
 
-Writes ``<out>/token`` (a Hermes checkpoint whose task list includes the new task), ``<out>/single``
+``--pretrained`` may be the ``token`` folder of an earlier transfer: every tensor but the new task's rows is the
+pretrained model's (checked when it was written), so dropping that task from its list gives the pretrained
+model back, and the transfer can be re-run from a fresh clone without the pretraining run.
+
+Writes ``<out>/token`` (a Hermes checkpoint whose task list includes the new task), ``<out>/single`` (an
+existing one trained on the same sources, seed and iterations is reused: it does not depend on the token)
 and ``<out>/comparison.json``: Dice of both on every ``--test`` volume on the 3 mm grid (threshold 0.5).
 """
 
@@ -47,7 +56,9 @@ __all__ = ["INITS", "learn_task_token", "train_single_task", "dice", "main"]
 
 log = logging.getLogger(__name__)
 
-INITS = ("modality_mean", "keep")
+INITS = ("calibrated", "modality_mean", "keep")
+#: training batches whose labelled voxels set the calibrated start
+CALIBRATION_BATCHES = 4
 
 
 def _tables(net: HermesR) -> list[torch.nn.Parameter]:
@@ -60,7 +71,7 @@ def _tables(net: HermesR) -> list[torch.nn.Parameter]:
 
 
 def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
-                     iterations: int, seed: int = 0, lr: float = LR, init: str = "modality_mean",
+                     iterations: int, seed: int = 0, lr: float = LR, init: str = "calibrated",
                      batch_size: int = 2, amp: bool = False) -> tuple[HermesR, dict[str, Any]]:
     """A copy of ``pretrained`` whose only change is row ``task`` of every fusion layer's task table,
     trained on ``data`` for ``iterations`` steps. Returns it and the training stats."""
@@ -70,13 +81,15 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
         raise ValueError(f"unknown init {init!r}; inits: {', '.join(INITS)}")
     if task not in data.tasks:
         raise ValueError(f"the data does not label {TASK_NAMES[task]}; it labels {[TASK_NAMES[t] for t in data.tasks]}")
+    if init == "calibrated" and pretrained.classifier.task_kernels is None:
+        raise ValueError("the calibrated start shifts the static kernel's bias: this network has none (task_kernels)")
     net = copy.deepcopy(pretrained)
     before = {k: v.detach().clone() for k, v in net.state_dict().items()}
     peers = [t for t in trained_tasks if TASKS[t].modality == TASKS[task].modality]
     tables = _tables(net)
     with torch.no_grad():
         for table in tables:
-            if init == "modality_mean" and peers:
+            if init != "keep" and peers:
                 table[task] = table[peers].mean(dim=0)
     for p in net.parameters():
         p.requires_grad_(False)
@@ -89,8 +102,11 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
     context = tuple(sorted({*trained_tasks, task}))
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    batches = Batches(data.sampler, context, rng, batch_size, "modality", 0.0)
-    stats = fit(net, _supervise_only(batches, task), step_loss(net, context), Budget(iterations), lr,
+    batches = _supervise_only(Batches(data.sampler, context, rng, batch_size, "modality", 0.0), task)
+    start_logit = None
+    if init == "calibrated":
+        start_logit = calibrate_bias(net, [batches() for _ in range(CALIBRATION_BATCHES)], task)
+    stats = fit(net, batches, step_loss(net, context), Budget(iterations), lr,
                 weight_decay=0.0, amp=amp, parameters=tables, log_every=max(1, iterations // 20))
     for h in hooks:
         h.remove()
@@ -99,7 +115,28 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
              and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
     if moved:
         raise RuntimeError(f"token learning changed frozen tensors: {moved}")
-    return net, {**stats, "init": init, "trained_parameters": sum(table.shape[1] for table in tables)}
+    return net, {**stats, "init": init, "start_median_logit": start_logit,
+                 "trained_parameters": sum(table.shape[1] for table in tables)}
+
+
+def new_task_logits(net: HermesR, batch: dict[str, torch.Tensor], task: int) -> torch.Tensor:
+    """The logits of ``task`` on its supervised voxels labelled foreground in ``batch`` (1-D)."""
+    with torch.no_grad():
+        seg, _ = net.eval()(batch["image"], batch["tasks"], batch["modality_in"])
+    where = (batch["tasks"] == task) & batch["supervised"]  # (B, T)
+    return seg[where][batch["masks"][where] > 0].float()
+
+
+def calibrate_bias(net: HermesR, batches: Sequence[dict[str, torch.Tensor]], task: int) -> float:
+    """Shift the bias of ``task``'s static kernel so its median logit over the labelled voxels of ``batches``
+    is 0; returns the median before the shift."""
+    logits = torch.cat([new_task_logits(net, b, task) for b in batches])
+    if logits.numel() == 0:
+        raise ValueError(f"the calibration batches label no {TASK_NAMES[task]} voxel")
+    median = float(logits.median())
+    with torch.no_grad():
+        net.classifier.task_kernels[task, -1] -= median  # type: ignore[index]
+    return median
 
 
 def _only_row(new: torch.Tensor, old: torch.Tensor, row: int) -> bool:
@@ -141,6 +178,18 @@ def dice(model: HermesModel, volume: GridVolume, task: int, segmenter: HermesSeg
     return float("nan") if total == 0 else 2.0 * float((pred & truth).sum()) / total
 
 
+def _trained_single(folder: Path, common: dict[str, Any], lr: float) -> torch.nn.Module | None:
+    """The single-task baseline already in ``folder`` when it was trained on the same sources, seed, iterations
+    and learning rate, else None."""
+    if not (folder / "config.json").is_file():
+        return None
+    net, cfg = load_model(folder)
+    same = all(cfg.get(k) == common[k] for k in ("sources", "seed", "iterations", "transfer_task")) and cfg["lr"] == lr
+    if same:
+        log.info("reusing the single-task baseline in %s", folder)
+    return net if same else None
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.hermes.task_transfer", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -153,6 +202,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--lr", type=float, default=LR, help="learning rate of the single-task network (and the token)")
     parser.add_argument("--token-lr", type=float, default=None,
                         help="learning rate of the token alone (default --lr): a few rows may take a larger one")
+    parser.add_argument("--init", choices=INITS, default="calibrated", help="the new token's start (see above)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -162,27 +212,33 @@ def main(argv: list[str] | None = None) -> int:
     pretrained, cfg = load_model(args.pretrained)
     if not isinstance(pretrained, HermesR):
         parser.error(f"{args.pretrained} is a {cfg['variant']} checkpoint, not Hermes-R")
-    trained = tuple(TASK_NAMES.index(n) for n in cfg["tasks"])
+    trained = tuple(TASK_NAMES.index(n) for n in cfg["tasks"] if n != cfg.get("transfer_task"))
+    if cfg.get("transfer_task") == args.task and args.init == "keep":
+        parser.error(f"{args.pretrained} learnt {args.task} already: --init keep would start from that token")
     data = source_data([s for s in args.train.split(",") if s], (task,))
     amp = bf16_available()
     token_lr = args.lr if args.token_lr is None else args.token_lr
     token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, token_lr,
-                                              amp=amp)
-    single_net, single_stats = train_single_task(task, data, args.iterations, pretrained.config, args.seed, args.lr,
-                                                 amp=amp)
+                                              args.init, amp=amp)
     with_new = tuple(sorted({*trained, task}))
+    pretrained_from = cfg.get("pretrained", str(args.pretrained)) if cfg.get("transfer_task") else str(args.pretrained)
     common = {"family": "hermes", "model": pretrained.config.to_dict(), "patch": cfg["patch"],
               "preprocessing": cfg["preprocessing"], "sources": list(data.sources), "seed": args.seed,
               "iterations": args.iterations, "data_version": data.version, "transfer_task": args.task}
     checkpoints.save(args.out / "token", token_net,
                      {**common, "variant": "hermes", "architecture": "HermesR",
-                      "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": str(args.pretrained), "lr": token_lr,
+                      "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": pretrained_from, "lr": token_lr,
                       "parameters": count_parameters(token_net)},
                      {**token_stats, "task": "hermes-token-transfer"})
-    single_cfg = {**common, "variant": "single", "architecture": "MultiHeadUNet", "tasks": [args.task], "lr": args.lr,
-                  "output_channels": [args.task], "parameters": count_parameters(single_net)}
-    single_cfg["model"] = single_net.config.to_dict()  # type: ignore[union-attr]
-    checkpoints.save(args.out / "single", single_net, single_cfg, {**single_stats, "task": "hermes-single-transfer"})
+    single_net = _trained_single(args.out / "single", common, args.lr)
+    if single_net is None:
+        single_net, single_stats = train_single_task(task, data, args.iterations, pretrained.config, args.seed,
+                                                     args.lr, amp=amp)
+        single_cfg = {**common, "variant": "single", "architecture": "MultiHeadUNet", "tasks": [args.task],
+                      "lr": args.lr, "output_channels": [args.task], "parameters": count_parameters(single_net)}
+        single_cfg["model"] = single_net.config.to_dict()  # type: ignore[union-attr]
+        checkpoints.save(args.out / "single", single_net, single_cfg,
+                         {**single_stats, "task": "hermes-single-transfer"})
     token_model = HermesModel(token_net, with_new)
     single_model = HermesModel(single_net, (task,))
     result: dict[str, Any] = {"task": args.task, "train": list(data.sources), "iterations": args.iterations,

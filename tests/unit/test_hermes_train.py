@@ -164,8 +164,9 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
     torch.manual_seed(0)
     pretrained = HermesR(HermesConfig(**{**TINY.to_dict(), "task_kernels": task_kernels}))
     data = tiny_data(("tumour",))  # lung_tumour (11) is new: the checkpoint knows liver and spleen only
-    net, stats = task_transfer.learn_task_token(pretrained, (0, 1), 11, data, iterations=2, seed=0)
-    assert stats["iterations"] == 2
+    init = "calibrated" if task_kernels else "modality_mean"  # calibration shifts the static kernel's bias
+    net, stats = task_transfer.learn_task_token(pretrained, (0, 1), 11, data, iterations=2, seed=0, init=init)
+    assert stats["iterations"] == 2 and stats["init"] == init
     before, after = pretrained.state_dict(), net.state_dict()
     changed = [k for k in before if not torch.equal(before[k], after[k])]
     assert changed and all(k.endswith(("task_table", "task_kernels")) for k in changed)
@@ -174,7 +175,7 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
         rows = (before[k] != after[k]).any(dim=1).nonzero().flatten().tolist()
         assert rows == [11], k
     with pytest.raises(ValueError, match="already among"):
-        task_transfer.learn_task_token(pretrained, (0, 11), 11, data, iterations=1)
+        task_transfer.learn_task_token(pretrained, (0, 11), 11, data, iterations=1, init=init)
     single, single_stats = task_transfer.train_single_task(11, data, 2, TINY)
     assert single.config.num_tasks == 1 and single_stats["iterations"] == 2
     volume = data.sampler.samplers[0].volume  # type: ignore[attr-defined]
@@ -184,6 +185,22 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
     for model in (HermesModel(net, (0, 1, 11)), HermesModel(single, (11,))):
         score = task_transfer.dice(model, volume, 11, segmenter)
         assert np.isnan(score) or 0.0 <= score <= 1.0
+
+
+def test_calibrated_start_centres_the_new_task_on_its_labelled_voxels() -> None:
+    torch.manual_seed(0)
+    net = HermesR(dataclasses.replace(TINY, task_kernels=True))
+    with torch.no_grad():
+        net.classifier.task_kernels[11, -1] = -30.0  # a saturated start, as the modality-mean kernel gave
+    batches = task_transfer._supervise_only(
+        Batches(tiny_data(("tumour",)).sampler, (0, 1, 11), np.random.default_rng(0), 2, "modality", 0.0), 11)
+    sample = [batches() for _ in range(2)]
+    before = task_transfer.calibrate_bias(net, sample, 11)
+    assert before < -25.0
+    after = torch.cat([task_transfer.new_task_logits(net, b, 11) for b in sample])
+    assert abs(float(after.median())) < 1e-3
+    with pytest.raises(ValueError, match="has none"):
+        task_transfer.learn_task_token(HermesR(TINY), (0, 1), 11, tiny_data(("tumour",)), iterations=1)
 
 
 def test_prior_tables_train_at_their_own_learning_rate() -> None:
