@@ -32,7 +32,13 @@ import numpy as np
 import torch
 from scipy import ndimage
 
-from services.common.comparisons import BOOTSTRAP_RESAMPLES, Comparison, FamilyEvaluation, FamilyResult
+from services.common.comparisons import (
+    BOOTSTRAP_RESAMPLES,
+    Comparison,
+    FamilyEvaluation,
+    FamilyResult,
+    slice_counts,
+)
 from services.common.volume import Volume
 from services.umcam import checkpoint
 from services.umcam.grid import from_model_slices, to_model_slices
@@ -61,7 +67,7 @@ class Scored:
         self.counts = []
         for mask in self.masks:
             m = mask.astype(bool)
-            self.counts.append(((m & ref).sum(axis=(1, 2)), m.sum(axis=(1, 2)), ref.sum(axis=(1, 2))))
+            self.counts.append(slice_counts(m, ref))  # overlap, predicted, reference per axial slice
             self.hd95.append(hd95(m, ref, self.spacing_zyx))
 
     def dice(self) -> float:
