@@ -50,28 +50,34 @@ def slice_counts(mask: np.ndarray, truth: np.ndarray) -> np.ndarray:
 
 
 def counts_dice(counts: np.ndarray) -> float:
-    """3-D Dice from `slice_counts`; NaN when both masks are empty."""
-    overlap, predicted, true = counts.sum(axis=-1)
+    """3-D Dice from `slice_counts` (3, Z), or the mean over seeds of a stack of them (S, 3, Z); NaN when
+    every mask and truth is empty."""
+    overlap, predicted, true = np.asarray(counts).reshape(-1, 3, counts.shape[-1]).sum(axis=-1).T
     total = predicted + true
-    return float("nan") if total == 0 else 2.0 * float(overlap) / float(total)
+    if not total.any():
+        return float("nan")
+    return float(np.mean(2.0 * overlap[total > 0] / total[total > 0]))
 
 
 def slice_bootstrap_ci95(ours: np.ndarray, baseline: np.ndarray, seed: int = 0) -> list[float] | None:
     """95 % interval of the 3-D Dice difference ours - baseline on one volume (`slice_counts` of each against
-    the same truth) when its slices are resampled with replacement, the same resample for both; slices where
-    all three masks are empty are left out (they carry no information). None when no slice is left."""
-    if ours.shape != baseline.shape:
-        raise ValueError(f"slice counts differ in shape: {ours.shape} vs {baseline.shape}")
-    keep = (ours[1:] + baseline[1:]).sum(axis=0) > 0
-    a, b = ours[:, keep], baseline[:, keep]
-    n = a.shape[1]
+    the same truth, (3, Z) or one per training seed (S, 3, Z), Dice then the mean over seeds) when its slices
+    are resampled with replacement, the same resample for both; slices where every mask is empty are left out
+    (they carry no information). None when no slice is left."""
+    a, b = (np.asarray(c).reshape(-1, 3, c.shape[-1]) for c in (ours, baseline))
+    if a.shape[-1] != b.shape[-1]:
+        raise ValueError(f"slice counts differ in length: {a.shape[-1]} vs {b.shape[-1]}")
+    keep = (a[:, 1:].sum(axis=(0, 1)) + b[:, 1:].sum(axis=(0, 1))) > 0
+    a, b = a[..., keep], b[..., keep]
+    n = a.shape[-1]
     if n == 0:
         return None
     index = np.random.default_rng(seed).integers(0, n, size=(BOOTSTRAP_RESAMPLES, n))
 
-    def dice(c: np.ndarray) -> np.ndarray:
-        total = c[1][index].sum(axis=1) + c[2][index].sum(axis=1)
-        return np.where(total > 0, 2.0 * c[0][index].sum(axis=1) / np.maximum(total, 1), 0.0)
+    def dice(stack: np.ndarray) -> np.ndarray:  # (S, 3, n) → mean over seeds per resample
+        sums = stack[:, :, index].sum(axis=-1)  # (S, 3, resamples)
+        total = sums[:, 1] + sums[:, 2]
+        return np.where(total > 0, 2.0 * sums[:, 0] / np.maximum(total, 1), 0.0).mean(axis=0)
 
     low, high = np.percentile(dice(a) - dice(b), [2.5, 97.5])
     return [round(float(low), 4), round(float(high), 4)]

