@@ -184,7 +184,9 @@ def _trained_single(folder: Path, common: dict[str, Any], lr: float) -> torch.nn
     if not (folder / "config.json").is_file():
         return None
     net, cfg = load_model(folder)
-    same = all(cfg.get(k) == common[k] for k in ("sources", "seed", "iterations", "transfer_task")) and cfg["lr"] == lr
+    # checkpoints written before the learning rate was recorded trained at the default
+    same = (all(cfg.get(k) == common[k] for k in ("sources", "seed", "iterations", "transfer_task"))
+            and cfg.get("lr", LR) == lr)
     if same:
         log.info("reusing the single-task baseline in %s", folder)
     return net if same else None
