@@ -3,6 +3,7 @@
     python -m services.hermes.heldout .cache/hermes_runs/hermes_s0      # JSON: {"<volume>:<task>": Dice}
     python -m services.hermes.heldout CHECKPOINT --kernels              # + cosine of the CT organs' kernels
     python -m services.hermes.heldout CHECKPOINT --synthetic 16         # + Dice on 16 training-like synthetic patches
+    python -m services.hermes.heldout CHECKPOINT --probe spleen --skip-heldout  # linear probe of the final features
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
 the baselines in the same run and the masks scored on the input grid). Each test volume runs once with the
@@ -25,7 +26,7 @@ from services.hermes.inference import HermesModel, HermesSegmenter
 from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
-__all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "main"]
+__all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -> dict[str, float | None]:
@@ -91,6 +92,58 @@ def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[st
     return {a: {b: round(float(cosine[i, j]), 2) for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
 
 
+def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches: int = 16, seed: int = 7,
+                       voxels: int = 200_000) -> dict[str, float | int]:
+    """Can a linear classifier on the network's final feature map (the input of its 1×1×1 head) find ``organ``?
+
+    Synthetic CT patches drawn like the training ones (organ-balanced centres, ``seed``) run through the frozen
+    network with the checkpoint's CT tasks as the task list, ``organ`` in it only ``with_organ`` (the image
+    features attend to the task tokens, so the list shapes them); a class-balanced logistic
+    regression is fitted on ``voxels`` voxels of the first half of the patches and scored (Dice at 0.5) on all
+    voxels of both halves. A head of the network can do no better than this with those features, so a low figure
+    means the features do not separate the organ: what a new-task token (task_transfer.py) has to work with when
+    it cannot change them much."""
+    import numpy as np
+    from sklearn.linear_model import LogisticRegression
+
+    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
+    from services.hermes.network import HermesR
+
+    net = model.net.eval()
+    if not isinstance(net, HermesR):
+        raise ValueError("the probe reads a Hermes-R classifier's input")
+    if organ not in ORGAN_TASKS:
+        raise ValueError(f"the probe uses synthetic CT patches: the organ must be one of {', '.join(ORGAN_TASKS)}")
+    context = torch.tensor([[t for t in model.tasks
+                             if TASKS[t].modality == "CT" and (with_organ or TASKS[t].name != organ)]])
+    sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
+    channel = list(ORGAN_TASKS).index(organ)
+    captured: list[torch.Tensor] = []
+    hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs[1]))
+    features, truths = [], []
+    try:
+        for _ in range(patches):
+            sample = sampler.sample(rng)
+            with torch.no_grad():
+                net(torch.from_numpy(sample.image)[None, None], context, torch.tensor([0]))
+            features.append(captured.pop()[0].flatten(1).T.numpy())  # (voxels, channels)
+            truths.append(sample.masks[channel].reshape(-1).astype(bool))
+    finally:
+        hook.remove()
+    half = patches // 2
+    fit_x, fit_y = np.concatenate(features[:half]), np.concatenate(truths[:half])
+    pick = np.random.default_rng(seed).choice(len(fit_x), min(voxels, len(fit_x)), replace=False)
+    probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(fit_x[pick], fit_y[pick])
+
+    def dice_of(x: list[np.ndarray], y: list[np.ndarray]) -> float:
+        pred, truth = probe.predict(np.concatenate(x)).astype(bool), np.concatenate(y)
+        return round(2.0 * float((pred & truth).sum()) / max(int(pred.sum() + truth.sum()), 1), 4)
+
+    return {"fitted_patches_dice": dice_of(features[:half], truths[:half]),
+            "other_patches_dice": dice_of(features[half:], truths[half:]),
+            "organ_voxels_fitted": int(fit_y.sum()), "organ_voxels_other": int(sum(t.sum() for t in truths[half:]))}
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.hermes.heldout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -99,15 +152,24 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kernels", action="store_true", help="also the cosines of the CT organs' head kernels")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="also the Dice on N synthetic training-like CT patches")
+    parser.add_argument("--probe", metavar="ORGAN", help="also a linear probe of the final features for ORGAN")
+    parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
     model = HermesModel.from_checkpoint(args.checkpoint)
-    out: dict = {"checkpoint": str(args.checkpoint), "dice": heldout_dice(model)}
+    out: dict = {"checkpoint": str(args.checkpoint)}
+    if not args.skip_heldout:
+        out["dice"] = heldout_dice(model)
     if args.kernels:
         out["organ_kernel_cosines"] = organ_kernel_cosines(model)
     if args.synthetic:
         out["synthetic_patch_dice"] = synthetic_patch_dice(model, args.synthetic)
+    if args.probe:
+        known = args.probe in [TASKS[t].name for t in model.tasks]
+        out["feature_probe"] = {args.probe: {
+            "organ_not_in_task_list": feature_probe_dice(model, args.probe, with_organ=False),
+            "organ_in_task_list": feature_probe_dice(model, args.probe, with_organ=True) if known else None}}
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 

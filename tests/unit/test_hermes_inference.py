@@ -127,3 +127,24 @@ def test_heldout_scores_every_labelled_task_of_every_test_volume_once(hermes: He
     scores = heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH))
     assert set(scores) == {"ct:liver", "mr:brain"}
     assert 0.0 <= scores["ct:liver"] <= 1.0 and scores["mr:brain"] in (None, 0.0)
+
+
+def test_feature_probe_fits_a_linear_head_on_the_final_features(hermes: HermesModel,
+                                                               monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import ORGAN_TASKS, Sample
+
+    class BrightSpleen:  # patches whose spleen is the bright box: separable by intensity alone
+        def sample(self, rng: np.random.Generator) -> Sample:
+            masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
+            start = rng.integers(2, 10)
+            masks[list(ORGAN_TASKS).index("spleen"), start:start + 4, 8:20, 8:20] = 1
+            image = np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32)
+            return Sample(image, 0, tuple(range(len(ORGAN_TASKS))), masks, "fake")
+
+    monkeypatch.setattr(data, "SyntheticOrganSampler", BrightSpleen)
+    found = heldout.feature_probe_dice(hermes, "spleen", with_organ=True, patches=4, voxels=4000)
+    assert found["organ_voxels_fitted"] > 0 and found["organ_voxels_other"] > 0
+    assert 0.0 <= found["fitted_patches_dice"] <= 1.0 and 0.0 <= found["other_patches_dice"] <= 1.0
+    with pytest.raises(ValueError, match="synthetic CT"):
+        heldout.feature_probe_dice(hermes, "brain", with_organ=False)
