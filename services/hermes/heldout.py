@@ -94,15 +94,16 @@ def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[st
 
 def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches: int = 16, seed: int = 7,
                        voxels: int = 200_000) -> dict[str, float | int]:
-    """Can a linear classifier on the network's final feature map (the input of its 1×1×1 head) find ``organ``?
+    """Can a linear classifier on the network's final feature map (the input of its 1×1×1 head; Hermes-R or the
+    multi-head network) find ``organ``?
 
     Synthetic CT patches drawn like the training ones (organ-balanced centres, ``seed``) run through the frozen
     network with the checkpoint's CT tasks as the task list, ``organ`` in it only ``with_organ`` (the image
     features attend to the task tokens, so the list shapes them); a class-balanced logistic
-    regression is fitted on ``voxels`` voxels of the first half of the patches and scored (Dice at 0.5) on all
-    voxels of both halves. A head of the network can do no better than this with those features, so a low figure
-    means the features do not separate the organ: what a new-task token (task_transfer.py) has to work with when
-    it cannot change them much."""
+    regression is fitted on ``voxels`` voxels of the first half of the patches, its threshold chosen there (best
+    Dice), and scored on all voxels of both halves. The network's own head is linear in these features too, so a
+    low figure says the features hardly separate the organ: what a new-task token (task_transfer.py) has to work
+    with when it cannot change them much."""
     import numpy as np
     from sklearn.linear_model import LogisticRegression
 
@@ -110,8 +111,6 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
     from services.hermes.network import HermesR
 
     net = model.net.eval()
-    if not isinstance(net, HermesR):
-        raise ValueError("the probe reads a Hermes-R classifier's input")
     if organ not in ORGAN_TASKS:
         raise ValueError(f"the probe uses synthetic CT patches: the organ must be one of {', '.join(ORGAN_TASKS)}")
     context = torch.tensor([[t for t in model.tasks
@@ -119,13 +118,17 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
     sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
     channel = list(ORGAN_TASKS).index(organ)
     captured: list[torch.Tensor] = []
-    hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs[1]))
+    if isinstance(net, HermesR):  # the classifier's inputs: tokens, features, tasks
+        hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs[1]))
+    else:  # the multi-head network's 1×1×1 output convolution: the same 16-channel map, no task list
+        hook = net.head.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
     features, truths = [], []
     try:
         for _ in range(patches):
             sample = sampler.sample(rng)
+            image = torch.from_numpy(sample.image)[None, None]
             with torch.no_grad():
-                net(torch.from_numpy(sample.image)[None, None], context, torch.tensor([0]))
+                net(image, context, torch.tensor([0])) if isinstance(net, HermesR) else net(image)
             features.append(captured.pop()[0].flatten(1).T.numpy())  # (voxels, channels)
             truths.append(sample.masks[channel].reshape(-1).astype(bool))
     finally:
@@ -135,13 +138,19 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
     pick = np.random.default_rng(seed).choice(len(fit_x), min(voxels, len(fit_x)), replace=False)
     probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(fit_x[pick], fit_y[pick])
 
-    def dice_of(x: list[np.ndarray], y: list[np.ndarray]) -> float:
-        pred, truth = probe.predict(np.concatenate(x)).astype(bool), np.concatenate(y)
-        return round(2.0 * float((pred & truth).sum()) / max(int(pred.sum() + truth.sum()), 1), 4)
+    def dice_at(x: list[np.ndarray], y: list[np.ndarray], thresholds: np.ndarray) -> np.ndarray:
+        prob, truth = probe.predict_proba(np.concatenate(x))[:, 1], np.concatenate(y)
+        pred = prob[None] > thresholds[:, None]
+        return 2.0 * (pred & truth).sum(axis=1) / np.maximum(pred.sum(axis=1) + truth.sum(), 1)
 
-    return {"fitted_patches_dice": dice_of(features[:half], truths[:half]),
-            "other_patches_dice": dice_of(features[half:], truths[half:]),
-            "organ_voxels_fitted": int(fit_y.sum()), "organ_voxels_other": int(sum(t.sum() for t in truths[half:]))}
+    # the class-balanced fit over-calls the organ at 0.5: the threshold is chosen on the fitted half
+    grid = np.linspace(0.05, 0.95, 19)
+    fitted = dice_at(features[:half], truths[:half], grid)
+    best = grid[int(np.argmax(fitted))]
+    return {"fitted_patches_dice": round(float(fitted.max()), 4),
+            "other_patches_dice": round(float(dice_at(features[half:], truths[half:], np.array([best]))[0]), 4),
+            "threshold": round(float(best), 2), "organ_voxels_fitted": int(fit_y.sum()),
+            "organ_voxels_other": int(sum(t.sum() for t in truths[half:]))}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -166,10 +175,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.synthetic:
         out["synthetic_patch_dice"] = synthetic_patch_dice(model, args.synthetic)
     if args.probe:
-        known = args.probe in [TASKS[t].name for t in model.tasks]
-        out["feature_probe"] = {args.probe: {
-            "organ_not_in_task_list": feature_probe_dice(model, args.probe, with_organ=False),
-            "organ_in_task_list": feature_probe_dice(model, args.probe, with_organ=True) if known else None}}
+        if model.has_priors:  # the features attend to the task tokens: with and without the organ's
+            known = args.probe in [TASKS[t].name for t in model.tasks]
+            probe = {"organ_not_in_task_list": feature_probe_dice(model, args.probe, with_organ=False),
+                     "organ_in_task_list": feature_probe_dice(model, args.probe, with_organ=True) if known else None}
+        else:
+            probe = {"features": feature_probe_dice(model, args.probe, with_organ=True)}
+        out["feature_probe"] = {args.probe: probe}
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 
