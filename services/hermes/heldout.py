@@ -99,7 +99,7 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
 
     Synthetic CT patches drawn like the training ones (organ-balanced centres, ``seed``) run through the frozen
     network with the checkpoint's CT tasks as the task list, ``organ`` in it only ``with_organ`` (the image
-    features attend to the task tokens, so the list shapes them); a class-balanced logistic
+    features attend to the task tokens, so the list shapes them); a logistic
     regression is fitted on ``voxels`` voxels of the first half of the patches, its threshold chosen there (best
     Dice), and scored on all voxels of both halves. The network's own head is linear in these features too, so a
     low figure says the features hardly separate the organ: what a new-task token (task_transfer.py) has to work
@@ -136,15 +136,14 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
     half = patches // 2
     fit_x, fit_y = np.concatenate(features[:half]), np.concatenate(truths[:half])
     pick = np.random.default_rng(seed).choice(len(fit_x), min(voxels, len(fit_x)), replace=False)
-    probe = LogisticRegression(max_iter=500, class_weight="balanced").fit(fit_x[pick], fit_y[pick])
+    probe = LogisticRegression(max_iter=500).fit(fit_x[pick], fit_y[pick])
 
     def dice_at(x: list[np.ndarray], y: list[np.ndarray], thresholds: np.ndarray) -> np.ndarray:
         prob, truth = probe.predict_proba(np.concatenate(x))[:, 1], np.concatenate(y)
         pred = prob[None] > thresholds[:, None]
         return 2.0 * (pred & truth).sum(axis=1) / np.maximum(pred.sum(axis=1) + truth.sum(), 1)
 
-    # the class-balanced fit over-calls the organ at 0.5: the threshold is chosen on the fitted half
-    grid = np.linspace(0.05, 0.95, 19)
+    grid = np.linspace(0.02, 0.98, 49)  # the threshold is chosen on the fitted half, then kept
     fitted = dice_at(features[:half], truths[:half], grid)
     best = grid[int(np.argmax(fitted))]
     return {"fitted_patches_dice": round(float(fitted.max()), 4),
