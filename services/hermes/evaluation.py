@@ -89,7 +89,8 @@ NAMES = {
     "hermes_upstream_head": "Hermes-R with upstream's head, no static task kernels (hermes_s0; ablation)",
     "multihead": "multi-head baseline (multihead_s0, same backbone, data and 2,000 iterations)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
-    "transfer_token": "new task learnt as a token (five task-table rows + kernel row; everything else frozen)",
+    "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
+                      "everything else frozen)",
     "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
@@ -462,7 +463,8 @@ DATA = (
     "(11 organs; the CT models were trained on synthetic CTs painted from this CT's own label map, never on its "
     "image, so the organ figures measure synthetic-to-real appearance transfer on a known anatomy), pyradiomics "
     "lung1 (tumour; the tumour task was trained on lung2 alone, one 1,752-voxel example on the 3 mm grid) and "
-    "Colin27 T1 (brain; trained on ROBEX's head and MNI152). One seed per model (0). The single-task row for the "
+    "Colin27 T1 (brain; trained on ROBEX's head and MNI152). One seed per model (0), two (0, 1) per transfer pair; "
+    "one-volume rows bootstrap the volume's axial slices. The single-task row for the "
     "organs is the served PCT-Net, a different network with a different patch and 9,937 iterations against "
     "Hermes-R's 2,000; for the brain the same-backbone model trained on the MR brain sources alone (2,000 "
     "iterations); the multi-head baseline has Hermes-R's backbone, data and budget. New-task transfer: spleen "
