@@ -14,11 +14,11 @@ checkpoint's trained tokens of the task's modality; with ``init="calibrated"`` (
 static kernel is then shifted so that the new task's median logit over the labelled voxels of a few training
 batches is 0. Without that shift the borrowed kernel starts the new task saturated (logits near -30 inside
 and outside the organ, sigmoid gradient ~1e-13), and Adam moves the bias about ``lr`` per step, so 200 steps
-at 1e-3 cannot leave saturation (docs/hermes.md: the first runs' Dice 0). ``"modality_mean"`` skips the shift;
-``"keep"`` leaves the table's row. Samples are presented in the ``modality`` task context
-(services/hermes/train.py) with the checkpoint's tasks plus the new one, the new one supervised. The baseline
-(`train_single_task`) is the multi-head network with one output channel, all parameters trained, on the same
-sampler, seed and iterations (Adam lr 1e-3 with decay).
+at 1e-3 cannot leave saturation (the first runs' Dice 0; docs/hermes.md has why the shift alone is not
+enough). ``"modality_mean"`` skips the shift; ``"keep"`` leaves the table's row. Samples are presented in the
+``modality`` task context (services/hermes/train.py) with the checkpoint's tasks plus the new one, the new one
+supervised. The baseline (`train_single_task`) is the multi-head network with one output channel, all
+parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with decay).
 
 ``--pretrained`` may be the ``token`` folder of an earlier transfer: every tensor but the new task's rows is the
 pretrained model's (checked when it was written), so dropping that task from its list gives the pretrained
@@ -73,8 +73,8 @@ def _tables(net: HermesR) -> list[torch.nn.Parameter]:
 def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
                      iterations: int, seed: int = 0, lr: float = LR, init: str = "calibrated",
                      batch_size: int = 2, amp: bool = False) -> tuple[HermesR, dict[str, Any]]:
-    """A copy of ``pretrained`` whose only change is row ``task`` of every fusion layer's task table,
-    trained on ``data`` for ``iterations`` steps. Returns it and the training stats."""
+    """A copy of ``pretrained`` whose only change is row ``task`` of every per-task table (`_tables`), trained
+    on ``data`` for ``iterations`` steps. Returns it and the training stats."""
     if task in trained_tasks:
         raise ValueError(f"task {TASK_NAMES[task]} is already among the checkpoint's trained tasks")
     if init not in INITS:
