@@ -151,6 +151,10 @@ def test_one_volume_rows_get_a_slice_bootstrap_interval() -> None:
     assert row.ci95 is not None and 0.0 < row.ci95[0] <= 1 / 3 <= row.ci95[1]
     assert "10 axial slices" in row.samples
     assert found["Colin27 brain: Hermes-R vs head mask"].ci95 == [0.0, 0.0]  # identical masks
+    seeds = {"transfer_token": {"colin27_head:brain": np.stack([counts["hermes"]["colin27_head:brain"]] * 2)},
+             "transfer_single": {"colin27_head:brain": np.stack([counts["mni152"]["colin27_head:brain"]] * 2)}}
+    (two,) = transfer_comparisons(dice_scores(seeds), seeds)  # a (seeds, 3, slices) stack per model
+    assert two.ours == 1.0 and "10 axial slices" in two.samples and two.ci95 == row.ci95
     without = {c.name: c for c in hermes_comparisons(dice_scores(counts), quick=True)}
     assert without["Colin27 brain: Hermes-R vs MNI152 mask"].ci95 is None  # no counts: no interval
 
