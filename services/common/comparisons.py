@@ -59,6 +59,12 @@ def counts_dice(counts: np.ndarray) -> float:
     return float(np.mean(2.0 * overlap[total > 0] / total[total > 0]))
 
 
+def informative_slices(*counts: np.ndarray) -> np.ndarray:
+    """Boolean (Z,): slices where any of the masks or the truth in ``counts`` ((3, Z) or (S, 3, Z)) is non-empty."""
+    stack = np.concatenate([np.asarray(c).reshape(-1, 3, c.shape[-1]) for c in counts])
+    return stack[:, 1:].sum(axis=(0, 1)) > 0
+
+
 def slice_bootstrap_ci95(ours: np.ndarray, baseline: np.ndarray, seed: int = 0) -> list[float] | None:
     """95 % interval of the 3-D Dice difference ours - baseline on one volume (`slice_counts` of each against
     the same truth, (3, Z) or one per training seed (S, 3, Z), Dice then the mean over seeds) when its slices
@@ -67,7 +73,7 @@ def slice_bootstrap_ci95(ours: np.ndarray, baseline: np.ndarray, seed: int = 0) 
     a, b = (np.asarray(c).reshape(-1, 3, c.shape[-1]) for c in (ours, baseline))
     if a.shape[-1] != b.shape[-1]:
         raise ValueError(f"slice counts differ in length: {a.shape[-1]} vs {b.shape[-1]}")
-    keep = (a[:, 1:].sum(axis=(0, 1)) + b[:, 1:].sum(axis=(0, 1))) > 0
+    keep = informative_slices(a, b)
     a, b = a[..., keep], b[..., keep]
     n = a.shape[-1]
     if n == 0:

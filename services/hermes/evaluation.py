@@ -55,6 +55,7 @@ from services.common.comparisons import (
     FamilyResult,
     compare,
     counts_dice,
+    informative_slices,
     slice_bootstrap_ci95,
     slice_counts,
 )
@@ -148,8 +149,7 @@ def _one_volume(comparison: Comparison, ours: np.ndarray | None, baseline: np.nd
     if ours is None or baseline is None:
         return comparison
     ci95 = slice_bootstrap_ci95(ours, baseline)
-    stack = np.concatenate([c.reshape(-1, 3, c.shape[-1]) for c in (ours, baseline)])  # (models x seeds, 3, Z)
-    slices = int((stack[:, 1:].sum(axis=(0, 1)) > 0).sum())  # slices where a mask or the truth is non-empty
+    slices = int(informative_slices(ours, baseline).sum())
     return dataclasses.replace(comparison, ci95=ci95,
                                samples=f"{comparison.samples}; {slices} axial slices with either mask, bootstrapped")
 
