@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -300,15 +301,19 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
           max_seconds: float | None = None, batch_size: int = 2, lr: float = LR,
           config: HermesConfig = CPU_CONFIG, context: str = "modality", modality_dropout: float | None = None,
           amp: bool | None = None, save_every_s: float | None = None, threads: int | None = None,
-          dataset: str | None = None, log_every: int = 50, prior_lr_scale: float = 1.0) -> Path:
+          dataset: str | None = None, log_every: int = 50, prior_lr_scale: float = 1.0,
+          init_from: str | Path | None = None) -> Path:
     """Train one variant on ``data`` for ``iterations`` steps and write its checkpoint folder; returns the
     weights path. ``modality_dropout`` defaults to `MODALITY_DROPOUT` for Hermes and is 0 otherwise (the
-    baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring)."""
+    baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring).
+    ``init_from``: start from the weights of a checkpoint of the same variant, tasks and network (a longer
+    run in two legs: fresh Adam state and a new learning-rate schedule over ``iterations``)."""
     resumable.seed_everything(seed, threads)
     budget = Budget(iterations, max_seconds)
     if modality_dropout is None:
         modality_dropout = MODALITY_DROPOUT if variant == "hermes" else 0.0
     model = build_network(variant, data.tasks, config)
+    start_from = None if init_from is None else load_start_weights(model, variant, data.tasks, init_from)
     rng = np.random.default_rng(seed)
     batches = Batches(data.sampler, data.tasks, rng, batch_size, context if variant == "hermes" else "labelled",
                       modality_dropout)
@@ -318,6 +323,8 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
             "task_context": batches.context, "modality_dropout": modality_dropout, "model": config.to_dict()}
     if prior_lr_scale != 1.0:  # absent at 1, so runs started before the option existed still resume
         args["prior_lr_scale"] = prior_lr_scale
+    if start_from is not None:  # absent otherwise, for the same reason
+        args["init_from"] = start_from
     resume = None if save_every_s is None else Resume(Path(out_dir), args, save_every_s, (rng,))
     stats = fit(model, batches, step_loss(model, data.tasks), budget, lr, amp=amp, resume=resume,
                 log_every=log_every, prior_lr_scale=prior_lr_scale)
@@ -336,6 +343,22 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
            **provenance(stats["iterations"], seed, data.version, budget.record())}
     metrics = {**stats, "task": "hermes-train", "variant": variant}
     return checkpoints.save(out_dir, model, cfg, metrics)
+
+
+def load_start_weights(model: torch.nn.Module, variant: str, tasks: Sequence[int], folder: str | Path) -> dict:
+    """Load the weights of checkpoint ``folder`` into ``model`` after checking it is the same variant and task
+    list (a different network fails the strict load); returns what config.json records about the start
+    (folder, sha256 of the weights, its iterations)."""
+    folder = checkpoints.resolve(folder)
+    cfg = checkpoints.load_config(folder)
+    theirs = (cfg.get("family"), cfg.get("variant"), cfg.get("tasks"))
+    ours = ("hermes", variant, [TASK_NAMES[t] for t in tasks])
+    if theirs != ours:
+        raise ValueError(f"--init-from {folder}: (family, variant, tasks) is {theirs}, this run needs {ours}")
+    weights = folder / checkpoints.WEIGHTS
+    model.load_state_dict(load_file(str(weights)))
+    return {"folder": str(folder), "sha256": hashlib.sha256(weights.read_bytes()).hexdigest(),
+            "iterations": cfg.get("iterations")}
 
 
 def load_model(folder: str | Path) -> tuple[torch.nn.Module, dict[str, Any]]:
@@ -372,6 +395,9 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"hermes: probability of the unknown modality input (default {MODALITY_DROPOUT})")
     parser.add_argument("--prior-lr-scale", type=float, default=1.0,
                         help="hermes: learning rate of the task/modality tables and task kernels, times --lr")
+    parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
+                        help="start from this checkpoint's weights (same variant, tasks, network); fresh optimiser "
+                             "and schedule over --iterations")
     args = parser.parse_args(argv)
     if args.variant == "single" and args.dataset is None:
         parser.error("single needs --dataset (one of " + ", ".join(SPLITS) + ")")
@@ -386,7 +412,7 @@ def main(argv: list[str] | None = None) -> int:
         path = train(args.variant, args.out, args.iterations, data, args.seed, args.max_seconds, args.batch_size,
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
                      save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
-                     prior_lr_scale=args.prior_lr_scale)
+                     prior_lr_scale=args.prior_lr_scale, init_from=args.init_from)
     except Interrupted as exc:
         log.warning("%s", exc)
         return 3
