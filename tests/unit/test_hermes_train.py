@@ -114,6 +114,23 @@ def test_stop_and_resume_continue_at_the_saved_iteration(tmp_path: Path) -> None
         assert torch.allclose(a, b, atol=1e-6), name  # same batches, same random states: the same run
 
 
+def test_second_leg_starts_from_the_first_legs_weights(tmp_path: Path) -> None:
+    first = _train("hermes", tmp_path / "leg1", 2).parent
+    # lr 0: the second leg's weights are exactly where it started
+    second = _train("hermes", tmp_path / "leg2", 1, lr=0.0, seed=1, init_from=first).parent
+    config = json.loads((second / "config.json").read_text())
+    assert config["args"]["init_from"]["folder"] == str(first) and config["args"]["init_from"]["iterations"] == 2
+    assert len(config["args"]["init_from"]["sha256"]) == 64
+    a, _ = load_model(first)
+    b, _ = load_model(second)
+    for (name, x), y in zip(a.state_dict().items(), b.state_dict().values(), strict=True):
+        assert torch.equal(x, y), name
+    with pytest.raises(ValueError, match="variant, tasks"):
+        _train("multihead", tmp_path / "other_variant", 1, init_from=first)
+    with pytest.raises(ValueError, match="variant, tasks"):
+        _train("hermes", tmp_path / "other_tasks", 1, data=tiny_data(("brain",)), init_from=first)
+
+
 def test_partial_labels_only_supervise_what_a_source_labels() -> None:
     data = tiny_data()
     batches = Batches(data.sampler, data.tasks, np.random.default_rng(0), batch_size=6, context="modality")
