@@ -4,6 +4,8 @@
     python -m services.hermes.heldout CHECKPOINT --kernels              # + cosine of the CT organs' kernels
     python -m services.hermes.heldout CHECKPOINT --synthetic 16         # + Dice on 16 training-like synthetic patches
     python -m services.hermes.heldout CHECKPOINT --probe spleen --skip-heldout  # linear probe of the final features
+    python -m services.hermes.heldout CHECKPOINT --fusion-updates --skip-heldout  # what the fusion layers add
+    python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
 the baselines in the same run and the masks scored on the input grid). Each test volume runs once with the
@@ -26,7 +28,8 @@ from services.hermes.inference import HermesModel, HermesSegmenter
 from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
-__all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "main"]
+__all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "fusion_updates",
+           "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -> dict[str, float | None]:
@@ -152,20 +155,70 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
             "organ_voxels_other": int(sum(t.sum() for t in truths[half:]))}
 
 
+def fusion_updates(model: HermesModel, patches: int = 3, seed: int = 5) -> list[dict[str, float]]:
+    """How much each Hermes-R fusion layer changes the image features x it fuses (update u = out - x), over
+    ``patches`` synthetic CT patches with the CT task list: ``update_to_input`` |u| / |x|;
+    ``varying_update_to_varying_input`` the same for the parts that vary over the voxels (each channel's spatial
+    mean removed), i.e. how much the layer reshapes the features rather than shifting them; and
+    ``varying_share_of_update`` |u - mean u| / |u| (near 0: the update is one vector added to every voxel)."""
+    import numpy as np
+
+    from services.hermes.data import SyntheticOrganSampler
+    from services.hermes.network import HermesR
+
+    net = model.net.eval()
+    if not isinstance(net, HermesR):
+        raise ValueError("fusion updates need a Hermes-R checkpoint")
+    tasks = torch.tensor([[t for t in model.tasks if TASKS[t].modality == "CT"]])
+    found: list[list[tuple[float, float, float]]] = [[] for _ in net.fusions]
+
+    def record(i: int, inputs: tuple, output: tuple) -> None:
+        x, u = inputs[0], output[0] - inputs[0]
+        x_var, u_var = (t - t.mean(dim=(2, 3, 4), keepdim=True) for t in (x, u))
+        found[i].append((float(u.norm() / x.norm()), float(u_var.norm() / x_var.norm()),
+                         float(u_var.norm() / u.norm())))
+
+    hooks = [f.register_forward_hook(lambda m, inp, out, i=i: record(i, inp, out)) for i, f in enumerate(net.fusions)]
+    sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
+    try:
+        for _ in range(patches):
+            with torch.no_grad():
+                net(torch.from_numpy(sampler.sample(rng).image)[None, None], tasks, torch.tensor([0]))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    keys = ("update_to_input", "varying_update_to_varying_input", "varying_share_of_update")
+    scales = ("1/4 (down2)", "1/8 (down3)", "1/16 (down4)", "1/8 (up1)", "1/4 (up2)")
+    return [{"layer": scale, **{k: round(float(v), 3) for k, v in zip(keys, np.mean(f, axis=0), strict=True)}}
+            for scale, f in zip(scales, found, strict=True)]
+
+
+def _load(checkpoint: Path) -> HermesModel:
+    """A checkpoint folder, or ``untrained``: Hermes-R `CPU_CONFIG` as training starts it (torch seed 0)."""
+    if str(checkpoint) != "untrained":
+        return HermesModel.from_checkpoint(checkpoint)
+    from services.hermes.network import CPU_CONFIG, HermesR
+
+    torch.manual_seed(0)
+    return HermesModel(HermesR(CPU_CONFIG), tuple(t.index for t in TASKS))
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m services.hermes.heldout", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("checkpoint", type=Path)
+    parser.add_argument("checkpoint", type=Path, help="checkpoint folder, or 'untrained' (CPU_CONFIG at its start)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--kernels", action="store_true", help="also the cosines of the CT organs' head kernels")
     parser.add_argument("--synthetic", type=int, default=0, metavar="N",
                         help="also the Dice on N synthetic training-like CT patches")
     parser.add_argument("--probe", metavar="ORGAN", help="also a linear probe of the final features for ORGAN")
+    parser.add_argument("--fusion-updates", action="store_true",
+                        help="also what each fusion layer adds to the image features")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     start = time.monotonic()
-    model = HermesModel.from_checkpoint(args.checkpoint)
+    model = _load(args.checkpoint)
     out: dict = {"checkpoint": str(args.checkpoint)}
     if not args.skip_heldout:
         out["dice"] = heldout_dice(model)
@@ -181,6 +234,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             probe = {"features": feature_probe_dice(model, args.probe, with_organ=True)}
         out["feature_probe"] = {args.probe: probe}
+    if args.fusion_updates:
+        out["fusion_updates"] = fusion_updates(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 

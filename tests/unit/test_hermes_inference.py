@@ -148,3 +148,28 @@ def test_feature_probe_fits_a_linear_head_on_the_final_features(hermes: HermesMo
     assert 0.0 <= found["fitted_patches_dice"] <= 1.0 and 0.0 <= found["other_patches_dice"] <= 1.0
     with pytest.raises(ValueError, match="synthetic CT"):
         heldout.feature_probe_dice(hermes, "brain", with_organ=False)
+
+
+def test_fusion_updates_measure_what_each_fusion_layer_adds(hermes: HermesModel,
+                                                            monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import ORGAN_TASKS, Sample
+
+    class Noise:
+        def sample(self, rng: np.random.Generator) -> Sample:
+            image = rng.uniform(-1, 1, PATCH).astype(np.float32)
+            return Sample(image, 0, tuple(range(len(ORGAN_TASKS))), np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8),
+                          "fake")
+
+    monkeypatch.setattr(data, "SyntheticOrganSampler", Noise)
+    layers = heldout.fusion_updates(hermes, patches=2)
+    assert [row["layer"] for row in layers] == ["1/4 (down2)", "1/8 (down3)", "1/16 (down4)", "1/8 (up1)", "1/4 (up2)"]
+    assert all(row["update_to_input"] > 0 and 0 <= row["varying_share_of_update"] <= 1 for row in layers)
+    # with every fusion block's feature outputs zeroed the layers change nothing
+    for fusion in hermes.net.fusions:
+        for block in fusion.blocks:
+            monkeypatch.setattr(block.f_attn, "forward", lambda q, kv: torch.zeros_like(q))
+            monkeypatch.setattr(block.f_mlp, "forward", lambda x: torch.zeros_like(x))
+    assert all(row["update_to_input"] == 0 for row in heldout.fusion_updates(hermes, patches=1))
+    with pytest.raises(ValueError, match="Hermes-R"):
+        heldout.fusion_updates(HermesModel(MultiHeadUNet(TINY), ALL))
