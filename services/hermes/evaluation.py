@@ -68,8 +68,10 @@ __all__ = ["EVALUATION", "CHECKPOINTS", "SEEDS", "Case", "task_counts", "dice_sc
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 #: model key → committed checkpoint folder (one seed each); "hermes" is the served one
 CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "multihead_s0",
-                               "hermes_upstream_head": "hermes_s0"}
-#: the models timed on the full CT (the ablation is scored, not timed)
+                               "hermes_upstream_head": "hermes_s0",
+                               # the second training leg of both (train.py --init-from, 1,000 more iterations)
+                               "hermes_leg2": "hermes_kernels_s0_plus1000", "multihead_leg2": "multihead_s0_plus1000"}
+#: the models timed on the full CT (the ablation and the second legs are scored, not timed)
 TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
 #: tumour's, `single --dataset ct_lung_tumour`, was not trained: docs/hermes.md)
