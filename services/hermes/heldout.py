@@ -5,6 +5,7 @@
     python -m services.hermes.heldout CHECKPOINT --synthetic 16         # + Dice on 16 training-like synthetic patches
     python -m services.hermes.heldout CHECKPOINT --probe spleen --skip-heldout  # linear probe of the final features
     python -m services.hermes.heldout CHECKPOINT --fusion-updates --skip-heldout  # what the fusion layers add
+    python -m services.hermes.heldout CHECKPOINT --logit-stats --skip-heldout     # ranking vs threshold per organ
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -29,7 +30,7 @@ from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
 __all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "fusion_updates",
-           "main"]
+           "organ_logit_stats", "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -> dict[str, float | None]:
@@ -65,6 +66,31 @@ def synthetic_patch_dice(model: HermesModel, patches: int, seed: int = 123) -> d
         total += pred.sum(axis=(1, 2, 3)) + truth.sum(axis=(1, 2, 3))
     return {t.name: round(float(2 * o / n), 4) if n else float("nan")
             for t, o, n in zip(run, overlap, total, strict=True)}
+
+
+def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Per CT organ, its logits on ``patches`` synthetic training-like CT patches (``seed``): ``auc`` (how well
+    they rank the organ's voxels above the rest, threshold-free), the median logit inside and outside the organ
+    and the 99th percentile outside. A high AUC with a negative median inside: the organ is found but sits below
+    the 0.5 threshold, where the sigmoid's gradient is small (a saturated head, not missing features)."""
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
+
+    sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
+    run = [t for t in TASKS if t.name in ORGAN_TASKS]
+    predict = model.predictor([t.index for t in run], 0)
+    logits, truths = [], []
+    for _ in range(patches):
+        sample = sampler.sample(rng)
+        logits.append(predict(sample.image[None, None])[0].reshape(len(run), -1))
+        truths.append(sample.masks.reshape(len(run), -1).astype(bool))  # ORGAN_TASKS order, as ``run``
+    logit, truth = np.concatenate(logits, axis=1), np.concatenate(truths, axis=1)
+    return {t.name: {"auc": round(float(roc_auc_score(y, x)), 3), "median_logit_in": round(float(np.median(x[y])), 2),
+                     "median_logit_out": round(float(np.median(x[~y])), 2),
+                     "p99_logit_out": round(float(np.percentile(x[~y], 99)), 2)}
+            for t, x, y in zip(run, logit, truth, strict=True) if y.any() and not y.all()}
 
 
 def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
@@ -214,6 +240,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--probe", metavar="ORGAN", help="also a linear probe of the final features for ORGAN")
     parser.add_argument("--fusion-updates", action="store_true",
                         help="also what each fusion layer adds to the image features")
+    parser.add_argument("--logit-stats", action="store_true",
+                        help="also each CT organ's logit AUC and medians on synthetic patches")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -234,6 +262,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             probe = {"features": feature_probe_dice(model, args.probe, with_organ=True)}
         out["feature_probe"] = {args.probe: probe}
+    if args.logit_stats:
+        out["organ_logit_stats"] = organ_logit_stats(model)
     if args.fusion_updates:
         out["fusion_updates"] = fusion_updates(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output

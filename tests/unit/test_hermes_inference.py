@@ -173,3 +173,21 @@ def test_fusion_updates_measure_what_each_fusion_layer_adds(hermes: HermesModel,
     assert all(row["update_to_input"] == 0 for row in heldout.fusion_updates(hermes, patches=1))
     with pytest.raises(ValueError, match="Hermes-R"):
         heldout.fusion_updates(HermesModel(MultiHeadUNet(TINY), ALL))
+
+
+def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import ORGAN_TASKS, Sample
+
+    class BrightSpleen:  # only the spleen is present: the other organs have no voxels and get no row
+        def sample(self, rng: np.random.Generator) -> Sample:
+            masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
+            masks[list(ORGAN_TASKS).index("spleen"), 4:8, 8:20, 8:20] = 1
+            return Sample(np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32), 0,
+                          tuple(range(len(ORGAN_TASKS))), masks, "fake")
+
+    monkeypatch.setattr(data, "SyntheticOrganSampler", BrightSpleen)
+    stats = heldout.organ_logit_stats(hermes, patches=2)
+    assert list(stats) == ["spleen"]
+    assert 0.0 <= stats["spleen"]["auc"] <= 1.0
+    assert stats["spleen"]["p99_logit_out"] >= stats["spleen"]["median_logit_out"]
