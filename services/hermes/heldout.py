@@ -6,6 +6,7 @@
     python -m services.hermes.heldout CHECKPOINT --probe spleen --skip-heldout  # linear probe of the final features
     python -m services.hermes.heldout CHECKPOINT --fusion-updates --skip-heldout  # what the fusion layers add
     python -m services.hermes.heldout CHECKPOINT --logit-stats --skip-heldout     # ranking vs threshold per organ
+    python -m services.hermes.heldout CHECKPOINT --threshold-patches 16           # + Dice at thresholds chosen there
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -22,6 +23,7 @@ import math
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from services.hermes.data import test_volumes
@@ -30,11 +32,14 @@ from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
 __all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "fusion_updates",
-           "organ_logit_stats", "main"]
+           "organ_logit_stats", "synthetic_thresholds", "main"]
 
 
-def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -> dict[str, float | None]:
-    """Dice per (test volume, labelled task); None where prediction and label are both empty."""
+def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
+                 logit_thresholds: dict[str, float] | None = None) -> dict[str, float | None]:
+    """Dice per (test volume, labelled task); None where prediction and label are both empty. A task in
+    ``logit_thresholds`` is cut at that logit instead of 0 (probability 0.5)."""
+    thresholds = {task: 1 / (1 + math.exp(-logit)) for task, logit in (logit_thresholds or {}).items()}
     segmenter = segmenter or HermesSegmenter()
     scores: dict[str, float | None] = {}
     for name, volume in test_volumes().items():
@@ -42,7 +47,7 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -
         probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
         for prob, task in zip(probs, run, strict=True):
             if task.name in volume.masks:
-                value = dice(prob > 0.5, volume.masks[task.name])
+                value = dice(prob > thresholds.get(task.name, 0.5), volume.masks[task.name])
                 scores[f"{name}:{task.name}"] = None if math.isnan(value) else round(value, 4)
     return scores
 
@@ -50,32 +55,15 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None) -
 def synthetic_patch_dice(model: HermesModel, patches: int, seed: int = 123) -> dict[str, float]:
     """Dice per CT organ pooled over ``patches`` synthetic CT patches drawn like the training ones (64³,
     organ-balanced centres, ``seed``): the training domain, to tell under-fitting from synthetic-to-real loss."""
-    import numpy as np
-
-    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
-
-    sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
-    run = [t for t in TASKS if t.name in ORGAN_TASKS]
-    predict = model.predictor([t.index for t in run], 0)
-    overlap, total = np.zeros(len(run)), np.zeros(len(run))
-    for _ in range(patches):
-        sample = sampler.sample(rng)
-        pred = predict(sample.image[None, None])[0] > 0.0  # logit 0 = probability 0.5
-        truth = sample.masks.astype(bool)  # ORGAN_TASKS order, as ``run``
-        overlap += (pred & truth).sum(axis=(1, 2, 3))
-        total += pred.sum(axis=(1, 2, 3)) + truth.sum(axis=(1, 2, 3))
+    run, logit, truth = _synthetic_logits(model, patches, seed)
+    pred = logit > 0.0  # logit 0 = probability 0.5
+    overlap, total = (pred & truth).sum(axis=1), pred.sum(axis=1) + truth.sum(axis=1)
     return {t.name: round(float(2 * o / n), 4) if n else float("nan")
             for t, o, n in zip(run, overlap, total, strict=True)}
 
 
-def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> dict[str, dict[str, float]]:
-    """Per CT organ, its logits on ``patches`` synthetic training-like CT patches (``seed``): ``auc`` (how well
-    they rank the organ's voxels above the rest, threshold-free), the median logit inside and outside the organ
-    and the 99th percentile outside. A high AUC with a negative median inside: the organ is found but sits below
-    the 0.5 threshold, where the sigmoid's gradient is small (a saturated head, not missing features)."""
-    import numpy as np
-    from sklearn.metrics import roc_auc_score
-
+def _synthetic_logits(model: HermesModel, patches: int, seed: int) -> tuple[list, np.ndarray, np.ndarray]:
+    """The CT organ tasks and their logits and truths, (organs, voxels), on ``patches`` synthetic CT patches."""
     from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
 
     sampler, rng = SyntheticOrganSampler(), np.random.default_rng(seed)
@@ -86,7 +74,35 @@ def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> 
         sample = sampler.sample(rng)
         logits.append(predict(sample.image[None, None])[0].reshape(len(run), -1))
         truths.append(sample.masks.reshape(len(run), -1).astype(bool))  # ORGAN_TASKS order, as ``run``
-    logit, truth = np.concatenate(logits, axis=1), np.concatenate(truths, axis=1)
+    return run, np.concatenate(logits, axis=1), np.concatenate(truths, axis=1)
+
+
+def synthetic_thresholds(model: HermesModel, patches: int = 16, seed: int = 123) -> dict[str, float]:
+    """Per CT organ the logit threshold (−40 … 10 in steps of 0.5) with the best Dice pooled over ``patches``
+    synthetic training-like CT patches: a diagnostic of how much of a held-out figure is the 0.5 threshold
+    rather than what the logits rank (chosen on training-like data only; the served masks use 0.5)."""
+    run, logit, truth = _synthetic_logits(model, patches, seed)
+    edges = np.arange(-40.0, 10.5, 0.5)
+    out = {}
+    for task, x, y in zip(run, logit, truth, strict=True):
+        if not y.any():
+            continue
+        # voxels above each threshold, inside and outside the organ, from histograms of the logits
+        inside = np.cumsum(np.histogram(x[y], np.r_[-np.inf, edges, np.inf])[0][::-1])[::-1][1:]
+        outside = np.cumsum(np.histogram(x[~y], np.r_[-np.inf, edges, np.inf])[0][::-1])[::-1][1:]
+        dice = 2 * inside / (inside + outside + y.sum())
+        out[task.name] = float(edges[int(np.argmax(dice))])
+    return out
+
+
+def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> dict[str, dict[str, float]]:
+    """Per CT organ, its logits on ``patches`` synthetic training-like CT patches (``seed``): ``auc`` (how well
+    they rank the organ's voxels above the rest, threshold-free), the median logit inside and outside the organ
+    and the 99th percentile outside. A high AUC with a negative median inside: the organ is found but sits below
+    the 0.5 threshold, where the sigmoid's gradient is small (a saturated head, not missing features)."""
+    from sklearn.metrics import roc_auc_score
+
+    run, logit, truth = _synthetic_logits(model, patches, seed)
     return {t.name: {"auc": round(float(roc_auc_score(y, x)), 3), "median_logit_in": round(float(np.median(x[y])), 2),
                      "median_logit_out": round(float(np.median(x[~y])), 2),
                      "p99_logit_out": round(float(np.percentile(x[~y], 99)), 2)}
@@ -97,8 +113,6 @@ def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[st
     """Cosine similarity between the 11 CT organs' per-task 1×1×1 kernels (weights, bias excluded) that a
     Hermes-R classifier computes for one synthetic CT patch (``seed``): near 1 for two tasks means the head
     cannot tell them apart (why ``HermesConfig.task_kernels`` exists; docs/hermes.md)."""
-    import numpy as np
-
     from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
     from services.hermes.network import HermesR
 
@@ -133,7 +147,6 @@ def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches
     Dice), and scored on all voxels of both halves. The network's own head is linear in these features too, so a
     low figure says the features hardly separate the organ: what a new-task token (task_transfer.py) has to work
     with when it cannot change them much."""
-    import numpy as np
     from sklearn.linear_model import LogisticRegression
 
     from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
@@ -187,8 +200,6 @@ def fusion_updates(model: HermesModel, patches: int = 3, seed: int = 5) -> list[
     ``varying_update_to_varying_input`` the same for the parts that vary over the voxels (each channel's spatial
     mean removed), i.e. how much the layer reshapes the features rather than shifting them; and
     ``varying_share_of_update`` |u - mean u| / |u| (near 0: the update is one vector added to every voxel)."""
-    import numpy as np
-
     from services.hermes.data import SyntheticOrganSampler
     from services.hermes.network import HermesR
 
@@ -242,6 +253,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also what each fusion layer adds to the image features")
     parser.add_argument("--logit-stats", action="store_true",
                         help="also each CT organ's logit AUC and medians on synthetic patches")
+    parser.add_argument("--threshold-patches", type=int, default=0, metavar="N",
+                        help="also the held-out Dice, each CT organ cut at a logit chosen on N synthetic patches")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -250,6 +263,10 @@ def main(argv: list[str] | None = None) -> int:
     out: dict = {"checkpoint": str(args.checkpoint)}
     if not args.skip_heldout:
         out["dice"] = heldout_dice(model)
+    if args.threshold_patches:
+        chosen = synthetic_thresholds(model, args.threshold_patches)
+        out["synthetic_logit_thresholds"] = chosen
+        out["dice_at_synthetic_thresholds"] = heldout_dice(model, logit_thresholds=chosen)
     if args.kernels:
         out["organ_kernel_cosines"] = organ_kernel_cosines(model)
     if args.synthetic:

@@ -127,6 +127,8 @@ def test_heldout_scores_every_labelled_task_of_every_test_volume_once(hermes: He
     scores = heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH))
     assert set(scores) == {"ct:liver", "mr:brain"}
     assert 0.0 <= scores["ct:liver"] <= 1.0 and scores["mr:brain"] in (None, 0.0)
+    # a logit threshold above every logit leaves the liver mask empty against a non-empty label
+    assert heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH), {"liver": 1e3})["ct:liver"] == 0.0
 
 
 def test_feature_probe_fits_a_linear_head_on_the_final_features(hermes: HermesModel,
@@ -191,3 +193,16 @@ def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, m
     assert list(stats) == ["spleen"]
     assert 0.0 <= stats["spleen"]["auc"] <= 1.0
     assert stats["spleen"]["p99_logit_out"] >= stats["spleen"]["median_logit_out"]
+
+
+def test_synthetic_thresholds_pick_a_logit_that_separates_the_organ(monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import heldout
+    from services.hermes.tasks import get_task
+
+    truth = np.zeros((2, 1000), bool)
+    truth[0, :100] = True  # the liver has voxels, the spleen none (no threshold for it)
+    logits = np.where(truth, -12.0, -30.0)  # found, but far below logit 0
+    monkeypatch.setattr(heldout, "_synthetic_logits",
+                        lambda model, patches, seed: ([get_task("liver"), get_task("spleen")], logits, truth))
+    chosen = heldout.synthetic_thresholds(None, patches=1)  # type: ignore[arg-type]
+    assert list(chosen) == ["liver"] and -30.0 < chosen["liver"] <= -12.0
