@@ -17,7 +17,9 @@ Variants (``VARIANTS``):
 
 ``--tasks a,b,…`` restricts any variant to those tasks (their masks only are supervised, sources that
 label none of them are left out): e.g. Hermes without ``lung_tumour`` as the starting point of the
-task-transfer check (services/hermes/task_transfer.py).
+task-transfer check (services/hermes/task_transfer.py). ``--init-from CHECKPOINT`` starts from the weights of a
+checkpoint of the same variant and tasks (a second training leg: fresh optimiser and schedule over
+``--iterations``; recorded in config.json as ``args.init_from`` with the weights' sha256).
 
 Every step: batch ``--batch-size`` 2 of 64³ patches, Adam (lr 1e-3, weight decay 1e-5, polynomial decay
 0.9 over ``--iterations``, as the segmentation family), loss `hermes_loss` (Dice + BCE over the
