@@ -83,13 +83,15 @@ def synthetic_thresholds(model: HermesModel, patches: int = 16, seed: int = 123)
     rather than what the logits rank (chosen on training-like data only; the served masks use 0.5)."""
     run, logit, truth = _synthetic_logits(model, patches, seed)
     edges = np.arange(-40.0, 10.5, 0.5)
+
+    def at_or_above(values: np.ndarray) -> np.ndarray:  # how many values reach each edge, from one histogram
+        return np.cumsum(np.histogram(values, np.r_[-np.inf, edges, np.inf])[0][::-1])[::-1][1:]
+
     out = {}
     for task, x, y in zip(run, logit, truth, strict=True):
         if not y.any():
             continue
-        # voxels above each threshold, inside and outside the organ, from histograms of the logits
-        inside = np.cumsum(np.histogram(x[y], np.r_[-np.inf, edges, np.inf])[0][::-1])[::-1][1:]
-        outside = np.cumsum(np.histogram(x[~y], np.r_[-np.inf, edges, np.inf])[0][::-1])[::-1][1:]
+        inside, outside = at_or_above(x[y]), at_or_above(x[~y])
         dice = 2 * inside / (inside + outside + y.sum())
         out[task.name] = float(edges[int(np.argmax(dice))])
     return out
