@@ -67,6 +67,10 @@ class HermesConfig:
     mlp_ratio: int = 2
     #: add a learnt static kernel per task (a table row) to the classifier's dynamic one; False is upstream's head
     task_kernels: bool = False
+    #: initialisation only (needs task_kernels): the fusion blocks' feature updates and the head's dynamic kernel
+    #: start at zero and the static kernels as the multi-head's 1×1×1 conv, so training starts from the
+    #: multi-head network and the priors add to it; False is upstream's initialisation
+    start_as_multihead: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -95,6 +99,8 @@ def _validate(config: HermesConfig) -> None:
         raise ValueError(f"channels needs 5 positive widths (1, 1/2, 1/4, 1/8, 1/16), got {config.channels}")
     if len(config.fusion_blocks) != 5 or min(config.fusion_blocks) < 1:
         raise ValueError(f"fusion_blocks needs 5 positive counts, got {config.fusion_blocks}")
+    if config.start_as_multihead and not config.task_kernels:
+        raise ValueError("start_as_multihead starts the head from the static task kernels: it needs task_kernels=True")
     fused = config.channels[2:] + config.channels[3:1:-1]
     if any(c % config.head_dim for c in fused):
         raise ValueError(f"fusion widths {fused} must be multiples of head_dim={config.head_dim}")
@@ -306,6 +312,24 @@ class HermesR(nn.Module):
         self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None)
         self.modality_norm = nn.LayerNorm(sum(widths))
         self.modality_head = _MLP(sum(widths), c2, config.num_modalities)
+        if config.start_as_multihead:
+            self._start_as_multihead()
+
+    @torch.no_grad()
+    def _start_as_multihead(self) -> None:
+        """Zero the last layer of every feature update (attention output, MLP) and of the dynamic kernel's
+        MLP, and draw the static kernels as nn.Conv3d draws a 1×1×1 conv (U(±1/√F)): the forward pass is
+        then the multi-head network's, and gradients still reach every zeroed layer (docs/hermes.md)."""
+        for fusion in self.fusions:
+            for block in fusion.blocks:
+                for layer in (block.f_attn.out, block.f_mlp[-1]):
+                    nn.init.zeros_(layer.weight)
+                    nn.init.zeros_(layer.bias)
+        last = self.classifier.mlp2[-1]
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        bound = (last.out_features - 1) ** -0.5
+        nn.init.uniform_(self.classifier.task_kernels, -bound, bound)  # type: ignore[arg-type]
 
     def forward(self, image: torch.Tensor, tasks: torch.Tensor,
                 modality: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

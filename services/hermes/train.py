@@ -20,6 +20,8 @@ label none of them are left out): e.g. Hermes without ``lung_tumour`` as the sta
 task-transfer check (services/hermes/task_transfer.py). ``--init-from CHECKPOINT`` starts from the weights of a
 checkpoint of the same variant and tasks (a second training leg: fresh optimiser and schedule over
 ``--iterations``; recorded in config.json as ``args.init_from`` with the weights' sha256).
+``--start-as-multihead`` (hermes) initialises Hermes-R so that it computes the multi-head network at step 0
+(`HermesConfig.start_as_multihead`; recorded in config.json ``model``).
 
 Every step: batch ``--batch-size`` 2 of 64³ patches, Adam (lr 1e-3, weight decay 1e-5, polynomial decay
 0.9 over ``--iterations``, as the segmentation family), loss `hermes_loss` (Dice + BCE over the
@@ -400,11 +402,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                         help="start from this checkpoint's weights (same variant, tasks, network); fresh optimiser "
                              "and schedule over --iterations")
+    parser.add_argument("--start-as-multihead", action="store_true",
+                        help="hermes: initialise so the network starts as the multi-head baseline "
+                             "(HermesConfig.start_as_multihead)")
     args = parser.parse_args(argv)
     if args.variant == "single" and args.dataset is None:
         parser.error("single needs --dataset (one of " + ", ".join(SPLITS) + ")")
     if args.variant != "single" and args.dataset is not None:
         parser.error("--dataset is for the single variant; use --tasks to restrict hermes or multihead")
+    if args.start_as_multihead and args.variant != "hermes":
+        parser.error("--start-as-multihead is a Hermes-R initialisation")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tasks = None if args.tasks is None else [t.index for t in parse_tasks(args.tasks)]
     data = source_data(dataset_sources(args.dataset), tasks)
@@ -414,7 +421,8 @@ def main(argv: list[str] | None = None) -> int:
         path = train(args.variant, args.out, args.iterations, data, args.seed, args.max_seconds, args.batch_size,
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
                      save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
-                     prior_lr_scale=args.prior_lr_scale, init_from=args.init_from)
+                     prior_lr_scale=args.prior_lr_scale, init_from=args.init_from,
+                     config=dataclasses.replace(CPU_CONFIG, start_as_multihead=args.start_as_multihead))
     except Interrupted as exc:
         log.warning("%s", exc)
         return 3

@@ -85,7 +85,28 @@ def test_a_static_task_kernel_changes_only_its_own_task() -> None:
     assert HermesR(TINY).classifier.task_kernels is None
 
 
+def test_start_as_multihead_computes_the_multihead_network_and_still_learns_the_priors() -> None:
+    torch.manual_seed(3)
+    config = HermesConfig(**{**TINY_KERNELS.to_dict(), "start_as_multihead": True})
+    hermes = HermesR(config)
+    multihead = MultiHeadUNet(config)
+    multihead.backbone.load_state_dict(hermes.backbone.state_dict())
+    kernels = hermes.classifier.task_kernels.detach()[:-1]  # the null token's row has no channel
+    with torch.no_grad():
+        multihead.head.weight.copy_(kernels[:, :-1].reshape(*multihead.head.weight.shape))
+        multihead.head.bias.copy_(kernels[:, -1])
+    image, tasks = _image(1, seed=5), torch.tensor([[0, 4, 12]])
+    seg, _ = hermes(image, tasks, torch.tensor([0]))
+    assert torch.allclose(seg, multihead(image, tasks), atol=1e-5)
+    seg.square().mean().backward()  # the zeroed layers get gradients: the priors can start to act
+    block = hermes.fusions[0].blocks[0]
+    assert block.f_attn.out.weight.grad.abs().sum() > 0 and block.f_mlp[-1].weight.grad.abs().sum() > 0
+    assert hermes.classifier.mlp2[-1].weight.grad.abs().sum() > 0
+
+
 def test_bad_configurations_and_inputs_are_refused() -> None:
+    with pytest.raises(ValueError, match="task_kernels"):
+        HermesR(HermesConfig(**{**TINY.to_dict(), "start_as_multihead": True}))
     with pytest.raises(ValueError, match="channels"):
         HermesR(HermesConfig(channels=(8, 8, 8)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="head_dim"):
