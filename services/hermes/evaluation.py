@@ -13,7 +13,9 @@ Models, each in the same process and at the same torch thread count:
 * **Hermes-R** (``checkpoints/hermes_kernels_s0``, the served one: static task kernels in the head) and the
   **multi-head** baseline (``checkpoints/multihead_s0``): same backbone, same mixed data, 2,000 iterations,
   seed 0 each — the issue's comparison; the ablation **Hermes-R with upstream's head** (``checkpoints/hermes_s0``,
-  same recipe without the static kernels) is scored beside them;
+  same recipe without the static kernels) is scored beside them; so are the second training legs (+1,000
+  iterations) and Hermes-R started as the multi-head network (``hermes_mhstart_s0``) with its multi-head pair
+  trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg);
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
   budget — 9,937 iterations); ``single_mr_brain_s0`` (`train.py single --dataset mr_brain`: the multi-head network
   on the MR brain sources only, 2,000 iterations) for Colin27; none for the tumour;
@@ -70,7 +72,10 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "multihead_s0",
                                "hermes_upstream_head": "hermes_s0",
                                # the second training leg of both (train.py --init-from, 1,000 more iterations)
-                               "hermes_leg2": "hermes_kernels_s0_plus1000", "multihead_leg2": "multihead_s0_plus1000"}
+                               "hermes_leg2": "hermes_kernels_s0_plus1000", "multihead_leg2": "multihead_s0_plus1000",
+                               # Hermes-R initialised as the multi-head network, and its bf16 multi-head pair
+                               "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
+                               "multihead_bf16_leg2": "multihead_bf16_s0_plus1000"}
 #: the models timed on the full CT (the ablation and the second legs are scored, not timed)
 TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
@@ -94,6 +99,12 @@ NAMES = {
     "hermes_leg2": "Hermes-R, second leg: hermes_kernels_s0 + 1,000 iterations (3,000 in all; Adam restarted, "
                    "lr 5e-4 with polynomial decay, data seed 1)",
     "multihead_leg2": "multi-head, second leg: multihead_s0 + 1,000 iterations (the same second leg)",
+    "hermes_mhstart": "Hermes-R started as the multi-head network (hermes_mhstart_s0: train.py --start-as-multihead, "
+                      "2,000 iterations, bf16 autocast)",
+    "multihead_bf16": "multi-head baseline trained again under bf16 autocast (multihead_bf16_s0: same seed, data and "
+                      "2,000 iterations as multihead_s0, which ran in float32)",
+    "multihead_bf16_leg2": "multi-head (bf16), second leg: multihead_bf16_s0 + 1,000 iterations (as multihead_leg2, "
+                           "bf16 autocast)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -194,7 +205,20 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                  ("real CT, 11 organs, second leg (3,000 iterations): Hermes-R vs multi-head", ct, "hermes_leg2",
                   "multihead_leg2", organs),
                  ("all held-out tasks: Hermes-R after its second leg vs after 2,000 iterations", held_out,
-                  "hermes_leg2", "hermes", every)]
+                  "hermes_leg2", "hermes", every),
+                 # the same comparison with Hermes-R started as the multi-head network, both trained under bf16
+                 ("all held-out tasks: Hermes-R started as multi-head vs multi-head (both bf16)", held_out,
+                  "hermes_mhstart", "multihead_bf16", every),
+                 ("real CT, 11 organs: Hermes-R started as multi-head vs multi-head (both bf16)", ct, "hermes_mhstart",
+                  "multihead_bf16", organs),
+                 ("all held-out tasks: Hermes-R started as multi-head (bf16) vs Hermes-R (float32)", held_out,
+                  "hermes_mhstart", "hermes", every),
+                 ("all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)", held_out,
+                  "multihead_bf16", "multihead", every),
+                 ("all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32", held_out,
+                  "multihead_bf16_leg2", "multihead_leg2", every),
+                 ("all held-out tasks, second leg (3,000 iterations): Hermes-R (float32) vs multi-head (bf16)",
+                  held_out, "hermes_leg2", "multihead_bf16_leg2", every)]
     out = []
     for name, keys, ours, baseline, what in rows:
         if ours not in scores or baseline not in scores or not any(k in scores[baseline] for k in keys):

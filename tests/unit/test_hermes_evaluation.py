@@ -153,6 +153,26 @@ def test_second_leg_rows_compare_the_two_longer_runs() -> None:
     assert not any("second leg" in c.name for c in hermes_comparisons(scores, quick=True))
 
 
+def test_multihead_start_rows_pair_the_bf16_runs() -> None:
+    scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
+    assert not any("started as multi-head" in c.name for c in hermes_comparisons(scores, quick=False))
+    scores["hermes_mhstart"] = {k: v + 0.15 for k, v in scores["hermes"].items()}
+    scores["multihead_bf16"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    paired = found["real CT, 11 organs: Hermes-R started as multi-head vs multi-head (both bf16)"]
+    assert paired.ours == pytest.approx(0.65) and paired.baseline == pytest.approx(0.7) and not paired.ours_wins
+    precision = found["all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)"]
+    assert precision.ci95 == pytest.approx([0.1, 0.1]) and precision.samples.startswith("13 ")
+    assert found["all held-out tasks: Hermes-R started as multi-head (bf16) vs Hermes-R (float32)"].ours_wins
+    assert not any("second leg" in c.name and "bf16" in c.name for c in found.values())
+    scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
+    scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
+    scores["multihead_bf16_leg2"] = {k: v + 0.15 for k, v in scores["multihead"].items()}
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    leg2 = found["all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32"]
+    assert leg2.ci95 == pytest.approx([0.05, 0.05])
+
+
 def test_one_volume_rows_get_a_slice_bootstrap_interval() -> None:
     truth = _cube()
     case = _case({"brain": truth}, "colin27_head")
