@@ -21,7 +21,8 @@ task-transfer check (services/hermes/task_transfer.py). ``--init-from CHECKPOINT
 checkpoint of the same variant and tasks (a second training leg: fresh optimiser and schedule over
 ``--iterations``; recorded in config.json as ``args.init_from`` with the weights' sha256).
 ``--start-as-multihead`` (hermes) initialises Hermes-R so that it computes the multi-head network at step 0
-(`HermesConfig.start_as_multihead`; recorded in config.json ``model``).
+(`HermesConfig.start_as_multihead`; recorded in config.json ``model``); ``--normalised-kernels`` (hermes) gives each
+task a unit-norm kernel times a learnt gain (`HermesConfig.normalised_kernels`).
 
 Every step: batch ``--batch-size`` 2 of 64³ patches, Adam (lr 1e-3, weight decay 1e-5, polynomial decay
 0.9 over ``--iterations``, as the segmentation family), loss `hermes_loss` (Dice + BCE over the
