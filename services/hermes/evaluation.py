@@ -15,7 +15,8 @@ Models, each in the same process and at the same torch thread count:
   seed 0 each — the issue's comparison; the ablation **Hermes-R with upstream's head** (``checkpoints/hermes_s0``,
   same recipe without the static kernels) is scored beside them; so are the second training legs (+1,000
   iterations) and Hermes-R started as the multi-head network (``hermes_mhstart_s0``) with its multi-head pair
-  trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg);
+  trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg), and Hermes-R with normalised
+  task kernels (``hermes_normkernels_s0``);
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
   budget — 9,937 iterations); ``single_mr_brain_s0`` (`train.py single --dataset mr_brain`: the multi-head network
   on the MR brain sources only, 2,000 iterations) for Colin27; none for the tumour;
@@ -75,7 +76,8 @@ CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "mult
                                "hermes_leg2": "hermes_kernels_s0_plus1000", "multihead_leg2": "multihead_s0_plus1000",
                                # Hermes-R initialised as the multi-head network, and its bf16 multi-head pair
                                "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
-                               "multihead_bf16_leg2": "multihead_bf16_s0_plus1000"}
+                               "multihead_bf16_leg2": "multihead_bf16_s0_plus1000",
+                               "hermes_normkernels": "hermes_normkernels_s0"}
 #: the models timed on the full CT (the ablation and the second legs are scored, not timed)
 TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
@@ -105,6 +107,8 @@ NAMES = {
                       "2,000 iterations as multihead_s0, which ran in float32)",
     "multihead_bf16_leg2": "multi-head (bf16), second leg: multihead_bf16_s0 + 1,000 iterations (as multihead_leg2, "
                            "bf16 autocast)",
+    "hermes_normkernels": "Hermes-R with normalised task kernels (hermes_normkernels_s0: --normalised-kernels, "
+                          "2,000 iterations, bf16 autocast)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -215,6 +219,10 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                   "hermes_mhstart", "hermes", every),
                  ("all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)", held_out,
                   "multihead_bf16", "multihead", every),
+                 ("all held-out tasks: Hermes-R with normalised kernels vs multi-head (both bf16)", held_out,
+                  "hermes_normkernels", "multihead_bf16", every),
+                 ("real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16)", ct,
+                  "hermes_normkernels", "multihead_bf16", organs),
                  ("all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32", held_out,
                   "multihead_bf16_leg2", "multihead_leg2", every),
                  ("all held-out tasks, second leg (3,000 iterations): Hermes-R (float32) vs multi-head (bf16)",

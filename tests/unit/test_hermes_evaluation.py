@@ -164,6 +164,10 @@ def test_multihead_start_rows_pair_the_bf16_runs() -> None:
     precision = found["all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)"]
     assert precision.ci95 == pytest.approx([0.1, 0.1]) and precision.samples.startswith("13 ")
     assert found["all held-out tasks: Hermes-R started as multi-head (bf16) vs Hermes-R (float32)"].ours_wins
+    scores["hermes_normkernels"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
+    normalised = {c.name: c for c in hermes_comparisons(scores, quick=False)}[
+        "real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16)"]
+    assert normalised.ours == pytest.approx(0.7) and normalised.baseline == pytest.approx(0.7)
     assert not any("second leg" in c.name and "bf16" in c.name for c in found.values())
     scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
