@@ -112,73 +112,69 @@ def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> 
             for t, x, y in zip(run, logit, truth, strict=True) if y.any() and not y.all()}
 
 
-def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
-    """Cosine similarity between the 11 CT organs' per-task 1×1×1 kernels (weights, bias excluded) that a
-    Hermes-R classifier computes for one synthetic CT patch (``seed``): near 1 for two tasks means the head
-    cannot tell them apart (why ``HermesConfig.task_kernels`` exists; docs/hermes.md)."""
-    from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
-    from services.hermes.network import HermesR
-
-    net = model.net.eval()
-    if not isinstance(net, HermesR):
-        raise ValueError("kernel cosines need a Hermes-R checkpoint")
-    sample = SyntheticOrganSampler().sample(np.random.default_rng(seed))
-    tasks = torch.tensor([[TASKS.index(t) for t in TASKS if t.name in ORGAN_TASKS]])
-    captured: list[torch.Tensor] = []
-    hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs[0]))
-    try:
-        with torch.no_grad():
-            net(torch.from_numpy(sample.image)[None, None], tasks, torch.tensor([0]))
-            params = net.classifier.kernels(captured[0], tasks)[0]
-    finally:
-        hook.remove()
-    weights = torch.nn.functional.normalize(params[:, :-1], dim=1)
-    cosine = (weights @ weights.T).numpy()
-    names = [TASKS[int(t)].name for t in tasks[0]]
-    return {a: {b: round(float(cosine[i, j]), 2) for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
-
-
-def organ_head_scale(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
-    """Where a network's logit scale comes from, on one synthetic CT patch (``seed``): per CT organ the norm of its
-    1×1×1 kernel's weights and its bias (Hermes-R: the dynamic part from the task tokens and the static
-    ``task_kernels`` row, and their sum); ``"features"``: the root-mean-square norm of the final feature vector over
-    the voxels. A logit is kernel · features + bias, so kernel norm × feature norm bounds its size."""
+def _organ_kernels(model: HermesModel, seed: int) -> tuple[list, torch.Tensor, torch.Tensor | None,
+                                                         torch.Tensor | None, torch.Tensor]:
+    """One synthetic CT patch (``seed``) through ``model`` with the CT organ tasks: the organs, their 1×1×1 kernels
+    as applied (T, F + 1: weights, bias), for Hermes-R the generated part and the static ``task_kernels`` rows as
+    they enter the head (before any normalisation; None for the multi-head network), and the final features
+    (F, D, H, W)."""
     from services.hermes.data import ORGAN_TASKS, SyntheticOrganSampler
     from services.hermes.network import HermesR, gather_tokens
 
     net = model.net.eval()
     run = [t for t in TASKS if t.name in ORGAN_TASKS]
     image = torch.from_numpy(SyntheticOrganSampler().sample(np.random.default_rng(seed)).image)[None, None]
-    head = net.classifier if isinstance(net, HermesR) else net.head
+    hermes = isinstance(net, HermesR)
     captured: list[tuple] = []
-    hook = head.register_forward_hook(lambda module, inputs, output: captured.append(inputs))
-    out: dict[str, dict[str, float]] = {}
+    hook = (net.classifier if hermes else net.head).register_forward_hook(
+        lambda module, inputs, output: captured.append(inputs))
     try:
         with torch.no_grad():
-            if isinstance(net, HermesR):
-                tasks = torch.tensor([[t.index for t in run]])
-                net(image, tasks, torch.tensor([0]))
-                tokens, features = captured[0][0], captured[0][1]
-                total = net.classifier.kernels(tokens, tasks)[0]
-                table = net.classifier.task_kernels
-                static = torch.zeros_like(total) if table is None else gather_tokens(table, tasks)[0]
-                dynamic = total - static
-            else:
+            if not hermes:
                 net(image)
-                features = captured[0][0]
-                rows = [model.tasks.index(t.index) for t in run]
                 weight = net.head.weight.reshape(net.head.out_channels, -1)
-                total = torch.cat([weight, net.head.bias[:, None]], dim=1)[rows]
-                dynamic = static = None
+                rows = [model.tasks.index(t.index) for t in run]
+                return run, torch.cat([weight, net.head.bias[:, None]], dim=1)[rows], None, None, captured[0][0][0]
+            tasks = torch.tensor([[t.index for t in run]])
+            net(image, tasks, torch.tensor([0]))
+            tokens, features = captured[0][0], captured[0][1]
+            head = net.classifier
+            generated = head.mlp2(head.mlp1(head.norm(tokens)))[0]
+            static = (torch.zeros_like(generated) if head.task_kernels is None
+                      else gather_tokens(head.task_kernels, tasks)[0])
+            return run, head.kernels(tokens, tasks)[0], generated, static, features[0]
     finally:
         hook.remove()
+
+
+def organ_kernel_cosines(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
+    """Cosine similarity between the 11 CT organs' per-task 1×1×1 kernels (weights, bias excluded) that a
+    Hermes-R classifier computes for one synthetic CT patch (``seed``): near 1 for two tasks means the head
+    cannot tell them apart (why ``HermesConfig.task_kernels`` exists; docs/hermes.md)."""
+    if not model.has_priors:
+        raise ValueError("kernel cosines need a Hermes-R checkpoint")
+    run, params, _, _, _ = _organ_kernels(model, seed)
+    weights = torch.nn.functional.normalize(params[:, :-1], dim=1)
+    cosine = (weights @ weights.T).numpy()
+    names = [t.name for t in run]
+    return {a: {b: round(float(cosine[i, j]), 2) for j, b in enumerate(names) if b != a} for i, a in enumerate(names)}
+
+
+def organ_head_scale(model: HermesModel, seed: int = 5) -> dict[str, dict[str, float]]:
+    """Where a network's logit scale comes from, on one synthetic CT patch (``seed``): per CT organ the norm of its
+    1×1×1 kernel's weights and its bias as applied; for Hermes-R also the norms of the part generated from the task
+    tokens and of the static ``task_kernels`` row (before normalisation); ``"features"``: the root-mean-square norm
+    of the final feature vector over the voxels. A logit is kernel · features + bias, so kernel norm × feature
+    norm bounds its size."""
+    run, params, generated, static, features = _organ_kernels(model, seed)
+    out: dict[str, dict[str, float]] = {}
     for i, task in enumerate(run):
-        row = {"kernel_norm": round(float(total[i, :-1].norm()), 2), "bias": round(float(total[i, -1]), 2)}
-        if dynamic is not None and static is not None:
-            row["dynamic_norm"] = round(float(dynamic[i, :-1].norm()), 2)
+        row = {"kernel_norm": round(float(params[i, :-1].norm()), 2), "bias": round(float(params[i, -1]), 2)}
+        if generated is not None and static is not None:
+            row["dynamic_norm"] = round(float(generated[i, :-1].norm()), 2)
             row["static_norm"] = round(float(static[i, :-1].norm()), 2)
         out[task.name] = row
-    out["features"] = {"rms_norm": round(float(features[0].square().sum(0).mean().sqrt()), 2)}
+    out["features"] = {"rms_norm": round(float(features.square().sum(0).mean().sqrt()), 2)}
     return out
 
 

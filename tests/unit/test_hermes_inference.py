@@ -14,7 +14,7 @@ import torch
 from services.common.volume import Volume
 from services.hermes.inference import HermesModel, HermesSegmenter, to_grid
 from services.hermes.network import HermesConfig, HermesR, MultiHeadUNet
-from services.hermes.tasks import TASK_NAMES, TaskModalityError
+from services.hermes.tasks import TASK_NAMES, TASKS, TaskModalityError
 
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 PATCH = (16, 32, 32)
@@ -175,6 +175,27 @@ def test_fusion_updates_measure_what_each_fusion_layer_adds(hermes: HermesModel,
     assert all(row["update_to_input"] == 0 for row in heldout.fusion_updates(hermes, patches=1))
     with pytest.raises(ValueError, match="Hermes-R"):
         heldout.fusion_updates(HermesModel(MultiHeadUNet(TINY), ALL))
+
+
+def test_organ_head_scale_reports_the_kernels_as_applied(hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import ORGAN_TASKS, Sample
+
+    class Noise:
+        def sample(self, rng: np.random.Generator) -> Sample:
+            return Sample(rng.uniform(-1, 1, PATCH).astype(np.float32), 0, tuple(range(len(ORGAN_TASKS))),
+                          np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8), "fake")
+
+    monkeypatch.setattr(data, "SyntheticOrganSampler", Noise)
+    scale = heldout.organ_head_scale(hermes)
+    assert set(scale) == {*ORGAN_TASKS, "features"} and scale["features"]["rms_norm"] > 0
+    assert scale["liver"]["static_norm"] == 0 and scale["liver"]["dynamic_norm"] == scale["liver"]["kernel_norm"]
+    torch.manual_seed(0)
+    multihead = HermesModel(MultiHeadUNet(TINY), ALL)
+    liver = ALL.index(next(t.index for t in TASKS if t.name == "liver"))
+    found = heldout.organ_head_scale(multihead)["liver"]
+    assert found["kernel_norm"] == round(float(multihead.net.head.weight[liver].norm()), 2)
+    assert found["bias"] == round(float(multihead.net.head.bias[liver]), 2) and "dynamic_norm" not in found
 
 
 def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
