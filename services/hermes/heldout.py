@@ -140,6 +140,8 @@ def _organ_kernels(model: HermesModel, seed: int) -> tuple[list, torch.Tensor, t
             tokens, features = captured[0][0], captured[0][1]
             head = net.classifier
             generated = head.mlp2(head.mlp1(head.norm(tokens)))[0]
+            if head.static_bias:  # weights only: a zero generated bias, so the columns match the static rows
+                generated = torch.cat([generated, torch.zeros_like(generated[:, :1])], dim=1)
             static = (torch.zeros_like(generated) if head.task_kernels is None
                       else gather_tokens(head.task_kernels, tasks)[0])
             return run, head.kernels(tokens, tasks)[0], generated, static, features[0]

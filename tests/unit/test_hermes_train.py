@@ -220,14 +220,17 @@ def test_calibrated_start_centres_the_new_task_on_its_labelled_voxels() -> None:
         task_transfer.learn_task_token(HermesR(TINY), (0, 1), 11, tiny_data(("tumour",)), iterations=1)
 
 
-def test_prior_tables_train_at_their_own_learning_rate() -> None:
+def test_prior_tables_and_kernel_generator_train_at_their_own_learning_rates() -> None:
     torch.manual_seed(0)
     net = HermesR(dataclasses.replace(TINY, task_kernels=True))
     batches = Batches(tiny_data(("organs",)).sampler, (0, 1), np.random.default_rng(0), 1, "modality", 0.0)
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    fit(net, batches, step_loss(net, (0, 1)), Budget(1), lr=1e-3, prior_lr_scale=10.0)
-    # Adam's first step moves each parameter by about lr (its sign): 10x that for the prior tables
+    fit(net, batches, step_loss(net, (0, 1)), Budget(1), lr=1e-3, prior_lr_scale=10.0, generator_lr_scale=0.1)
+    # Adam's first step moves each parameter by about lr (its sign): 10x that for the prior tables, 0.1x for
+    # the kernel generator
     moved = {k: float((net.state_dict()[k] - before[k]).abs().max()) for k in before}
     assert moved["fusions.0.task_table"] == pytest.approx(1e-2, rel=0.05)
     assert moved["classifier.task_kernels"] == pytest.approx(1e-2, rel=0.05)
-    assert moved["classifier.mlp1.0.weight"] == pytest.approx(1e-3, rel=0.05)
+    assert moved["classifier.mlp1.0.weight"] == pytest.approx(1e-4, rel=0.05)
+    assert moved["classifier.mlp2.2.weight"] == pytest.approx(1e-4, rel=0.05)
+    assert moved["fusions.0.blocks.0.f_attn.out.weight"] == pytest.approx(1e-3, rel=0.05)
