@@ -15,8 +15,9 @@ Models, each in the same process and at the same torch thread count:
   seed 0 each — the issue's comparison; the ablation **Hermes-R with upstream's head** (``checkpoints/hermes_s0``,
   same recipe without the static kernels) is scored beside them; so are the second training legs (+1,000
   iterations) and Hermes-R started as the multi-head network (``hermes_mhstart_s0``) with its multi-head pair
-  trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg), and Hermes-R with normalised
-  task kernels (``hermes_normkernels_s0``);
+  trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg), and the other bf16 Hermes-R
+  variants (`BF16_VARIANTS`: normalised task kernels, the kernel generator at a tenth of the learning rate, a
+  static task bias);
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
   budget — 9,937 iterations); ``single_mr_brain_s0`` (`train.py single --dataset mr_brain`: the multi-head network
   on the MR brain sources only, 2,000 iterations) for Colin27; none for the tumour;
@@ -65,8 +66,9 @@ from services.common.comparisons import (
 from services.common.volume import Volume, resample_like
 from services.segmentation.labels import CLASS_NAMES
 
-__all__ = ["EVALUATION", "CHECKPOINTS", "SEEDS", "Case", "task_counts", "dice_scores", "mni_brain_mask", "empty_mask",
-           "hermes_comparisons", "targets", "latency_table", "time_requests", "parameters", "run"]
+__all__ = ["EVALUATION", "CHECKPOINTS", "BF16_VARIANTS", "SEEDS", "Case", "task_counts", "dice_scores",
+           "mni_brain_mask", "empty_mask", "hermes_comparisons", "targets", "latency_table", "time_requests",
+           "parameters", "run"]
 
 CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 #: model key → committed checkpoint folder (one seed each); "hermes" is the served one
@@ -78,6 +80,11 @@ CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "mult
                                "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
                                "multihead_bf16_leg2": "multihead_bf16_s0_plus1000",
                                "hermes_normkernels": "hermes_normkernels_s0"}
+#: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md)
+BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
+                                 "hermes_normkernels": "Hermes-R with normalised kernels",
+                                 "hermes_genlr": "Hermes-R with its kernel generator at 0.1x the learning rate",
+                                 "hermes_staticbias": "Hermes-R with a static task bias"}
 #: the models timed on the full CT (the ablation and the second legs are scored, not timed)
 TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`; the CT organs' is PCT-Net; the
@@ -109,6 +116,10 @@ NAMES = {
                            "bf16 autocast)",
     "hermes_normkernels": "Hermes-R with normalised task kernels (hermes_normkernels_s0: --normalised-kernels, "
                           "2,000 iterations, bf16 autocast)",
+    "hermes_genlr": "Hermes-R with its kernel generator (the prior classifier's MLPs) at 0.1x the learning rate "
+                    "(hermes_genlr01_s0: --generator-lr-scale 0.1, 2,000 iterations, bf16 autocast)",
+    "hermes_staticbias": "Hermes-R with each task's bias from its static kernel only, not generated "
+                         "(hermes_staticbias_s0: --static-bias, 2,000 iterations, bf16 autocast)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -210,19 +221,15 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                   "multihead_leg2", organs),
                  ("all held-out tasks: Hermes-R after its second leg vs after 2,000 iterations", held_out,
                   "hermes_leg2", "hermes", every),
-                 # the same comparison with Hermes-R started as the multi-head network, both trained under bf16
-                 ("all held-out tasks: Hermes-R started as multi-head vs multi-head (both bf16)", held_out,
-                  "hermes_mhstart", "multihead_bf16", every),
-                 ("real CT, 11 organs: Hermes-R started as multi-head vs multi-head (both bf16)", ct, "hermes_mhstart",
-                  "multihead_bf16", organs),
+                 # the Hermes-R variants trained under bf16, each against the multi-head network trained so
+                 *[row for key, label in BF16_VARIANTS.items() for row in (
+                     (f"all held-out tasks: {label} vs multi-head (both bf16)", held_out, key, "multihead_bf16",
+                      every),
+                     (f"real CT, 11 organs: {label} vs multi-head (both bf16)", ct, key, "multihead_bf16", organs))],
                  ("all held-out tasks: Hermes-R started as multi-head (bf16) vs Hermes-R (float32)", held_out,
                   "hermes_mhstart", "hermes", every),
                  ("all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)", held_out,
                   "multihead_bf16", "multihead", every),
-                 ("all held-out tasks: Hermes-R with normalised kernels vs multi-head (both bf16)", held_out,
-                  "hermes_normkernels", "multihead_bf16", every),
-                 ("real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16)", ct,
-                  "hermes_normkernels", "multihead_bf16", organs),
                  ("all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32", held_out,
                   "multihead_bf16_leg2", "multihead_leg2", every),
                  ("all held-out tasks, second leg (3,000 iterations): Hermes-R (float32) vs multi-head (bf16)",

@@ -10,6 +10,7 @@ import pytest
 from services.common.volume import Volume
 from services.hermes import evaluation
 from services.hermes.evaluation import (
+    BF16_VARIANTS,
     Case,
     dice_scores,
     empty_mask,
@@ -169,6 +170,13 @@ def test_multihead_start_rows_pair_the_bf16_runs() -> None:
         "real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16)"]
     assert normalised.ours == pytest.approx(0.7) and normalised.baseline == pytest.approx(0.7)
     assert not any("second leg" in c.name and "bf16" in c.name for c in found.values())
+    for key in ("hermes_genlr", "hermes_staticbias"):  # every bf16 variant gets its pair of rows
+        scores[key] = {k: v + 0.25 for k, v in scores["hermes"].items()}
+    names = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    for label in BF16_VARIANTS.values():
+        assert f"all held-out tasks: {label} vs multi-head (both bf16)" in names
+        assert f"real CT, 11 organs: {label} vs multi-head (both bf16)" in names
+    assert names["real CT, 11 organs: Hermes-R with a static task bias vs multi-head (both bf16)"].ours_wins
     scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
     scores["multihead_bf16_leg2"] = {k: v + 0.15 for k, v in scores["multihead"].items()}
