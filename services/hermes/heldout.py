@@ -9,6 +9,7 @@
     python -m services.hermes.heldout CHECKPOINT --threshold-patches 16           # + Dice at thresholds chosen there
     python -m services.hermes.heldout CHECKPOINT --head-scale --skip-heldout      # kernel and feature norms per organ
     python -m services.hermes.heldout CHECKPOINT --block-shift --skip-heldout     # synthetic vs real CT, same anatomy
+    python -m services.hermes.heldout CHECKPOINT --loss-split --skip-heldout      # loss with / without each organ
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -34,7 +35,7 @@ from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
 
 __all__ = ["heldout_dice", "organ_kernel_cosines", "synthetic_patch_dice", "feature_probe_dice", "fusion_updates",
-           "organ_logit_stats", "synthetic_thresholds", "organ_block_shift", "main"]
+           "organ_logit_stats", "synthetic_thresholds", "organ_block_shift", "organ_loss_split", "main"]
 
 
 def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
@@ -111,6 +112,29 @@ def organ_logit_stats(model: HermesModel, patches: int = 6, seed: int = 123) -> 
                      "median_logit_out": round(float(np.median(x[~y])), 2),
                      "p99_logit_out": round(float(np.percentile(x[~y], 99)), 2)}
             for t, x, y in zip(run, logit, truth, strict=True) if y.any() and not y.all()}
+
+
+def organ_loss_split(model: HermesModel, patches: int = 16, seed: int = 123) -> dict[str, dict[str, float]]:
+    """The training loss (Dice + BCE per (patch, task), `losses.py`) on ``patches`` synthetic training-like CT
+    patches (``seed``), split per CT organ by whether the patch holds the organ: ``present`` / ``absent``, the mean
+    loss over those patches, and ``patches_present``. Tells a network that pays less on patches without an organ
+    (switching the task off) from one that pays less where the organ is."""
+    from services.hermes.losses import per_task_bce, per_task_dice_loss
+
+    run, logit, truth = _synthetic_logits(model, patches, seed)
+    logits = torch.from_numpy(logit.reshape(len(run), patches, -1)).transpose(0, 1)  # (P, T, V)
+    targets = torch.from_numpy(truth.reshape(len(run), patches, -1)).transpose(0, 1)
+    loss = (per_task_dice_loss(logits, targets) + per_task_bce(logits, targets)).numpy()  # (P, T)
+    present = targets.any(-1).numpy()
+    out: dict[str, dict[str, float]] = {}
+    for i, task in enumerate(run):
+        row = {"patches_present": int(present[:, i].sum())}
+        for name, where in (("present", present[:, i]), ("absent", ~present[:, i])):
+            row[name] = round(float(loss[where, i].mean()), 4) if where.any() else float("nan")
+        out[task.name] = row
+    out["all"] = {"present": round(float(loss[present].mean()), 4), "absent": round(float(loss[~present].mean()), 4),
+                  "patches_present": int(present.sum())}
+    return out
 
 
 def _organ_kernels(model: HermesModel, seed: int) -> tuple[list, torch.Tensor, torch.Tensor | None,
@@ -379,6 +403,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="also each CT organ's logit AUC and medians on synthetic patches")
     parser.add_argument("--head-scale", action="store_true",
                         help="also each CT organ's kernel norm and bias, and the final features' norm")
+    parser.add_argument("--loss-split", action="store_true",
+                        help="also the training loss per CT organ on synthetic patches with and without the organ")
     parser.add_argument("--block-shift", action="store_true",
                         help="also each CT organ's Dice (and Hermes-R's kernel) on synthetic vs real CT blocks at "
                              "the same anatomy")
@@ -414,6 +440,8 @@ def main(argv: list[str] | None = None) -> int:
         out["fusion_updates"] = fusion_updates(model)
     if args.head_scale:
         out["head_scale"] = organ_head_scale(model)
+    if args.loss_split:
+        out["loss_split"] = organ_loss_split(model)
     if args.block_shift:
         out["block_shift"] = organ_block_shift(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output

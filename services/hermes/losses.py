@@ -39,12 +39,16 @@ def per_task_bce(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
 
 def hermes_loss(seg_logits: torch.Tensor, masks: torch.Tensor, supervised: torch.Tensor,
                 mod_logits: torch.Tensor | None = None, modality: torch.Tensor | None = None,
-                modality_weight: float = MODALITY_WEIGHT) -> tuple[torch.Tensor, dict[str, float]]:
+                modality_weight: float = MODALITY_WEIGHT,
+                empty_target_dice: bool = True) -> tuple[torch.Tensor, dict[str, float]]:
     """Mean Dice + BCE over the supervised (sample, task) pairs, + ``modality_weight`` × modality CE.
 
     Unsupervised pairs contribute nothing, not even through the mean's denominator: changing the
-    prediction of an unlabelled task leaves the loss unchanged. Returns the loss and its parts as
-    floats (``dice``, ``bce``, ``modality``, ``supervised`` pairs)."""
+    prediction of an unlabelled task leaves the loss unchanged. With ``empty_target_dice`` False the Dice
+    term is averaged over the supervised pairs whose mask has voxels only (BCE still over all of them): an
+    empty mask's Dice costs nearly 1 for any predicted voxel, which a network that can switch a task off per
+    patch (Hermes-R) learns to avoid at the expense of small organs (docs/hermes.md, "Sixth look").
+    Returns the loss and its parts as floats (``dice``, ``bce``, ``modality``, ``supervised`` pairs)."""
     if seg_logits.shape != masks.shape:
         raise ValueError(f"seg_logits {tuple(seg_logits.shape)} and masks {tuple(masks.shape)} differ")
     if tuple(supervised.shape) != tuple(seg_logits.shape[:2]):
@@ -52,10 +56,12 @@ def hermes_loss(seg_logits: torch.Tensor, masks: torch.Tensor, supervised: torch
     weight = supervised.to(seg_logits.dtype)
     count = weight.sum()
     # where() rather than a product: unsupervised pairs get an exact zero and no gradient
-    dice = torch.where(supervised, per_task_dice_loss(seg_logits, masks), torch.zeros_like(weight))
+    dice_pairs = supervised if empty_target_dice else supervised & masks.flatten(2).any(-1)
+    dice = torch.where(dice_pairs, per_task_dice_loss(seg_logits, masks), torch.zeros_like(weight))
     bce = torch.where(supervised, per_task_bce(seg_logits, masks), torch.zeros_like(weight))
     denominator = count.clamp(min=1.0)
-    dice_mean, bce_mean = dice.sum() / denominator, bce.sum() / denominator
+    dice_mean = dice.sum() / dice_pairs.sum().to(weight.dtype).clamp(min=1.0)
+    bce_mean = bce.sum() / denominator
     loss = dice_mean + bce_mean
     mod_ce = seg_logits.new_zeros(())
     if mod_logits is not None and modality is not None and bool((modality >= 0).any()):

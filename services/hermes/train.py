@@ -24,7 +24,8 @@ checkpoint of the same variant and tasks (a second training leg: fresh optimiser
 (`HermesConfig.start_as_multihead`; recorded in config.json ``model``); ``--normalised-kernels`` (hermes) gives each
 task a unit-norm kernel times a learnt gain (`HermesConfig.normalised_kernels`); ``--static-bias`` (hermes) keeps
 each task's bias out of the generator (`HermesConfig.static_bias`); ``--generator-lr-scale`` (hermes) trains the
-kernel generator at that multiple of the learning rate (recorded in config.json ``args``).
+kernel generator at that multiple of the learning rate (recorded in config.json ``args``); ``--no-empty-dice`` (any
+variant) leaves empty masks out of the Dice term (`hermes_loss` ``empty_target_dice``; BCE still sees them).
 
 Every step: batch ``--batch-size`` 2 of 64³ patches, Adam (lr 1e-3, weight decay 1e-5, polynomial decay
 0.9 over ``--iterations``, as the segmentation family), loss `hermes_loss` (Dice + BCE over the
@@ -216,18 +217,20 @@ def _channel_index(tasks: Sequence[int]) -> torch.Tensor:
     return lookup
 
 
-def step_loss(model: torch.nn.Module, tasks: Sequence[int]) -> Callable[[dict[str, torch.Tensor]], tuple]:
+def step_loss(model: torch.nn.Module, tasks: Sequence[int],
+              empty_target_dice: bool = True) -> Callable[[dict[str, torch.Tensor]], tuple]:
     """The loss of one batch for ``model`` (Hermes-R: segmentation + modality; multi-head: segmentation
-    of the trained channels)."""
+    of the trained channels); ``empty_target_dice``: see `hermes_loss`."""
     lookup = _channel_index(tasks)
 
     def loss(batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         if isinstance(model, HermesR):
             seg, mod = model(batch["image"], batch["tasks"], batch["modality_in"])
-            return hermes_loss(seg.float(), batch["masks"], batch["supervised"], mod.float(), batch["modality"])
+            return hermes_loss(seg.float(), batch["masks"], batch["supervised"], mod.float(), batch["modality"],
+                               empty_target_dice=empty_target_dice)
         channels = lookup[batch["tasks"]]  # -1 (padding) stays -1, never supervised
         seg = select_tasks(model(batch["image"]), channels)
-        return hermes_loss(seg.float(), batch["masks"], batch["supervised"])
+        return hermes_loss(seg.float(), batch["masks"], batch["supervised"], empty_target_dice=empty_target_dice)
 
     return loss
 
@@ -325,7 +328,8 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
           config: HermesConfig = CPU_CONFIG, context: str = "modality", modality_dropout: float | None = None,
           amp: bool | None = None, save_every_s: float | None = None, threads: int | None = None,
           dataset: str | None = None, log_every: int = 50, prior_lr_scale: float = 1.0,
-          init_from: str | Path | None = None, generator_lr_scale: float = 1.0) -> Path:
+          init_from: str | Path | None = None, generator_lr_scale: float = 1.0,
+          empty_target_dice: bool = True) -> Path:
     """Train one variant on ``data`` for ``iterations`` steps and write its checkpoint folder; returns the
     weights path. ``modality_dropout`` defaults to `MODALITY_DROPOUT` for Hermes and is 0 otherwise (the
     baselines see no modality). With ``save_every_s`` the run is resumable (see the module docstring).
@@ -348,10 +352,12 @@ def train(variant: str, out_dir: str | Path, iterations: int, data: TrainingData
         args["prior_lr_scale"] = prior_lr_scale
     if generator_lr_scale != 1.0:
         args["generator_lr_scale"] = generator_lr_scale
+    if not empty_target_dice:
+        args["empty_target_dice"] = False
     if start_from is not None:  # absent otherwise, for the same reason
         args["init_from"] = start_from
     resume = None if save_every_s is None else Resume(Path(out_dir), args, save_every_s, (rng,))
-    stats = fit(model, batches, step_loss(model, data.tasks), budget, lr, amp=amp, resume=resume,
+    stats = fit(model, batches, step_loss(model, data.tasks, empty_target_dice), budget, lr, amp=amp, resume=resume,
                 log_every=log_every, prior_lr_scale=prior_lr_scale, generator_lr_scale=generator_lr_scale)
     names = [TASK_NAMES[t] for t in data.tasks]
     net_config = model.config.to_dict()  # type: ignore[union-attr]
@@ -431,6 +437,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--normalised-kernels", action="store_true",
                         help="hermes: unit-norm task kernels times a learnt per-task gain "
                              "(HermesConfig.normalised_kernels)")
+    parser.add_argument("--no-empty-dice", action="store_true",
+                        help="any variant: the Dice term only over supervised masks that have voxels (BCE over all; "
+                             "losses.hermes_loss empty_target_dice=False)")
     parser.add_argument("--static-bias", action="store_true",
                         help="hermes: each task's bias is its static kernel's alone, not generated "
                              "(HermesConfig.static_bias)")
@@ -453,7 +462,7 @@ def main(argv: list[str] | None = None) -> int:
                      args.lr, context=args.task_context, modality_dropout=args.modality_dropout,
                      save_every_s=args.save_every, threads=args.threads, dataset=args.dataset,
                      prior_lr_scale=args.prior_lr_scale, init_from=args.init_from,
-                     generator_lr_scale=args.generator_lr_scale,
+                     generator_lr_scale=args.generator_lr_scale, empty_target_dice=not args.no_empty_dice,
                      config=dataclasses.replace(CPU_CONFIG, start_as_multihead=args.start_as_multihead,
                                                 normalised_kernels=args.normalised_kernels,
                                                 static_bias=args.static_bias))

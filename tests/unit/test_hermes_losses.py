@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import torch
 
 from services.hermes.data import Sample, collate
@@ -45,6 +46,21 @@ def test_modality_loss_ignores_unknown_modalities_and_no_supervision_gives_zero(
     assert float(loss) == 0.0 and parts["supervised"] == 0.0
     with_mod, parts = hermes_loss(logits, masks, none, torch.tensor([[5.0, -5.0], [0.0, 0.0]]), torch.tensor([1, -1]))
     assert abs(parts["modality"] - 10.0) < 1e-3 and abs(float(with_mod) - 0.1) < 1e-4
+
+
+def test_empty_masks_can_be_left_out_of_the_dice_term_only() -> None:
+    logits = torch.full((1, 2, 4, 4, 4), 2.0)  # every voxel predicted for both tasks
+    masks = torch.zeros(1, 2, 4, 4, 4)
+    masks[0, 0, :2] = 1  # task 0: half of the voxels; task 1: an empty mask
+    supervised = torch.tensor([[True, True]])
+    _, counted = hermes_loss(logits, masks, supervised)
+    _, skipped = hermes_loss(logits, masks, supervised, empty_target_dice=False)
+    dice_task0 = 1 - (2 * 32 * torch.sigmoid(torch.tensor(2.0)) + 1) / (64 * torch.sigmoid(torch.tensor(2.0)) + 32 + 1)
+    assert skipped["dice"] == pytest.approx(float(dice_task0), abs=1e-5)  # the empty mask's Dice is not averaged in
+    assert counted["dice"] > skipped["dice"] + 0.3  # there it costs about 1
+    assert skipped["bce"] == counted["bce"] and skipped["supervised"] == counted["supervised"] == 2
+    _, only_empty = hermes_loss(logits, masks, torch.tensor([[False, True]]), empty_target_dice=False)
+    assert only_empty["dice"] == 0.0 and only_empty["bce"] > 0
 
 
 def test_twenty_iterations_overfit_one_tiny_batch() -> None:
