@@ -17,7 +17,7 @@ Models, each in the same process and at the same torch thread count:
   iterations) and Hermes-R started as the multi-head network (``hermes_mhstart_s0``) with its multi-head pair
   trained under the same bf16 autocast (``multihead_bf16_s0``, and its second leg), and the other bf16 Hermes-R
   variants (`BF16_VARIANTS`: normalised task kernels, the kernel generator at a tenth of the learning rate, a
-  static task bias);
+  static task bias), and both networks trained with empty masks left out of the Dice term (``--no-empty-dice``);
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
   budget — 9,937 iterations); ``single_mr_brain_s0`` (`train.py single --dataset mr_brain`: the multi-head network
   on the MR brain sources only, 2,000 iterations) for Colin27; none for the tumour;
@@ -80,7 +80,8 @@ CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "mult
                                "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
                                "multihead_bf16_leg2": "multihead_bf16_s0_plus1000",
                                "hermes_normkernels": "hermes_normkernels_s0"}
-#: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md)
+#: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md); a row
+#: appears once its key is in CHECKPOINTS (genlr and staticbias: resumable runs stopped at iteration 424)
 BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
                                  "hermes_normkernels": "Hermes-R with normalised kernels",
                                  "hermes_genlr": "Hermes-R with its kernel generator at 0.1x the learning rate",
@@ -120,6 +121,10 @@ NAMES = {
                     "(hermes_genlr01_s0: --generator-lr-scale 0.1, 2,000 iterations, bf16 autocast)",
     "hermes_staticbias": "Hermes-R with each task's bias from its static kernel only, not generated "
                          "(hermes_staticbias_s0: --static-bias, 2,000 iterations, bf16 autocast)",
+    "hermes_noemptydice": "Hermes-R trained with empty masks left out of the Dice term (hermes_noemptydice_s0: "
+                          "--no-empty-dice, otherwise the served recipe, 2,000 iterations, bf16 autocast)",
+    "multihead_noemptydice": "multi-head trained with empty masks left out of the Dice term (multihead_noemptydice_s0: "
+                             "--no-empty-dice, 2,000 iterations, bf16 autocast)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -230,6 +235,15 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                   "hermes_mhstart", "hermes", every),
                  ("all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)", held_out,
                   "multihead_bf16", "multihead", every),
+                 # both networks trained with empty masks left out of the Dice term (--no-empty-dice; bf16)
+                 ("all held-out tasks, Dice without empty masks: Hermes-R vs multi-head (both bf16)", held_out,
+                  "hermes_noemptydice", "multihead_noemptydice", every),
+                 ("real CT, 11 organs, Dice without empty masks: Hermes-R vs multi-head (both bf16)", ct,
+                  "hermes_noemptydice", "multihead_noemptydice", organs),
+                 ("all held-out tasks: Hermes-R, Dice without empty masks (bf16) vs the served Hermes-R (float32)",
+                  held_out, "hermes_noemptydice", "hermes", every),
+                 ("all held-out tasks: multi-head, Dice without vs with empty masks (both bf16)", held_out,
+                  "multihead_noemptydice", "multihead_bf16", every),
                  ("all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32", held_out,
                   "multihead_bf16_leg2", "multihead_leg2", every),
                  ("all held-out tasks, second leg (3,000 iterations): Hermes-R (float32) vs multi-head (bf16)",

@@ -177,6 +177,13 @@ def test_multihead_start_rows_pair_the_bf16_runs() -> None:
         assert f"all held-out tasks: {label} vs multi-head (both bf16)" in names
         assert f"real CT, 11 organs: {label} vs multi-head (both bf16)" in names
     assert names["real CT, 11 organs: Hermes-R with a static task bias vs multi-head (both bf16)"].ours_wins
+    scores["hermes_noemptydice"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
+    scores["multihead_noemptydice"] = {k: v + 0.05 for k, v in scores["multihead"].items()}
+    names = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    pair = names["real CT, 11 organs, Dice without empty masks: Hermes-R vs multi-head (both bf16)"]
+    assert pair.ours == pytest.approx(0.7) and pair.baseline == pytest.approx(0.65) and pair.ours_wins
+    loss_effect = names["all held-out tasks: multi-head, Dice without vs with empty masks (both bf16)"]
+    assert loss_effect.ours - loss_effect.baseline == pytest.approx(-0.05)
     scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
     scores["multihead_bf16_leg2"] = {k: v + 0.15 for k, v in scores["multihead"].items()}
