@@ -251,6 +251,28 @@ def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, m
     assert stats["spleen"]["p99_logit_out"] >= stats["spleen"]["median_logit_out"]
 
 
+def test_organ_loss_split_separates_patches_with_and_without_the_organ(hermes: HermesModel,
+                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
+    from services.hermes import data, heldout
+    from services.hermes.data import ORGAN_TASKS, Sample
+
+    class BrightSpleen:  # only the spleen is ever present
+        def sample(self, rng: np.random.Generator) -> Sample:
+            masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
+            masks[list(ORGAN_TASKS).index("spleen"), 4:8, 8:20, 8:20] = 1
+            return Sample(np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32), 0,
+                          tuple(range(len(ORGAN_TASKS))), masks, "fake")
+
+    monkeypatch.setattr(data, "SyntheticOrganSampler", BrightSpleen)
+    split = heldout.organ_loss_split(hermes, patches=2)
+    assert split["spleen"]["patches_present"] == 2 and np.isnan(split["spleen"]["absent"])
+    assert split["liver"]["patches_present"] == 0 and np.isnan(split["liver"]["present"])
+    assert split["all"]["present"] == split["spleen"]["present"] and split["all"]["patches_present"] == 2
+    others = [row["absent"] for name, row in split.items() if name not in ("spleen", "all")]
+    assert split["all"]["absent"] == pytest.approx(np.mean(others), abs=1e-3)
+    assert split["liver"]["absent"] > 0.5  # an untrained network predicts voxels: an empty mask's Dice costs ~1
+
+
 def test_synthetic_thresholds_pick_a_logit_that_separates_the_organ(monkeypatch: pytest.MonkeyPatch) -> None:
     from services.hermes import heldout
     from services.hermes.tasks import get_task
