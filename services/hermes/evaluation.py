@@ -79,7 +79,10 @@ CHECKPOINTS: dict[str, str] = {"hermes": "hermes_kernels_s0", "multihead": "mult
                                # Hermes-R initialised as the multi-head network, and its bf16 multi-head pair
                                "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
                                "multihead_bf16_leg2": "multihead_bf16_s0_plus1000",
-                               "hermes_normkernels": "hermes_normkernels_s0"}
+                               "hermes_normkernels": "hermes_normkernels_s0",
+                               # both trained with empty masks out of the Dice term (--no-empty-dice; not served yet)
+                               "hermes_noemptydice": "hermes_noemptydice_s0",
+                               "multihead_noemptydice": "multihead_noemptydice_s0"}
 #: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md); a row
 #: appears once its key is in CHECKPOINTS (genlr and staticbias: resumable runs stopped at iteration 424)
 BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
@@ -292,6 +295,11 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
         "hermes_ge_multihead": {"hermes": h, "multihead": m,
                                 "met": None if h is None or m is None else bool(h >= m)},
     }
+    if "hermes_noemptydice" in scores and "multihead_noemptydice" in scores:  # the same target, the new loss
+        hn, mn = _mean(scores["hermes_noemptydice"], tasks), _mean(scores["multihead_noemptydice"], tasks)
+        out["hermes_ge_multihead_without_empty_mask_dice"] = {
+            "hermes": hn, "multihead": mn, "met": None if hn is None or mn is None else bool(hn >= mn),
+            "note": "both trained with --no-empty-dice (bf16); Hermes-R of this recipe is not the served model yet"}
     if "pctnet" in scores:
         # the single-task figure per task: PCT-Net for the organs, the single-dataset models elsewhere
         single = {**scores.get("single", {}), **{k: scores["pctnet"][k] for k in ct if k in scores["pctnet"]}}

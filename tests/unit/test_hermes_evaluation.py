@@ -184,6 +184,8 @@ def test_multihead_start_rows_pair_the_bf16_runs() -> None:
     assert pair.ours == pytest.approx(0.7) and pair.baseline == pytest.approx(0.65) and pair.ours_wins
     loss_effect = names["all held-out tasks: multi-head, Dice without vs with empty masks (both bf16)"]
     assert loss_effect.ours - loss_effect.baseline == pytest.approx(-0.05)
+    judged = targets(scores)
+    assert judged["hermes_ge_multihead_without_empty_mask_dice"]["met"] and not judged["hermes_ge_multihead"]["met"]
     scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
     scores["multihead_bf16_leg2"] = {k: v + 0.15 for k, v in scores["multihead"].items()}
