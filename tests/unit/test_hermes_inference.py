@@ -233,18 +233,23 @@ def test_organ_block_shift_compares_synthetic_and_real_blocks_at_the_same_anatom
     assert set(plain) == {"dice_synthetic", "dice_real"}  # fixed kernels: no kernel figures
 
 
+class _OnlySpleen:
+    """Synthetic-organ sampler stand-in: every patch holds a bright spleen box and no other organ."""
+
+    def sample(self, rng: np.random.Generator):  # -> data.Sample
+        from services.hermes.data import ORGAN_TASKS, Sample
+
+        masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
+        masks[list(ORGAN_TASKS).index("spleen"), 4:8, 8:20, 8:20] = 1
+        return Sample(np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32), 0,
+                      tuple(range(len(ORGAN_TASKS))), masks, "fake")
+
+
 def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, monkeypatch: pytest.MonkeyPatch) -> None:
     from services.hermes import data, heldout
-    from services.hermes.data import ORGAN_TASKS, Sample
 
-    class BrightSpleen:  # only the spleen is present: the other organs have no voxels and get no row
-        def sample(self, rng: np.random.Generator) -> Sample:
-            masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
-            masks[list(ORGAN_TASKS).index("spleen"), 4:8, 8:20, 8:20] = 1
-            return Sample(np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32), 0,
-                          tuple(range(len(ORGAN_TASKS))), masks, "fake")
-
-    monkeypatch.setattr(data, "SyntheticOrganSampler", BrightSpleen)
+    # only the spleen is present: the other organs have no voxels and get no row
+    monkeypatch.setattr(data, "SyntheticOrganSampler", _OnlySpleen)
     stats = heldout.organ_logit_stats(hermes, patches=2)
     assert list(stats) == ["spleen"]
     assert 0.0 <= stats["spleen"]["auc"] <= 1.0
@@ -254,16 +259,8 @@ def test_organ_logit_stats_rank_each_organ_threshold_free(hermes: HermesModel, m
 def test_organ_loss_split_separates_patches_with_and_without_the_organ(hermes: HermesModel,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
     from services.hermes import data, heldout
-    from services.hermes.data import ORGAN_TASKS, Sample
 
-    class BrightSpleen:  # only the spleen is ever present
-        def sample(self, rng: np.random.Generator) -> Sample:
-            masks = np.zeros((len(ORGAN_TASKS), *PATCH), np.uint8)
-            masks[list(ORGAN_TASKS).index("spleen"), 4:8, 8:20, 8:20] = 1
-            return Sample(np.where(masks.any(axis=0), 0.8, -0.5).astype(np.float32), 0,
-                          tuple(range(len(ORGAN_TASKS))), masks, "fake")
-
-    monkeypatch.setattr(data, "SyntheticOrganSampler", BrightSpleen)
+    monkeypatch.setattr(data, "SyntheticOrganSampler", _OnlySpleen)
     split = heldout.organ_loss_split(hermes, patches=2)
     assert split["spleen"]["patches_present"] == 2 and np.isnan(split["spleen"]["absent"])
     assert split["liver"]["patches_present"] == 0 and np.isnan(split["liver"]["present"])
