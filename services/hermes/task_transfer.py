@@ -20,6 +20,9 @@ enough). ``"modality_mean"`` skips the shift; ``"keep"`` leaves the table's row.
 supervised. The baseline (`train_single_task`) is the multi-head network with one output channel, all
 parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with decay).
 
+``--no-empty-dice`` trains the token with the loss of a backbone trained so (`train.py --no-empty-dice`: the Dice
+term leaves out empty masks); the single-task network keeps the standard loss.
+
 ``--pretrained`` may be the ``token`` folder of an earlier transfer: every tensor but the new task's rows is the
 pretrained model's (checked when it was written), so dropping that task from its list gives the pretrained
 model back, and the transfer can be re-run from a fresh clone without the pretraining run.
@@ -72,9 +75,11 @@ def _tables(net: HermesR) -> list[torch.nn.Parameter]:
 
 def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
                      iterations: int, seed: int = 0, lr: float = LR, init: str = "calibrated",
-                     batch_size: int = 2, amp: bool = False) -> tuple[HermesR, dict[str, Any]]:
+                     batch_size: int = 2, amp: bool = False,
+                     empty_target_dice: bool = True) -> tuple[HermesR, dict[str, Any]]:
     """A copy of ``pretrained`` whose only change is row ``task`` of every per-task table (`_tables`), trained
-    on ``data`` for ``iterations`` steps. Returns it and the training stats."""
+    on ``data`` for ``iterations`` steps (``empty_target_dice``: see `losses.hermes_loss`; give the backbone's
+    own). Returns it and the training stats."""
     if task in trained_tasks:
         raise ValueError(f"task {TASK_NAMES[task]} is already among the checkpoint's trained tasks")
     if init not in INITS:
@@ -106,7 +111,7 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
     start_logit = None
     if init == "calibrated":
         start_logit = calibrate_bias(net, [batches() for _ in range(CALIBRATION_BATCHES)], task)
-    stats = fit(net, batches, step_loss(net, context), Budget(iterations), lr,
+    stats = fit(net, batches, step_loss(net, context, empty_target_dice), Budget(iterations), lr,
                 weight_decay=0.0, amp=amp, parameters=tables, log_every=max(1, iterations // 20))
     for h in hooks:
         h.remove()
@@ -205,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--token-lr", type=float, default=None,
                         help="learning rate of the token alone (default --lr): a few rows may take a larger one")
     parser.add_argument("--init", choices=INITS, default="calibrated", help="the new token's start (see above)")
+    parser.add_argument("--no-empty-dice", action="store_true",
+                        help="the token's Dice term leaves empty masks out, as a backbone trained with train.py "
+                             "--no-empty-dice (the single-task network keeps the standard loss, so an existing one "
+                             "is reused)")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -221,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     amp = bf16_available()
     token_lr = args.lr if args.token_lr is None else args.token_lr
     token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, token_lr,
-                                              args.init, amp=amp)
+                                              args.init, amp=amp, empty_target_dice=not args.no_empty_dice)
     with_new = tuple(sorted({*trained, task}))
     pretrained_from = cfg.get("pretrained", str(args.pretrained)) if cfg.get("transfer_task") else str(args.pretrained)
     common = {"family": "hermes", "model": pretrained.config.to_dict(), "patch": cfg["patch"],
@@ -230,7 +239,7 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.save(args.out / "token", token_net,
                      {**common, "variant": "hermes", "architecture": "HermesR",
                       "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": pretrained_from, "lr": token_lr,
-                      "parameters": count_parameters(token_net)},
+                      "empty_target_dice": not args.no_empty_dice, "parameters": count_parameters(token_net)},
                      {**token_stats, "task": "hermes-token-transfer"})
     single_net = _trained_single(args.out / "single", common, args.lr)
     if single_net is None:

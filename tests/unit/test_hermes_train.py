@@ -204,6 +204,22 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
         assert np.isnan(score) or 0.0 <= score <= 1.0
 
 
+def test_token_learning_takes_the_backbones_loss(monkeypatch: pytest.MonkeyPatch) -> None:
+    seen: list[bool] = []
+    real_step_loss = task_transfer.step_loss
+
+    def spy(model: torch.nn.Module, tasks: tuple[int, ...], empty_target_dice: bool = True):  # noqa: ANN202
+        seen.append(empty_target_dice)
+        return real_step_loss(model, tasks, empty_target_dice)
+
+    monkeypatch.setattr(task_transfer, "step_loss", spy)
+    pretrained = HermesR(dataclasses.replace(TINY, task_kernels=True))
+    for empty_target_dice in (True, False):
+        task_transfer.learn_task_token(pretrained, (0, 1), 11, tiny_data(("tumour",)), iterations=1,
+                                       empty_target_dice=empty_target_dice)
+    assert seen == [True, False]
+
+
 def test_calibrated_start_centres_the_new_task_on_its_labelled_voxels() -> None:
     torch.manual_seed(0)
     net = HermesR(dataclasses.replace(TINY, task_kernels=True))
