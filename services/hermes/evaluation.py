@@ -75,7 +75,7 @@ CHECKPOINT_DIR = Path(__file__).resolve().parent / "checkpoints"
 CHECKPOINTS: dict[str, str] = {
     # the served recipe: Dice over the supervised masks that have voxels (train.py --no-empty-dice), bf16
     "hermes": "hermes_noemptydice_s0", "multihead": "multihead_noemptydice_s0",
-    "hermes_s1": "hermes_noemptydice_s1",
+    "hermes_s1": "hermes_noemptydice_s1", "multihead_s1": "multihead_noemptydice_s1",
     # the earlier recipe (Dice over every supervised mask, empty ones too; float32) and its ablation
     "hermes_emptydice": "hermes_kernels_s0", "multihead_emptydice": "multihead_s0",
     "hermes_upstream_head": "hermes_s0",
