@@ -107,7 +107,7 @@ TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "
 #: the same transfer from a backbone of the served recipe (pretrained with --no-empty-dice; docs/hermes.md): new
 #: task → its token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and
 #: iterations: it does not depend on the pretraining)
-SERVED_RECIPE_TRANSFERS: dict[str, str] = {}  # spleen: transfer_noemptydice_spleen_s{seed} once trained
+SERVED_RECIPE_TRANSFERS: dict[str, str] = {"spleen": "transfer_noemptydice_spleen_s{seed}"}
 #: scores key of each token → the label its rows and target carry
 TRANSFER_TOKENS: dict[str, str] = {"transfer_token": "", "transfer_token_noemptydice": ", served recipe's backbone"}
 TRANSFER_SEEDS: list[int] = [0, 1]
