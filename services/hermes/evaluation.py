@@ -120,7 +120,8 @@ TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "
 #: token's folder per seed, compared with the from-scratch ``single`` of TRANSFERS (same data, seed and iterations:
 #: it does not depend on the pretraining)
 TOKEN_VARIANTS: dict[str, dict[str, str]] = {
-    "transfer_token_noemptydice": {"spleen": "transfer_noemptydice_spleen_s{seed}"}}
+    "transfer_token_noemptydice": {"spleen": "transfer_noemptydice_spleen_s{seed}"},
+    "transfer_token_lastup": {"spleen": "transfer_noemptydice_spleen_lastup_s{seed}"}}
 #: scores key of each token → the suffix of its rows' name and of its target's key
 TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
     "transfer_token": ("", ""),
