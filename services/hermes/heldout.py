@@ -55,9 +55,12 @@ def heldout_dice(model: HermesModel, segmenter: HermesSegmenter | None = None,
 
 def labelled_probabilities(model: HermesModel, volume: GridVolume,
                            segmenter: HermesSegmenter) -> dict[str, np.ndarray]:
-    """The model's probability map (model grid) of every task ``volume`` labels, run with the task list of its
-    modality (policy "modality")."""
-    run = segmenter.run_list(model, [t for t in TASKS if t.name in volume.masks], volume.modality)
+    """The model's probability map (model grid) of every task ``volume`` labels that the model was trained on
+    (a transfer's pretrained model lacks some), run with the task list of its modality (policy "modality")."""
+    labelled = [t for t in TASKS if t.name in volume.masks and t.index in model.tasks]
+    if not labelled:
+        return {}
+    run = segmenter.run_list(model, labelled, volume.modality)
     probs = segmenter.grid_probabilities(volume.image.array, model, run, volume.modality)
     return {t.name: p for p, t in zip(probs, run, strict=True) if t.name in volume.masks}
 

@@ -129,6 +129,9 @@ def test_heldout_scores_every_labelled_task_of_every_test_volume_once(hermes: He
     assert 0.0 <= scores["ct:liver"] <= 1.0 and scores["mr:brain"] in (None, 0.0)
     # a logit threshold above every logit leaves the liver mask empty against a non-empty label
     assert heldout.heldout_dice(hermes, HermesSegmenter(patch_size=PATCH), {"liver": 1e3})["ct:liver"] == 0.0
+    # a model without some labelled tasks (a transfer's pretrained network) is scored on the tasks it has
+    without_brain = HermesModel(hermes.net, tuple(t for t in ALL if TASK_NAMES[t] != "brain"))
+    assert set(heldout.heldout_dice(without_brain, HermesSegmenter(patch_size=PATCH))) == {"ct:liver"}
 
 
 def test_mask_confusion_says_which_neighbour_a_false_positive_lies_in() -> None:
