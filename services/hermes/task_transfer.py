@@ -23,6 +23,10 @@ parameters trained, on the same sampler, seed and iterations (Adam lr 1e-3 with 
 ``--no-empty-dice`` trains the token with the loss of a backbone trained so (`train.py --no-empty-dice`: the Dice
 term leaves out empty masks); the single-task network keeps the standard loss.
 
+``--also-tune MODULE`` (e.g. ``backbone.ups.3``, the last decoder stage) trains that module too, at ``--lr``: a
+variant beside the token-only protocol, whose checkpoint changes every task's output (docs/hermes.md, "Eighth
+look"); such a checkpoint is refused as ``--pretrained``.
+
 ``--pretrained`` may be the ``token`` folder of an earlier transfer: every tensor but the new task's rows is the
 pretrained model's (checked when it was written), so dropping that task from its list gives the pretrained
 model back, and the transfer can be re-run from a fresh clone without the pretraining run.
