@@ -82,6 +82,7 @@ CHECKPOINTS: dict[str, str] = {
     # the served recipe: Dice over the supervised masks that have voxels (train.py --no-empty-dice), bf16
     "hermes": "hermes_noemptydice_s0", "multihead": "multihead_noemptydice_s0",
     "hermes_s1": "hermes_noemptydice_s1", "multihead_s1": "multihead_noemptydice_s1",
+    "hermes_s2": "hermes_noemptydice_s2", "multihead_s2": "multihead_noemptydice_s2",
     # the earlier recipe (Dice over every supervised mask, empty ones too; float32) and its ablation
     "hermes_emptydice": "hermes_kernels_s0", "multihead_emptydice": "multihead_s0",
     "hermes_upstream_head": "hermes_s0",
@@ -95,12 +96,13 @@ CHECKPOINTS: dict[str, str] = {
 #: the served recipe over training seeds: key → its per-seed keys; a row on it pairs the Dice averaged over
 #: the seeds (counts stacked (S, 3, Z)); it appears once every seed's key is in CHECKPOINTS
 SEED_MEANS: dict[str, dict[int, str]] = {
-    "hermes_seeds": {0: "hermes", 1: "hermes_s1"}, "multihead_seeds": {0: "multihead", 1: "multihead_s1"},
-    "hermes_labelmap_seeds": {0: "hermes_labelmap", 1: "hermes_s1_labelmap"},
-    "multihead_labelmap_seeds": {0: "multihead_labelmap", 1: "multihead_s1_labelmap"}}
+    "hermes_seeds": {0: "hermes", 1: "hermes_s1", 2: "hermes_s2"},
+    "multihead_seeds": {0: "multihead", 1: "multihead_s1", 2: "multihead_s2"},
+    "hermes_labelmap_seeds": {0: "hermes_labelmap", 1: "hermes_s1_labelmap", 2: "hermes_s2_labelmap"},
+    "multihead_labelmap_seeds": {0: "multihead_labelmap", 1: "multihead_s1_labelmap", 2: "multihead_s2_labelmap"}}
 #: the served recipe's models whose CT organs are also scored on the label map the job writes (each voxel the most
 #: probable requested organ above 0.5: organs cannot overlap there), as ``<key>_labelmap``
-LABEL_MAP_MODELS: tuple[str, ...] = ("hermes", "multihead", "hermes_s1", "multihead_s1")
+LABEL_MAP_MODELS: tuple[str, ...] = ("hermes", "multihead", "hermes_s1", "multihead_s1", "hermes_s2", "multihead_s2")
 #: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md); a row
 #: appears once its key is in CHECKPOINTS (genlr and staticbias: resumable runs stopped at iteration 424)
 BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
@@ -143,8 +145,10 @@ NAMES = {
     "multihead": "multi-head baseline (multihead_noemptydice_s0: same backbone, data, loss and 2,000 iterations)",
     "hermes_s1": "Hermes-R, the served recipe with training seed 1 (hermes_noemptydice_s1)",
     "multihead_s1": "multi-head baseline, training seed 1 (multihead_noemptydice_s1)",
-    "hermes_seeds": "Hermes-R, the served recipe: Dice averaged over training seeds 0 and 1",
-    "multihead_seeds": "multi-head baseline: Dice averaged over training seeds 0 and 1",
+    "hermes_s2": "Hermes-R, the served recipe with training seed 2 (hermes_noemptydice_s2)",
+    "multihead_s2": "multi-head baseline, training seed 2 (multihead_noemptydice_s2)",
+    "hermes_seeds": "Hermes-R, the served recipe: Dice averaged over training seeds 0, 1 and 2",
+    "multihead_seeds": "multi-head baseline: Dice averaged over training seeds 0, 1 and 2",
     "hermes_emptydice": "Hermes-R, earlier recipe: Dice over every supervised mask, empty ones too (hermes_kernels_s0, "
                         "float32; served before)",
     "multihead_emptydice": "multi-head, earlier recipe (multihead_s0, float32)",
@@ -270,6 +274,8 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                 *rows,
                 ("all held-out tasks, training seed 1: Hermes-R vs multi-head", held_out, "hermes_s1",
                  "multihead_s1", every),
+                ("all held-out tasks, training seed 2: Hermes-R vs multi-head", held_out, "hermes_s2",
+                 "multihead_s2", every),
                 ("real CT, 11 organs, label map as served, mean over training seeds: Hermes-R vs multi-head", ct,
                  "hermes_labelmap_seeds", "multihead_labelmap_seeds", organs),
                 ("real CT, 11 organs, mean over training seeds: Hermes-R's label map vs its per-organ masks", ct,
