@@ -95,14 +95,16 @@ CHECKPOINTS: dict[str, str] = {
 }
 #: the served recipe over training seeds: key → its per-seed keys; a row on it pairs the Dice averaged over
 #: the seeds (counts stacked (S, 3, Z)); it appears once every seed's key is in CHECKPOINTS
-SEED_MEANS: dict[str, dict[int, str]] = {
-    "hermes_seeds": {0: "hermes", 1: "hermes_s1", 2: "hermes_s2"},
-    "multihead_seeds": {0: "multihead", 1: "multihead_s1", 2: "multihead_s2"},
-    "hermes_labelmap_seeds": {0: "hermes_labelmap", 1: "hermes_s1_labelmap", 2: "hermes_s2_labelmap"},
-    "multihead_labelmap_seeds": {0: "multihead_labelmap", 1: "multihead_s1_labelmap", 2: "multihead_s2_labelmap"}}
-#: the served recipe's models whose CT organs are also scored on the label map the job writes (each voxel the most
+_SERVED_SEEDS: dict[str, dict[int, str]] = {"hermes_seeds": {0: "hermes", 1: "hermes_s1", 2: "hermes_s2"},
+                                            "multihead_seeds": {0: "multihead", 1: "multihead_s1", 2: "multihead_s2"}}
+#: the served recipe's models, whose CT organs are also scored on the label map the job writes (each voxel the most
 #: probable requested organ above 0.5: organs cannot overlap there), as ``<key>_labelmap``
-LABEL_MAP_MODELS: tuple[str, ...] = ("hermes", "multihead", "hermes_s1", "multihead_s1", "hermes_s2", "multihead_s2")
+LABEL_MAP_MODELS: tuple[str, ...] = tuple(key for by_seed in _SERVED_SEEDS.values() for key in by_seed.values())
+#: ... and the seed means of those label-map scores, as ``<network>_labelmap_seeds``
+SEED_MEANS: dict[str, dict[int, str]] = {
+    **_SERVED_SEEDS,
+    **{mean.replace("_seeds", "_labelmap_seeds"): {seed: f"{key}_labelmap" for seed, key in by_seed.items()}
+       for mean, by_seed in _SERVED_SEEDS.items()}}
 #: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md); a row
 #: appears once its key is in CHECKPOINTS (genlr and staticbias: resumable runs stopped at iteration 424)
 BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
@@ -186,8 +188,8 @@ NAMES = {
 }
 NAMES.update({f"{key}_labelmap": f"{NAMES[key]}; organs scored on the label map the job writes (each voxel the most "
                                  "probable organ above 0.5)" for key in LABEL_MAP_MODELS})
-NAMES.update({"hermes_labelmap_seeds": f"{NAMES['hermes_seeds']}; organs scored on the label map",
-              "multihead_labelmap_seeds": f"{NAMES['multihead_seeds']}; organs scored on the label map"})
+NAMES.update({mean.replace("_seeds", "_labelmap_seeds"): f"{NAMES[mean]}; organs scored on the label map"
+              for mean in _SERVED_SEEDS})
 
 
 @dataclass(frozen=True)
@@ -387,6 +389,7 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
         out["hermes_ge_multihead_earlier_recipe"] = {
             "hermes": he, "multihead": me, "met": None if he is None or me is None else bool(he >= me),
             "note": "both trained with empty masks in the Dice term (float32, seed 0); served before"}
+
     def within_margin(single: Mapping[str, float], what: str) -> dict[str, Any]:
         keys = [k for k in tasks if k in single]
         hc, pc = _mean(ours, keys), _mean(single, keys)
