@@ -139,12 +139,16 @@ TOKEN_VARIANTS: dict[str, dict[str, str]] = {
     "transfer_token_noemptydice": {"spleen": "transfer_noemptydice_spleen_s{seed}"},
     "transfer_token_lastup": {"spleen": "transfer_noemptydice_spleen_lastup_s{seed}"},
     # the same tuned stage as the new task's private copy, the other tasks on the pretrained one (private_stage.py)
-    "transfer_token_private_lastup": {"spleen": "transfer_noemptydice_spleen_private_lastup_s{seed}"}}
+    "transfer_token_private_lastup": {"spleen": "transfer_noemptydice_spleen_private_lastup_s{seed}"},
+    # the last two decoder stages (--also-tune backbone.ups.2 and .ups.3; float32), shared and private
+    "transfer_token_last2up": {"spleen": "transfer_noemptydice_spleen_last2up_s{seed}"},
+    "transfer_token_private_last2up": {"spleen": "transfer_noemptydice_spleen_private_last2up_s{seed}"}}
 #: token variants whose other CT organs are scored too (one request of every organ, seeds stacked), as
 #: ``<key>_other_organs``, each against the token-only model's (every tensor but the token the pretrained one's):
 #: does adding the new task change the tasks the model had?
 OTHER_ORGANS_SCORED: tuple[str, ...] = ("transfer_token_noemptydice", "transfer_token_lastup",
-                                        "transfer_token_private_lastup")
+                                        "transfer_token_private_lastup", "transfer_token_last2up",
+                                        "transfer_token_private_last2up")
 #: scores key of each token → the suffix of its rows' name and of its target's key
 TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
     "transfer_token": ("", ""),
@@ -152,7 +156,11 @@ TRANSFER_TOKENS: dict[str, tuple[str, str]] = {
     "transfer_token_lastup": (", served recipe's backbone, token + last decoder stage",
                               "_served_recipe_backbone_token_and_last_decoder_stage"),
     "transfer_token_private_lastup": (", served recipe's backbone, token + private last decoder stage",
-                                      "_served_recipe_backbone_token_and_private_last_decoder_stage")}
+                                      "_served_recipe_backbone_token_and_private_last_decoder_stage"),
+    "transfer_token_last2up": (", served recipe's backbone, token + last two decoder stages",
+                               "_served_recipe_backbone_token_and_last_two_decoder_stages"),
+    "transfer_token_private_last2up": (", served recipe's backbone, token + private last two decoder stages",
+                                       "_served_recipe_backbone_token_and_private_last_two_decoder_stages")}
 TRANSFER_SEEDS: list[int] = [0, 1]
 SEEDS: list[int] = sorted(SEED_MEANS["hermes_seeds"])  # the served recipe's training seeds
 THREADS = 1  # the shared build machine; the latency ratio is at equal threads
@@ -202,6 +210,12 @@ NAMES = {
     "transfer_token_private_lastup": "new task learnt as transfer_token_lastup, its tuned last decoder stage kept as "
                                      "the new task's private copy and the pretrained stage back for every other task "
                                      "(private_stage.py)",
+    "transfer_token_last2up": "new task learnt as a token plus the last two decoder stages (backbone.ups.2 and "
+                              ".ups.3, lr 1e-3; task_transfer.py --also-tune, float32), on the served recipe's "
+                              "backbone: its checkpoint changes every task's output",
+    "transfer_token_private_last2up": "new task learnt as transfer_token_last2up, its tuned stages kept as the new "
+                                      "task's private copy and the pretrained ones back for every other task "
+                                      "(private_stage.py)",
     "transfer_single": "new task: single-task network from scratch on the same data and iterations",
     "pctnet": "PCT-Net, the served single-task CT model (different network and patch, 9,937 iterations)",
     "atlas": "nearest synthetic atlas (trivial)",
