@@ -547,7 +547,8 @@ def _load_hermes_models(quick: bool) -> dict[str, Any]:
 
 def _score_singles_and_transfers(segmenter: Any, by_name: Mapping[str, Case]) -> Counts:
     """The single-dataset models on their dataset's held-out volume; each transfer's token and from-scratch
-    network on its new task, counts stacked over ``TRANSFER_SEEDS``."""
+    network on its new task, and the `OTHER_ORGANS_SCORED` variants on the CT's other organs, counts stacked over
+    ``TRANSFER_SEEDS``."""
     from services.hermes.inference import HermesModel
 
     def per_seed(case: Case, task: str, folder: str) -> np.ndarray:  # (seeds, 3, slices)
