@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from services.hermes.network import HermesConfig, HermesR, count_parameters
+from services.hermes.task_transfer import only_row_changed
 from services.hermes.tasks import TASK_NAMES
 from services.hermes.train import load_model
 from services.segmentation import checkpoints
@@ -35,10 +36,6 @@ __all__ = ["STAGES", "with_private_stages", "main"]
 
 #: the tuned modules a private copy can hold → how many of the last decoder stages that is
 STAGES: dict[tuple[str, ...], int] = {("backbone.ups.3",): 1, ("backbone.ups.2", "backbone.ups.3"): 2}
-
-
-def _new_task_row(key: str) -> bool:
-    return key.endswith(("task_table", "task_kernels"))
 
 
 def with_private_stages(tuned: HermesR, tuned_modules: list[str], task: int, pretrained: HermesR) -> HermesR:
@@ -54,7 +51,7 @@ def with_private_stages(tuned: HermesR, tuned_modules: list[str], task: int, pre
     state, before = tuned.state_dict(), pretrained.state_dict()
     prefixes = tuple(f"{m}." for m in tuned_modules)
     differ = [k for k, v in state.items() if not k.startswith(prefixes) and not torch.equal(v, before[k])
-              and not (_new_task_row(k) and torch.equal(_without_row(v, task), _without_row(before[k], task)))]
+              and not (k.endswith(("task_table", "task_kernels")) and only_row_changed(v, before[k], task))]
     if differ:
         raise ValueError(f"the tuned network is not the pretrained one plus its stages and token: {differ[:5]}")
     config = HermesConfig.from_dict({**tuned.config.to_dict(), "private_task": task, "private_stages": stages})
@@ -65,10 +62,6 @@ def with_private_stages(tuned: HermesR, tuned_modules: list[str], task: int, pre
                        if k.startswith(f"{module}.")})
     net.load_state_dict(merged)
     return net.eval()
-
-
-def _without_row(table: torch.Tensor, row: int) -> torch.Tensor:
-    return torch.cat([table[:row], table[row + 1:]])
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -59,7 +59,7 @@ from services.hermes.tasks import TASK_NAMES, TASKS, get_task
 from services.hermes.train import LR, Batches, TrainingData, build_network, fit, load_model, source_data, step_loss
 from services.segmentation import checkpoints
 
-__all__ = ["INITS", "learn_task_token", "train_single_task", "dice", "main"]
+__all__ = ["INITS", "learn_task_token", "train_single_task", "dice", "only_row_changed", "main"]
 
 log = logging.getLogger(__name__)
 
@@ -129,7 +129,7 @@ def learn_task_token(pretrained: HermesR, trained_tasks: Sequence[int], task: in
         h.remove()
     moved = [k for k, v in net.state_dict().items()
              if not torch.equal(v, before[k]) and not k.startswith(tuple(f"{m}." for m in tune))
-             and not (k.endswith(("task_table", "task_kernels")) and _only_row(v, before[k], task))]
+             and not (k.endswith(("task_table", "task_kernels")) and only_row_changed(v, before[k], task))]
     if moved:
         raise RuntimeError(f"token learning changed frozen tensors: {moved}")
     return net, {**stats, "init": init, "start_median_logit": start_logit, "tuned_modules": list(tune),
@@ -156,7 +156,8 @@ def calibrate_bias(net: HermesR, batches: Sequence[dict[str, torch.Tensor]], tas
     return median
 
 
-def _only_row(new: torch.Tensor, old: torch.Tensor, row: int) -> bool:
+def only_row_changed(new: torch.Tensor, old: torch.Tensor, row: int) -> bool:
+    """Whether ``new`` equals ``old`` in every row but ``row`` (a per-task table after learning one token)."""
     keep = torch.ones(new.shape[0], dtype=torch.bool)
     keep[row] = False
     return torch.equal(new[keep], old[keep])
